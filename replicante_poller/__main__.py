@@ -1,0 +1,6 @@
+"""`python -m replicante_poller`."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
