@@ -1,0 +1,339 @@
+"""INI configuration parsed once into frozen, validated settings (DESIGN section 5).
+
+`parse_config(text)` is the entry for tests, `load_config(path)` for the service.
+Nothing downstream sees a ConfigParser or a raw string.
+"""
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Optional, TypeVar
+from urllib.parse import urlsplit
+
+from .durations import parse_duration
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_LISTEN = ("127.0.0.1", 9102)
+DEFAULT_MAX_BODY = 64 * 1024
+_PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
+_CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    """How agents are verified: CA, optional client certificate, minimum version, pins."""
+
+    ca_file: Optional[str] = None
+    client_cert: Optional[str] = None
+    client_key: Optional[str] = None
+    min_version: str = "1.2"
+    pins: frozenset[str] = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class PollSettings:
+    """Timing and limits of one target's polls."""
+
+    interval: float = 15.0
+    timeout: float = 5.0
+    max_body: int = DEFAULT_MAX_BODY
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """A `[cluster:ID]` section: its agents and the settings they are polled with."""
+
+    cluster_id: str
+    agents: tuple[str, ...]
+    display_name: Optional[str]
+    poll: PollSettings
+    tls: TlsSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class PollerSettings:
+    """The `[poller]` section."""
+
+    poll: PollSettings = PollSettings()
+    workers: int = 16
+    fall: int = 3
+    rise: int = 2
+    state_dir: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscoverySettings:
+    """The `[discovery]` section: globs of discovery files and how often to re-read them."""
+
+    files: tuple[str, ...] = ()
+    refresh: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """The `[http]` section: where /metrics, the status API and page listen."""
+
+    host: str = DEFAULT_LISTEN[0]
+    port: int = DEFAULT_LISTEN[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration."""
+
+    source: str
+    poller: PollerSettings
+    tls: TlsSettings
+    discovery: DiscoverySettings
+    http: HttpSettings
+    clusters: tuple[ClusterConfig, ...]
+
+
+class Section:
+    """One INI section read key by key; every error names file, section and key."""
+
+    def __init__(self, source: str, name: str, items: Mapping[str, str], base_dir: Path):
+        self.source, self.name, self.base_dir = source, name, base_dir
+        self._items = dict(items)
+        self._used: set[str] = set()
+
+    def error(self, key: Optional[str], message: str) -> ConfigError:
+        """A ConfigError located at `key` of this section."""
+        return ConfigError(self.source, self.name, key, message)
+
+    def get(self, key: str, convert: Callable[[str], T], default: T) -> T:
+        """The converted value of `key`, or `default` when the key is absent."""
+        self._used.add(key)
+        raw = self._items.get(key)
+        if raw is None:
+            return default
+        try:
+            return convert(raw.strip())
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def has(self, key: str) -> bool:
+        """Whether `key` is present."""
+        return key in self._items
+
+    def path(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        """A file path, resolved against the configuration file's folder."""
+        value = self.get(key, str, default)
+        if value is None or value == "":
+            return None
+        return str((self.base_dir / os.path.expanduser(value)).resolve())
+
+    def finish(self) -> None:
+        """Refuse keys nobody asked for: a typo must not become a silent default."""
+        unknown = sorted(set(self._items) - self._used)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def to_positive_int(text: str) -> int:
+    """A whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def to_bool(text: str) -> bool:
+    """`true/false`, `yes/no`, `on/off`, `1/0`."""
+    value = text.lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def to_duration(text: str) -> float:
+    """A strictly positive duration."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def to_size(text: str) -> int:
+    """Bytes, with an optional KiB/MiB suffix: `65536`, `64KiB`, `1MiB`."""
+    match = re.fullmatch(r"(\d+)\s*(KiB|MiB|B)?", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size (use forms like 65536, 64KiB, 1MiB)")
+    value = int(match.group(1)) * {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}[match.group(2)]
+    if value < 1:
+        raise ValueError("must be at least one byte")
+    return value
+
+
+def to_min_version(text: str) -> str:
+    """`1.2` or `1.3`."""
+    if text not in ("1.2", "1.3"):
+        raise ValueError(f"{text!r} is not a supported TLS version (use 1.2 or 1.3)")
+    return text
+
+
+def to_pins(text: str) -> frozenset[str]:
+    """Comma-separated SPKI SHA-256 pins in curl's form `sha256//BASE64=`."""
+    pins = [p.strip() for p in text.split(",") if p.strip()]
+    for pin in pins:
+        if not _PIN.fullmatch(pin):
+            raise ValueError(f"{pin!r} is not an SPKI pin (expected sha256//<44 base64 chars>)")
+    return frozenset(pins)
+
+
+def to_listen(text: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not a listen address (use host:port, e.g. 127.0.0.1:9102)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def to_agent_url(text: str) -> str:
+    """An agent URL: https only (verification is never off), host required, no query."""
+    parts = urlsplit(text)
+    if parts.scheme != "https":
+        raise ValueError(f"agent URL {text!r} must use https://")
+    if not parts.hostname:
+        raise ValueError(f"agent URL {text!r} has no host")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"agent URL {text!r} has an invalid port") from None
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"agent URL {text!r} must not carry credentials, a query or a fragment")
+    return text.rstrip("/")
+
+
+def to_agents(text: str) -> tuple[str, ...]:
+    """Comma- or newline-separated agent URLs, duplicates refused."""
+    urls = [to_agent_url(u.strip()) for u in re.split(r"[,\s]+", text) if u.strip()]
+    seen: set[str] = set()
+    for url in urls:
+        if url in seen:
+            raise ValueError(f"agent {url} is listed twice")
+        seen.add(url)
+    return tuple(urls)
+
+
+def read_poll(section: Section, base: PollSettings) -> PollSettings:
+    """Poll settings of a section, each key defaulting to `base`."""
+    poll = PollSettings(
+        interval=section.get("interval", to_duration, base.interval),
+        timeout=section.get("timeout", to_duration, base.timeout),
+        max_body=section.get("max_body", to_size, base.max_body),
+    )
+    if poll.timeout >= poll.interval:
+        key = "timeout" if section.has("timeout") else "interval"
+        raise section.error(key, f"timeout ({poll.timeout:g}s) must be shorter than interval ({poll.interval:g}s)")
+    return poll
+
+
+def read_tls(section: Section, base: TlsSettings) -> TlsSettings:
+    """TLS settings of a section, each key defaulting to `base`; files must exist."""
+    tls = TlsSettings(
+        ca_file=section.path("ca_file", base.ca_file),
+        client_cert=section.path("client_cert", base.client_cert),
+        client_key=section.path("client_key", base.client_key),
+        min_version=section.get("min_version", to_min_version, base.min_version),
+        pins=section.get("pins", to_pins, base.pins),
+    )
+    for key in ("ca_file", "client_cert", "client_key"):
+        path = getattr(tls, key)
+        if path is not None and not os.path.isfile(path):
+            raise section.error(key, f"file {path} does not exist")
+    if (tls.client_cert is None) != (tls.client_key is None):
+        raise section.error("client_cert", "client_cert and client_key go together")
+    return tls
+
+
+def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> ClusterConfig:
+    """A `[cluster:ID]` section, overriding the global poll and TLS settings."""
+    cluster_id = section.name.partition(":")[2]
+    if not _CLUSTER_ID.fullmatch(cluster_id):
+        raise section.error(None, f"{cluster_id!r} is not a valid cluster id")
+    cluster = ClusterConfig(
+        cluster_id=cluster_id,
+        agents=section.get("agents", to_agents, ()),
+        display_name=section.get("display_name", str, None) or None,
+        poll=read_poll(section, poll),
+        tls=read_tls(section, tls),
+    )
+    section.finish()
+    return cluster
+
+
+def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
+    """The sections of INI `text`, with parser errors located in `source`."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00defaults")
+    try:
+        parser.read_string(text, source=source)
+    except configparser.Error as exc:
+        raise ConfigError(source, None, None, " ".join(str(exc).split())) from None
+    for name in parser.sections():
+        yield Section(source, name, parser[name], base_dir)
+
+
+KNOWN_SECTIONS = ("poller", "tls", "discovery", "http")
+
+
+def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] = None) -> Config:
+    """Parse and validate a whole configuration file's text."""
+    base = base_dir or Path.cwd()
+    by_name = {}
+    clusters = []
+    for section in sections(text, source, base):
+        if section.name.startswith("cluster:"):
+            clusters.append(section)
+        elif section.name in KNOWN_SECTIONS:
+            by_name[section.name] = section
+        else:
+            raise section.error(None, "unknown section (expected poller, tls, discovery, http or cluster:ID)")
+    empty = {name: Section(source, name, {}, base) for name in KNOWN_SECTIONS}
+    p, t, d, h = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
+
+    poll = read_poll(p, PollSettings())
+    poller = PollerSettings(
+        poll=poll,
+        workers=p.get("workers", to_positive_int, 16),
+        fall=p.get("fall", to_positive_int, 3),
+        rise=p.get("rise", to_positive_int, 2),
+        state_dir=p.path("state_dir"),
+    )
+    tls = read_tls(t, TlsSettings())
+    globs = d.get("files", lambda v: tuple(g.strip() for g in v.split(",") if g.strip()), ())
+    discovery = DiscoverySettings(
+        files=tuple(str(base / os.path.expanduser(g)) for g in globs),
+        refresh=d.get("refresh", to_duration, 30.0),
+    )
+    host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
+    for section in (p, t, d, h):
+        section.finish()
+    return Config(
+        source=source,
+        poller=poller,
+        tls=tls,
+        discovery=discovery,
+        http=HttpSettings(host, port),
+        clusters=tuple(read_cluster(s, poll, tls) for s in clusters),
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and parse the configuration file at `path`."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(file), None, None, f"cannot read: {exc}") from None
+    return parse_config(text, source=str(file), base_dir=file.resolve().parent)

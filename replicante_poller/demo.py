@@ -1,0 +1,96 @@
+"""`replicante-poller demo`: simulated agents with a throw-away CA, and the service polling them.
+
+Everything runs on loopback in one process and in a temporary folder removed at exit.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+from pathlib import Path
+
+from .agentsim import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
+from .cli_signals import install_stop_handlers
+from .config import load_config, to_duration, to_listen
+from .durations import format_duration
+from .service import Service
+from .status_api import targets_document
+
+DEMO_FAULTS = {
+    Fault.NODE_DOWN: 1, Fault.WRONG_CLUSTER: 1, Fault.GARBAGE: 1, Fault.HANGING: 1,
+    Fault.SLOW: 1, Fault.HUGE: 1, Fault.BAD_SCHEMA: 1, Fault.WRONG_CONTENT_TYPE: 1, Fault.AGENT_ERROR: 1,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--listen", type=to_listen, default=("127.0.0.1", 9102),
+                        help="address of /metrics and the status API (default 127.0.0.1:9102)")
+    parser.add_argument("--clusters", type=int, default=4, help="simulated clusters (default 4)")
+    parser.add_argument("--nodes-per-cluster", type=int, default=4, help="nodes per cluster (default 4)")
+    parser.add_argument("--interval", type=to_duration, default=5.0, help="poll interval (default 5s)")
+    parser.add_argument("--timeout", type=to_duration, default=2.0, help="poll deadline (default 2s)")
+    parser.add_argument("--healthy-only", action="store_true", help="simulate no faults")
+    parser.add_argument("--duration", type=to_duration, default=None, help="stop after this long (default: until Ctrl-C)")
+
+
+def demo_config(folder: Path, ca_file: Path, args: argparse.Namespace) -> str:
+    """The service configuration the demo runs with (written next to the discovery file)."""
+    host, port = args.listen
+    return (
+        "[poller]\n"
+        f"interval = {format_duration(args.interval)}\ntimeout = {format_duration(args.timeout)}\n"
+        "workers = 8\nfall = 2\nrise = 1\n\n"
+        f"[tls]\nca_file = {ca_file}\n\n"
+        f"[discovery]\nfiles = {folder / 'discovery.ini'}\nrefresh = 30s\n\n"
+        f"[http]\nlisten = {host}:{port}\n"
+    )
+
+
+def table(service: Service) -> str:
+    """A fixed-width status table of every agent."""
+    lines = [f"{'CLUSTER':<12} {'AGENT':<24} {'STATUS':<11} {'REASON':<17} MESSAGE"]
+    for item in targets_document(service.snapshot())["targets"]:
+        lines.append(f"{item['cluster']:<12} {item['url']:<24} {item['status'] or 'PENDING':<11} "
+                     f"{item['reason'] or '-':<17} {item['message'][:70]}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    faults = {} if args.healthy_only else DEMO_FAULTS
+    nodes = fleet(args.clusters, args.nodes_per_cluster, faults)
+    with tempfile.TemporaryDirectory(prefix="replicante-demo-") as tmp:
+        folder = Path(tmp)
+        ca_file, server_context = throwaway_ca(folder)
+        with AgentSim(nodes, server_context) as sim:
+            (folder / "discovery.ini").write_text(discovery_ini(sim.agents))
+            (folder / "poller.ini").write_text(demo_config(folder, ca_file, args))
+            service = Service(load_config(folder / "poller.ini"))
+            service.start()
+            try:
+                host, port = service.api_address
+                print(f"simulating {len(nodes)} agents ({sum(faults.values())} faulty) with a throw-away CA in {folder}")
+                print(f"status page: http://{host}:{port}/")
+                print(f"targets:     http://{host}:{port}/api/v1/targets")
+                print(f"metrics:     http://{host}:{port}/metrics")
+                print("Ctrl-C to stop.", flush=True)
+                _report(service, args)
+            finally:
+                service.stop()
+    return 0
+
+
+def _report(service: Service, args: argparse.Namespace) -> None:
+    """Print the table after the first full cycle, then a summary line every interval."""
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    if args.duration is not None:
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    if stop.wait(args.interval + args.timeout):
+        return
+    print(table(service), flush=True)
+    while not stop.wait(args.interval):
+        views = service.snapshot()
+        up = sum(1 for v in views if v.result and v.result.ok)
+        print(f"{up}/{len(views)} agents UP", flush=True)

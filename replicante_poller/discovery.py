@@ -1,0 +1,111 @@
+"""Discovery: which agents exist, from the configuration and discovery files.
+
+Discovery files hold `[cluster:ID]` sections like the main file, or Replicante's JSON
+file-discovery form `[{"cluster_id": ..., "display_name": ..., "nodes": [URL, ...]}]`.
+The result is a tuple of Targets: the only thing the scheduler sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents
+from .errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One agent to poll, with the settings of its cluster."""
+
+    cluster_id: str
+    url: str
+    display_name: Optional[str]
+    poll: PollSettings
+    tls: TlsSettings
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of the target: the same cluster and URL is the same target."""
+        return (self.cluster_id, self.url)
+
+
+def discovery_files(config: Config) -> list[Path]:
+    """The files the discovery globs match now, sorted for a stable order."""
+    found: set[str] = set()
+    for pattern in config.discovery.files:
+        found.update(glob.glob(pattern))
+    return [Path(p) for p in sorted(found)]
+
+
+def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:
+    """Replicante's JSON file-discovery form."""
+    try:
+        document = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(source, None, None, f"invalid JSON: {exc}") from None
+    if not isinstance(document, list):
+        raise ConfigError(source, None, None, "expected a JSON list of clusters")
+    clusters = []
+    for index, entry in enumerate(document):
+        where = f"[{index}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("cluster_id"), str):
+            raise ConfigError(source, where, "cluster_id", "each entry needs a string cluster_id")
+        nodes = entry.get("nodes")
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
+            raise ConfigError(source, where, "nodes", "expected a list of agent URLs")
+        display = entry.get("display_name")
+        if display is not None and not isinstance(display, str):
+            raise ConfigError(source, where, "display_name", "expected a string or null")
+        try:
+            agents = to_agents(",".join(nodes))
+        except ValueError as exc:
+            raise ConfigError(source, where, "nodes", str(exc)) from None
+        clusters.append(ClusterConfig(entry["cluster_id"], agents, display, poll, tls))
+    return clusters
+
+
+def looks_like_json_list(text: str) -> bool:
+    """`[{...` or `[]`: JSON; `[cluster:...`: INI."""
+    stripped = text.lstrip()
+    return stripped.startswith("[") and stripped[1:].lstrip()[:1] in ("{", "]")
+
+
+def read_discovery_file(path: Path, config: Config) -> list[ClusterConfig]:
+    """The clusters one discovery file declares, in whichever form it uses."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), None, None, f"cannot read: {exc}") from None
+    poll, tls = config.poller.poll, config.tls
+    if path.suffix == ".json" or looks_like_json_list(text):
+        return parse_json_discovery(text, str(path), poll, tls)
+    clusters = []
+    for section in sections(text, str(path), path.resolve().parent):
+        if not section.name.startswith("cluster:"):
+            raise section.error(None, "discovery files hold only [cluster:ID] sections")
+        clusters.append(read_cluster(section, poll, tls))
+    return clusters
+
+
+def merge(clusters: Iterable[ClusterConfig], configured: dict[str, ClusterConfig]) -> list[Target]:
+    """Targets of all clusters; a cluster configured in the main file keeps its settings."""
+    targets: dict[tuple[str, str], Target] = {}
+    for cluster in clusters:
+        own = configured.get(cluster.cluster_id, cluster)
+        display = own.display_name or cluster.display_name
+        for url in cluster.agents:
+            target = Target(cluster.cluster_id, url, display, own.poll, own.tls)
+            targets.setdefault(target.key, target)
+    return list(targets.values())
+
+
+def discover(config: Config) -> tuple[Target, ...]:
+    """All targets: the configuration's clusters, then every discovery file's."""
+    clusters = list(config.clusters)
+    for path in discovery_files(config):
+        clusters.extend(read_discovery_file(path, config))
+    configured = {c.cluster_id: c for c in config.clusters}
+    return tuple(merge(clusters, configured))

@@ -1,0 +1,118 @@
+"""Prometheus metrics (DESIGN section 6): the only module that imports prometheus_client.
+
+Counters and histograms are updated by the scheduler and workers with pre-bound label
+children (no label look-up per poll). Per-target series are produced at scrape time
+from a state snapshot, so a removed target's series disappear with it.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .reasons import Reason, Status
+from .state import TargetView
+
+PREFIX = "replicante_poller_"
+SKIP_REASONS = ("in_flight", "queue_full", "behind")
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class TargetCollector:
+    """Per-target gauges, computed from a snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], Iterable[TargetView]]):
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["cluster", "agent"]
+        up = GaugeMetricFamily(PREFIX + "agent_up", "1 when the latest poll found the agent and its node UP.", labels=labels)
+        status = GaugeMetricFamily(PREFIX + "agent_status", "Status of the latest poll, one-hot.", labels=labels + ["status"])
+        healthy = GaugeMetricFamily(PREFIX + "agent_healthy", "Debounced health: 1 healthy, 0 unhealthy (after fall/rise).", labels=labels)
+        success = GaugeMetricFamily(PREFIX + "last_poll_success_timestamp_seconds", "When the latest successful poll ended.", labels=labels)
+        expiry = GaugeMetricFamily(PREFIX + "tls_cert_expiry_timestamp_seconds", "notAfter of the agent's TLS certificate.", labels=labels)
+        for view in self._snapshot():
+            values = [view.target.cluster_id, view.target.url]
+            result = view.result
+            if result is not None:
+                up.add_metric(values, 1.0 if result.ok else 0.0)
+                for candidate in Status:
+                    status.add_metric(values + [candidate.value], 1.0 if result.status is candidate else 0.0)
+                healthy.add_metric(values, 1.0 if view.health.healthy else 0.0)
+                if result.cert_not_after is not None:
+                    expiry.add_metric(values, result.cert_not_after)
+            if view.last_success is not None:
+                success.add_metric(values, view.last_success)
+        return iter((up, status, healthy, success, expiry))
+
+
+class PollerMetrics:
+    """Every metric of the service, registered on the registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry, snapshot: Callable[[], Iterable[TargetView]]):
+        self.registry = registry
+        polls = Counter(PREFIX + "polls", "Polls by result.", ["result"], registry=registry)
+        self._success, self._failure = polls.labels("success"), polls.labels("failure")
+        failures = Counter(PREFIX + "poll_failures", "Failed polls by reason.", ["reason"], registry=registry)
+        self._failures = {reason: failures.labels(reason.value) for reason in Reason}
+        skipped = Counter(PREFIX + "polls_skipped", "Due polls not started, by reason.", ["reason"], registry=registry)
+        self._skipped = {reason: skipped.labels(reason) for reason in SKIP_REASONS}
+        self._duration = Histogram(PREFIX + "poll_duration_seconds", "Wall time of one poll.",
+                                   buckets=DURATION_BUCKETS, registry=registry)
+        self._lag = Histogram(PREFIX + "scheduler_lag_seconds", "Delay between a poll's slot and its start.",
+                              buckets=LAG_BUCKETS, registry=registry)
+        self.queue_depth = Gauge(PREFIX + "queue_depth", "Polls queued for a worker.", registry=registry)
+        self.workers_busy = Gauge(PREFIX + "workers_busy", "Workers polling right now.", registry=registry)
+        self.targets = Gauge(PREFIX + "targets", "Agents currently known from configuration and discovery.", registry=registry)
+        self._reload_ok = Gauge(PREFIX + "config_last_reload_successful", "1 if the last configuration load succeeded.", registry=registry)
+        self._reload_ts = Gauge(PREFIX + "config_last_reload_success_timestamp_seconds",
+                                "When the configuration was last loaded successfully.", registry=registry)
+        errors = Counter(PREFIX + "thread_errors", "Unexpected exceptions survived by a thread loop.", ["thread"], registry=registry)
+        self._errors = errors
+        registry.register(TargetCollector(snapshot))
+
+    def poll_finished(self, ok: bool, reason: "Reason | None", duration: float) -> None:
+        """Count one poll's result and time."""
+        (self._success if ok else self._failure).inc()
+        if reason is not None:
+            self._failures[reason].inc()
+        self._duration.observe(duration)
+
+    def poll_started(self, lag: float) -> None:
+        """A worker took a poll `lag` seconds after its slot."""
+        self._lag.observe(max(0.0, lag))
+
+    def poll_skipped(self, reason: str, count: int = 1) -> None:
+        """A due poll was not started (`in_flight`, `queue_full` or `behind`)."""
+        self._skipped[reason].inc(count)
+
+    def config_loaded(self, ok: bool, timestamp: float) -> None:
+        """Record a configuration load or reload attempt."""
+        self._reload_ok.set(1 if ok else 0)
+        if ok:
+            self._reload_ts.set(timestamp)
+
+    def thread_error(self, thread: str) -> None:
+        """A thread loop caught an unexpected exception and went on."""
+        self._errors.labels(thread).inc()
+
+
+def new_registry() -> CollectorRegistry:
+    """A fresh registry (no process-global one: each service and test owns its own)."""
+    return CollectorRegistry(auto_describe=False)
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The Prometheus text exposition of `registry` and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def sample(registry: CollectorRegistry, name: str, labels: "dict[str, str] | None" = None) -> "float | None":
+    """One sample's value (for tests and the CLI)."""
+    return registry.get_sample_value(name, labels or {})

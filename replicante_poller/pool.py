@@ -1,0 +1,91 @@
+"""The worker pool: N threads that take due polls from a bounded queue and poll.
+
+Each worker owns its AgentClient (a requests Session is not shared between threads) and
+puts every PollResult, success or failure, on the results queue for the single writer.
+Shutdown is a sentinel passed from worker to worker.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Optional
+
+from .deadlines import DeadlineReaper
+from .metrics import PollerMetrics
+from .poll import PollResult, poll_target
+from .reasons import Reason, Status
+from .scheduler import Due
+from .tls import TlsContexts
+from .transport import AgentClient
+
+log = logging.getLogger(__name__)
+_STOP = None
+
+
+class WorkerPool:
+    """Polls what the scheduler queues; results go to `results`."""
+
+    def __init__(self, workers: int, contexts: TlsContexts, reaper: DeadlineReaper,
+                 results: "queue.Queue[object]", metrics: PollerMetrics,
+                 clock: Callable[[], float] = time.time, queue_size: Optional[int] = None):
+        self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or workers * 4)
+        self._results, self._metrics, self._clock = results, metrics, clock
+        self._contexts, self._reaper = contexts, reaper
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, name=f"poll-worker-{i}", daemon=True) for i in range(workers)]
+        metrics.queue_depth.set_function(self.jobs.qsize)
+        metrics.workers_busy.set_function(lambda: self._busy)
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, due: Due) -> bool:
+        """Queue a poll without blocking; False when the queue is full."""
+        try:
+            self.jobs.put_nowait(due)
+            return True
+        except queue.Full:
+            return False
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Let in-flight polls finish (they end by their deadline), then end the workers."""
+        while True:  # queued polls that never started are dropped, not run
+            try:
+                self.jobs.get_nowait()
+            except queue.Empty:
+                break
+        self.jobs.put(_STOP)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        client = AgentClient(self._contexts, self._reaper)
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is _STOP:
+                    self.jobs.put(_STOP)
+                    return
+                self._results.put(self._poll(client, job))
+        finally:
+            client.close()
+
+    def _poll(self, client: AgentClient, job: Due) -> PollResult:
+        start = self._clock()
+        self._metrics.poll_started(start - job.due)
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return poll_target(client, job.target, self._clock)
+        except Exception as exc:  # the top of the worker loop: log, count, keep going
+            log.exception("poll of %s failed unexpectedly", job.target.url)
+            self._metrics.thread_error("worker")
+            return PollResult(job.target, Status.AGENT_DOWN, Reason.INTERNAL, f"internal error: {exc!r}",
+                              start, self._clock() - start)
+        finally:
+            with self._busy_lock:
+                self._busy -= 1

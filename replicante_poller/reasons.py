@@ -1,0 +1,32 @@
+"""The fixed vocabularies of a poll: statuses and failure reasons (DESIGN section 2 and 6)."""
+from __future__ import annotations
+
+import enum
+
+
+class Status(str, enum.Enum):
+    """Status of one agent after one poll."""
+
+    UP = "UP"
+    AGENT_DOWN = "AGENT_DOWN"
+    NODE_DOWN = "NODE_DOWN"
+
+
+class Reason(str, enum.Enum):
+    """Why a poll failed; the label values of `poll_failures_total{reason}`."""
+
+    DNS = "dns"
+    CONNECT = "connect"
+    CONNECT_TIMEOUT = "connect_timeout"
+    TLS_HANDSHAKE = "tls_handshake"
+    TLS_VERIFY = "tls_verify"
+    TLS_PIN = "tls_pin"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    TOO_LARGE = "too_large"
+    CONTENT_TYPE = "content_type"
+    INVALID_JSON = "invalid_json"
+    SCHEMA = "schema"
+    CLUSTER_MISMATCH = "cluster_mismatch"
+    DUPLICATE_NODE = "duplicate_node"
+    INTERNAL = "internal"

@@ -1,0 +1,86 @@
+"""Fleet state: the latest result and health of every target.
+
+The scheduler thread is the single writer (`set_targets`, `record`); readers (metrics,
+status API) take `snapshot()`, a copy made under a lock.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Iterable, Optional
+
+from .discovery import Target
+from .health import Health
+from .poll import PollResult
+from .reasons import Reason, Status
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetView:
+    """What readers see of one target."""
+
+    target: Target
+    result: Optional[PollResult] = None
+    health: Health = Health()
+    last_success: Optional[float] = None
+
+
+class FleetState:
+    """Latest results, health and node ownership of every known target."""
+
+    def __init__(self, fall: int, rise: int):
+        self._fall, self._rise = fall, rise
+        self._lock = threading.Lock()
+        self._views: dict[tuple[str, str], TargetView] = {}
+        self._owners: dict[tuple[str, str], tuple[str, str]] = {}  # (cluster, node_id) -> target key
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """Track exactly `targets`: unchanged keys keep their state, removed ones go."""
+        with self._lock:
+            old = self._views
+            self._views = {
+                t.key: dataclasses.replace(old[t.key], target=t) if t.key in old else TargetView(t)
+                for t in targets
+            }
+            self._owners = {node: key for node, key in self._owners.items() if key in self._views}
+
+    def record(self, result: PollResult) -> Optional[TargetView]:
+        """Fold one poll result in; None when its target was removed meanwhile."""
+        key = result.target.key
+        view = self._views.get(key)
+        if view is None:
+            return None
+        if result.ok:
+            result = self._check_duplicate(result)
+        last_success = result.started + result.duration if result.ok else view.last_success
+        new = TargetView(view.target, result, view.health.observe(result.ok, self._fall, self._rise), last_success)
+        with self._lock:
+            if key in self._views:
+                self._views[key] = new
+        return new
+
+    def _check_duplicate(self, result: PollResult) -> PollResult:
+        """NODE_DOWN when another live agent of the cluster already reports this node id."""
+        assert result.datastore is not None
+        node = (result.target.cluster_id, result.datastore.node_id)
+        owner_key = self._owners.get(node)
+        if owner_key is not None and owner_key != result.target.key:
+            owner = self._views.get(owner_key)
+            latest = owner.result if owner else None
+            if (latest is not None and latest.ok and latest.datastore is not None
+                    and latest.datastore.node_id == node[1]
+                    and result.started - latest.started < latest.target.poll.interval):
+                return dataclasses.replace(
+                    result, status=Status.NODE_DOWN, reason=Reason.DUPLICATE_NODE,
+                    message=f"node id {node[1]!r} is already reported by {owner_key[1]} in cluster {node[0]!r}",
+                )
+        self._owners[node] = result.target.key
+        return result
+
+    def snapshot(self) -> list[TargetView]:
+        """A copy of every target's view, safe to use from any thread."""
+        with self._lock:
+            return list(self._views.values())
+
+    def __len__(self) -> int:
+        return len(self._views)

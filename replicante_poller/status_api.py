@@ -1,0 +1,134 @@
+"""The status listener: `/metrics`, `/api/v1/targets` and an HTML page at `/`.
+
+Read-only views over state snapshots; nothing here writes state.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Optional
+
+from .state import TargetView
+
+log = logging.getLogger(__name__)
+
+
+def rfc3339(timestamp: Optional[float]) -> Optional[str]:
+    """UTC RFC 3339 with milliseconds, or None."""
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def target_json(view: TargetView) -> dict[str, Any]:
+    """One target as the status API shows it."""
+    result = view.result
+    return {
+        "cluster": view.target.cluster_id,
+        "display_name": view.target.display_name,
+        "url": view.target.url,
+        "status": result.status.value if result else None,
+        "reason": result.reason.value if result and result.reason else None,
+        "message": result.message if result else "not polled yet",
+        "health": view.health.state.value,
+        "last_poll": rfc3339(result.started) if result else None,
+        "last_success": rfc3339(view.last_success),
+        "duration_seconds": round(result.duration, 6) if result else None,
+        "agent": result.agent.to_json() if result and result.agent else None,
+        "datastore": result.datastore.to_json() if result and result.datastore else None,
+        "shards": [s.to_json() for s in result.shards] if result and result.shards is not None else None,
+        "tls_cert_expiry": rfc3339(result.cert_not_after) if result else None,
+    }
+
+
+def targets_document(views: Iterable[TargetView]) -> dict[str, Any]:
+    """The `/api/v1/targets` document, sorted by cluster then URL."""
+    ordered = sorted(views, key=lambda v: v.target.key)
+    return {"targets": [target_json(v) for v in ordered]}
+
+
+_STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
+          "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}"
+          ".UP{color:#176f2c}.AGENT_DOWN,.NODE_DOWN{color:#b00020;font-weight:bold}")
+
+
+def status_page(views: Iterable[TargetView]) -> str:
+    """A plain HTML table of every target."""
+    views = list(views)
+    rows = []
+    for item in targets_document(views)["targets"]:
+        status = item["status"] or "PENDING"
+        cells = [item["cluster"], item["url"], status, item["reason"] or "", item["health"],
+                 item["last_poll"] or "", item["message"]]
+        rows.append("<tr>" + "".join(
+            f'<td class="{html.escape(status)}">{html.escape(str(c))}</td>' if i == 2 else f"<td>{html.escape(str(c))}</td>"
+            for i, c in enumerate(cells)) + "</tr>")
+    up = sum(1 for v in views if v.result and v.result.ok)
+    return (
+        "<!doctype html><html><head><meta charset=utf-8><title>replicante-poller</title>"
+        f"<style>{_STYLE}</style></head><body><h1>replicante-poller</h1>"
+        f"<p>{up} of {len(rows)} agents UP. <a href=/metrics>metrics</a> · <a href=/api/v1/targets>targets JSON</a></p>"
+        "<table><tr><th>cluster</th><th>agent</th><th>status</th><th>reason</th><th>health</th>"
+        "<th>last poll</th><th>message</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+
+
+class StatusServer:
+    """The HTTP listener of the service, on its own threads."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
+                 metrics: Callable[[], tuple[bytes, str]]):
+        self._snapshot, self._metrics = snapshot, metrics
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "replicante-poller"
+
+            def do_GET(self) -> None:
+                outer._get(self)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                log.debug("status api: " + format, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="status-api", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _get(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = self._metrics()
+        elif path == "/api/v1/targets":
+            body = json.dumps(targets_document(self._snapshot()), indent=1).encode()
+            content_type = "application/json"
+        elif path == "/":
+            body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"
+        else:
+            body, content_type = b'{"error":"not found"}', "application/json"
+            return _send(request, 404, body, content_type)
+        _send(request, 200, body, content_type)
+
+
+def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    request.wfile.write(body)

@@ -1,0 +1,263 @@
+"""HTTPS transport to agents: the only module that speaks `requests` and `urllib3`.
+
+Each poll opens ONE fresh TLS connection (shared SSLContext, no CA file re-read), carries
+its GETs on it and closes it. One wall-clock deadline covers connect, handshake, headers
+and bodies (enforced by the DeadlineReaper). Bodies are capped after decompression,
+`Content-Type` must be JSON, redirects are never followed, the environment is ignored
+(`trust_env=False`). Every library exception is translated here into a `Failure`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.utils
+import socket
+import ssl
+import time
+from typing import Any, Iterator, Optional, Union
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
+
+from . import __version__
+from .deadlines import DeadlineReaper, Watch
+from .discovery import Target
+from .reasons import Reason
+from .tls import PeerCertificate, TlsContexts, peer_certificate, pin_matches
+
+USER_AGENT = f"replicante-poller/{__version__}"
+READ_CHUNK = 16 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """A request that gave nothing usable, as a value: reason, message, HTTP status if any."""
+
+    reason: Reason
+    message: str
+    status: Optional[int] = None
+    retry_after: Optional[float] = None
+
+
+class _PollState:
+    """What the connection learns during one poll: its watch, pins and peer certificate."""
+
+    __slots__ = ("watch", "pins", "peer", "pin_failed")
+
+    def __init__(self, watch: Watch, pins: frozenset[str]):
+        self.watch, self.pins = watch, pins
+        self.peer: Optional[PeerCertificate] = None
+        self.pin_failed = False
+
+
+class _WatchedConnection(HTTPSConnection):
+    """An HTTPS connection whose socket the deadline reaper can cut, and that checks pins."""
+
+    def __init__(self, *args: Any, poll: _PollState, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._poll = poll
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        self._poll.watch.attach(sock)
+        return sock
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True)
+        self._poll.peer = peer_certificate(der) if der else None
+        if not pin_matches(self._poll.peer, self._poll.pins):
+            self._poll.pin_failed = True
+            self.close()
+            raise urllib3.exceptions.SSLError("certificate matches no configured SPKI pin")
+
+
+class _WatchedPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _AgentAdapter(requests.adapters.HTTPAdapter):
+    """Routes every request to the current poll's own pool, verified by the shared context."""
+
+    def __init__(self) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
+        self.pool: Optional[_WatchedPool] = None
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None) -> Any:
+        if self.pool is None:
+            raise RuntimeError("request outside a poll")
+        return self.pool
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Verification lives in the shared SSLContext: never set CA files per connection."""
+
+
+class AgentClient:
+    """Polls agents from one worker thread (a requests Session is not shared by threads)."""
+
+    def __init__(self, contexts: TlsContexts, reaper: DeadlineReaper):
+        self._contexts, self._reaper = contexts, reaper
+        self._adapter = _AgentAdapter()
+        self._session = requests.Session()
+        self._session.trust_env = False
+        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+        self._session.mount("https://", self._adapter)
+        self._session.mount("http://", self._adapter)
+
+    @contextlib.contextmanager
+    def connect(self, target: Target) -> Iterator["AgentConnection"]:
+        """A fresh connection to `target` for one poll, closed when the block ends."""
+        watch = self._reaper.watch(target.poll.timeout)
+        state = _PollState(watch, target.tls.pins)
+        parts = urlsplit(target.url)
+        self._adapter.pool = _WatchedPool(
+            parts.hostname, parts.port or 443, maxsize=1, block=False, retries=False,
+            ssl_context=self._contexts.get(target.tls), poll=state,
+        )
+        try:
+            yield AgentConnection(self._session, target, state)
+        finally:
+            self._adapter.pool.close()
+            self._adapter.pool = None
+            watch.close()
+
+    def close(self) -> None:
+        self._session.close()
+
+
+class AgentConnection:
+    """The GETs of one poll, on one connection."""
+
+    def __init__(self, session: requests.Session, target: Target, state: _PollState):
+        self._session, self._target, self._state = session, target, state
+
+    @property
+    def peer(self) -> Optional[PeerCertificate]:
+        """The agent's certificate, once the handshake happened."""
+        return self._state.peer
+
+    def get(self, path: str) -> Union[bytes, Failure]:
+        """The JSON body at `path`, or the Failure that prevented it."""
+        remaining = self._state.watch.deadline - time.monotonic()
+        if remaining <= 0:
+            return self._deadline_failure()
+        try:
+            response = self._session.get(
+                self._target.url + path, stream=True, allow_redirects=False, timeout=(remaining, remaining)
+            )
+        except Exception as exc:  # translated here: the library boundary
+            return self._classify(exc)
+        try:
+            return _check_headers(response, path, self._target.poll.max_body) or _read_body(response, self._target.poll.max_body)
+        except Exception as exc:
+            return self._classify(exc)
+        finally:
+            response.close()
+
+    def _deadline_failure(self) -> Failure:
+        timeout = self._target.poll.timeout
+        if self._state.watch.connected:
+            return Failure(Reason.TIMEOUT, f"poll deadline of {timeout:g}s passed")
+        return Failure(Reason.CONNECT_TIMEOUT, f"TCP connect did not complete within {timeout:g}s")
+
+    def _classify(self, exc: BaseException) -> Failure:
+        if self._state.pin_failed:
+            pin = self._state.peer.spki_pin if self._state.peer else "unknown"
+            return Failure(Reason.TLS_PIN, f"certificate key {pin} matches no configured pin")
+        if self._state.watch.expired:
+            return self._deadline_failure()
+        return classify(exc)
+
+
+def classify(exc: BaseException) -> Failure:
+    """Translate a requests/urllib3/socket/ssl exception into a Failure."""
+    chain = list(_chain(exc))
+
+    def find(*types: type) -> Optional[BaseException]:
+        return next((e for e in chain if isinstance(e, types)), None)
+
+    if (e := find(socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
+        return Failure(Reason.DNS, f"name resolution failed: {_short(e)}")
+    if (e := find(ssl.SSLCertVerificationError)) is not None:
+        return Failure(Reason.TLS_VERIFY, f"certificate verification failed: {getattr(e, 'verify_message', None) or _short(e)}")
+    if (e := find(urllib3.exceptions.ConnectTimeoutError, requests.exceptions.ConnectTimeout)) is not None:
+        return Failure(Reason.CONNECT_TIMEOUT, "TCP connect timed out")
+    if (e := find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)) is not None:
+        return Failure(Reason.TIMEOUT, "read timed out")
+    if (e := find(ssl.SSLError)) is not None:
+        return Failure(Reason.TLS_HANDSHAKE, f"TLS failed: {_short(e)}")
+    if (e := find(urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError)) is not None:
+        return Failure(Reason.INVALID_JSON, f"body could not be decoded: {_short(e)}")
+    if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
+        return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")
+    if (e := find(OSError, urllib3.exceptions.HTTPError, requests.RequestException)) is not None:
+        return Failure(Reason.CONNECT, f"connection broken: {_short(e)}")
+    return Failure(Reason.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and everything it wraps: causes, contexts, urllib3 reasons, args."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        linked.extend(a for a in current.args if isinstance(a, BaseException))
+        todo.extend(e for e in linked if isinstance(e, BaseException))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_headers(response: requests.Response, path: str, cap: int) -> Optional[Failure]:
+    status = response.status_code
+    if status != 200:
+        retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        return Failure(Reason.HTTP_STATUS, f"GET {path} answered HTTP {status} {response.reason or ''}".rstrip(),
+                       status=status, retry_after=retry_after)
+    content_type = response.headers.get("Content-Type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return Failure(Reason.CONTENT_TYPE, f"GET {path} answered Content-Type {content_type or 'none'!r}, not application/json")
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > cap:
+        return Failure(Reason.TOO_LARGE, f"GET {path} body of {length} bytes is over the {cap} byte cap")
+    return None
+
+
+def _read_body(response: requests.Response, cap: int) -> Union[bytes, Failure]:
+    """Read the (decompressed) body, giving up as soon as it passes `cap` bytes."""
+    raw = response.raw
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = raw.read(READ_CHUNK, decode_content=True)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            return Failure(Reason.TOO_LARGE, f"body passed the {cap} byte cap (after decompression)")
+        chunks.append(chunk)
+
+
+def _retry_after(value: Optional[str]) -> Optional[float]:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None when unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
