@@ -1,0 +1,538 @@
+"""Reference agent simulator: many Replicante agents ("unstable" API) over HTTPS on loopback.
+
+One listening socket per simulated node, ONE acceptor thread multiplexing all of them with
+`selectors`, and one short-lived daemon thread per accepted connection (TLS handshake and a
+small HTTP/1.1 keep-alive loop). Response bytes are built once per node at start, so the
+simulator is cheap enough to be the benchmark server too.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import errno
+import hashlib
+import http
+import json
+import logging
+import pathlib
+import resource
+import selectors
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import BinaryIO
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import trustme
+
+_log = logging.getLogger(__name__)
+
+API = "/api/unstable"
+AGENT_INFO = API + "/info/agent"
+DATASTORE_INFO = API + "/info/datastore"
+SHARDS = API + "/shards"
+ACTIONS_PREFIX = API + "/actions/"
+
+IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle (or mid-handshake) before it is dropped
+_MAX_LINE = 8192
+_MAX_HEADERS = 100
+_MAX_DISCARD = 1 << 20  # request bodies up to this size are read and dropped; larger ones close
+_HUGE_PADDING = 1 << 20
+_CHECKOUT = hashlib.sha1(b"replicante-agent-sim").hexdigest()
+
+
+class Fault(str, enum.Enum):
+    """How a simulated agent misbehaves."""
+
+    HEALTHY = "healthy"
+    NODE_DOWN = "node_down"
+    WRONG_CLUSTER = "wrong_cluster"
+    SLOW = "slow"
+    GARBAGE = "garbage"
+    HUGE = "huge"
+    HANGING = "hanging"
+    BAD_SCHEMA = "bad_schema"
+    WRONG_CONTENT_TYPE = "wrong_content_type"
+    AGENT_ERROR = "agent_error"
+
+
+# kind -> (cluster id prefix, datastore version)
+_KINDS = {"MongoDB": ("mongo", "4.0.1"), "Kafka": ("kafka", "2.8.0"), "Zookeeper": ("zk", "3.8.4")}
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSpec:
+    """One simulated datastore node and its agent's behaviour."""
+
+    cluster_id: str
+    node_id: str
+    kind: str = "MongoDB"
+    fault: Fault = Fault.HEALTHY
+    display_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in _KINDS:
+            raise ValueError(f"unknown datastore kind {self.kind!r}; expected one of {sorted(_KINDS)}")
+        object.__setattr__(self, "fault", Fault(self.fault))
+
+
+def fleet(clusters: int, nodes_per_cluster: int, faults: Mapping[Fault, int] = {}) -> list[NodeSpec]:
+    """Deterministic fleet; faults go to the first nodes of a round-robin spread over clusters."""
+    if clusters < 0 or nodes_per_cluster < 0:
+        raise ValueError("clusters and nodes_per_cluster must not be negative")
+    counts = {Fault(fault): count for fault, count in faults.items()}
+    if any(count < 0 for count in counts.values()):
+        raise ValueError("fault counts must not be negative")
+    wanted = sum(count for fault, count in counts.items() if fault is not Fault.HEALTHY)
+    if wanted > clusters * nodes_per_cluster:
+        raise ValueError(f"{wanted} faulty nodes requested but the fleet has only "
+                         f"{clusters * nodes_per_cluster} nodes")
+    spread = iter([(c, n) for n in range(nodes_per_cluster) for c in range(clusters)])
+    assigned = {next(spread): fault for fault in Fault if fault is not Fault.HEALTHY
+                for _ in range(counts.get(fault, 0))}
+    kinds = list(_KINDS)
+    nodes = []
+    for c in range(clusters):
+        kind = kinds[c % len(kinds)]
+        cluster_id = f"{_KINDS[kind][0]}-{c + 1}"
+        for n in range(nodes_per_cluster):
+            nodes.append(NodeSpec(cluster_id, f"{cluster_id}-node-{n + 1}", kind,
+                                  assigned.get((c, n), Fault.HEALTHY)))
+    return nodes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Response:
+    """Pre-serialised response: `head` is the status line and headers without the blank line."""
+
+    head: bytes
+    body: bytes
+
+    def wire(self, close: bool, head_only: bool = False) -> bytes:
+        end = b"Connection: close\r\n\r\n" if close else b"\r\n"
+        return self.head + end if head_only else self.head + end + self.body
+
+
+def _response(status: int, body: bytes = b"", content_type: str | None = "application/json",
+              extra: str = "") -> _Response:
+    phrase = http.HTTPStatus(status).phrase
+    head = f"HTTP/1.1 {status} {phrase}\r\nServer: replicante-agent-sim\r\n"
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    head += f"Content-Length: {len(body)}\r\n{extra}"
+    return _Response(head.encode("latin-1"), body)
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str, variant: str | None = None, extra: str = "") -> _Response:
+    body = {"error": message, "layers": [message], "trace": None, "variant": variant}
+    return _response(status, _dumps(body), extra=extra)
+
+
+_EMPTY_404 = _response(404, content_type=None)
+_NOT_FOUND = _error(404, "path not found", "NotFound")
+_NOT_ALLOWED = _error(405, "method not allowed", "MethodNotAllowed", "Allow: GET\r\n")
+_BAD_REQUEST = _error(400, "malformed HTTP request", "BadRequest")
+_DATASTORE_DOWN = _error(500, "datastore unreachable")
+
+
+def _shards(spec: NodeSpec, primary: bool) -> list[dict[str, object]]:
+    role = "primary" if primary else "secondary"
+    if spec.kind == "MongoDB":
+        return [{"id": "rs0", "role": role, "commit_offset": {"unit": "seconds", "value": 1700000000},
+                 "lag": {"unit": "seconds", "value": 0}}]
+    if spec.kind == "Kafka":
+        unit = {"unit": "offset"}
+        return [{"id": "events/0", "role": role, "commit_offset": {"unit": unit, "value": 1042},
+                 "lag": {"unit": unit, "value": 0}},
+                {"id": "events/1", "role": role, "commit_offset": {"unit": unit, "value": 977},
+                 "lag": {"unit": unit, "value": 0}},
+                {"id": "events/2", "role": {"unknown": "leaderless"},
+                 "commit_offset": {"unit": unit, "value": 311}, "lag": None}]
+    unit = {"unit": "zxid"}
+    return [{"id": spec.cluster_id, "role": role, "commit_offset": {"unit": unit, "value": 0x100000042},
+             "lag": {"unit": unit, "value": 0}}]
+
+
+def _routes(spec: NodeSpec, primary: bool) -> dict[str, _Response]:
+    """The GET routes of one node, fault applied, serialised once."""
+    fault = spec.fault
+    agent: dict[str, object] = {"version": {"checkout": _CHECKOUT, "number": "0.7.0", "taint": "not tainted"}}
+    datastore = {"cluster_display_name": spec.display_name, "cluster_id": spec.cluster_id,
+                 "kind": spec.kind, "node_id": spec.node_id, "version": _KINDS[spec.kind][1]}
+    shards = _shards(spec, primary)
+    if fault is Fault.WRONG_CLUSTER:
+        datastore["cluster_id"] = spec.cluster_id + "-impostor"
+    elif fault is Fault.HUGE:
+        agent["padding"] = "x" * _HUGE_PADDING
+    elif fault is Fault.BAD_SCHEMA:
+        shards[0]["role"] = 42
+    routes = {AGENT_INFO: _response(200, _dumps(agent)),
+              DATASTORE_INFO: _response(200, _dumps(datastore)),
+              SHARDS: _response(200, _dumps({"shards": shards}))}
+    if fault is Fault.NODE_DOWN:
+        routes[DATASTORE_INFO] = routes[SHARDS] = _DATASTORE_DOWN
+    elif fault is Fault.GARBAGE:
+        routes = {path: _response(200, b'{"version": <<garbage') for path in routes}
+    elif fault is Fault.WRONG_CONTENT_TYPE:
+        routes[AGENT_INFO] = _response(200, routes[AGENT_INFO].body, "text/html; charset=utf-8")
+    elif fault is Fault.AGENT_ERROR:
+        routes[AGENT_INFO] = _error(500, "agent internal error")
+    return routes
+
+
+@dataclasses.dataclass
+class _Agent:
+    spec: NodeSpec
+    listener: socket.socket
+    url: str
+    routes: dict[str, _Response]
+    seen: int = 0
+
+
+@dataclasses.dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    thread: threading.Thread | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    method: str
+    path: str
+    close: bool
+    body_length: int  # -1: a body we will not read (the connection closes after the response)
+
+
+class _BadRequest(Exception):
+    """The client sent something that is not HTTP/1.x."""
+
+
+def _read_request(rfile: Callable[[int], bytes]) -> _Request | None:
+    """Read one request head (and size its body); None on a clean end of stream."""
+    line = rfile(_MAX_LINE + 1)
+    if line in (b"\r\n", b"\n"):  # one stray empty line is tolerated (RFC 9112 2.2)
+        line = rfile(_MAX_LINE + 1)
+    if not line:
+        return None
+    parts = line.decode("latin-1").split()
+    if len(line) > _MAX_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest
+    method, target, version = parts
+    headers: dict[str, str] = {}
+    for _ in range(_MAX_HEADERS):
+        line = rfile(_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n"):
+            break
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or len(line) > _MAX_LINE or not line.endswith(b"\n"):
+            raise _BadRequest
+        headers[name.strip().lower()] = value.strip()
+    else:
+        raise _BadRequest
+    tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
+    close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
+    length = headers.get("content-length", "0")
+    if not length.isdigit():
+        raise _BadRequest
+    body_length = int(length)
+    if "transfer-encoding" in headers or "expect" in headers or body_length > _MAX_DISCARD:
+        body_length, close = -1, True
+    return _Request(method, target.split("?", 1)[0], close, body_length)
+
+
+class AgentSim:
+    """HTTPS agents for `nodes` on loopback; a context manager (start/stop)."""
+
+    # (path prefix, handler) tried before the per-node GET routes; extend here for actions.
+    _PREFIX_ROUTES: tuple[tuple[str, Callable[[_Agent, str, str], _Response]], ...] = (
+        (ACTIONS_PREFIX, lambda agent, method, path: _EMPTY_404),  # actions disabled
+    )
+
+    def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext,
+                 host: str = "127.0.0.1", drip_seconds: float = 1.0) -> None:
+        self._nodes = list(nodes)
+        self._context = ssl_context
+        self._host = host
+        self._drip_seconds = drip_seconds
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._agents: list[_Agent] = []
+        self._by_url: dict[str, _Agent] = {}
+        self._conns: set[_Conn] = set()
+        self._acceptor: threading.Thread | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    def start(self) -> AgentSim:
+        """Bind one ephemeral port per node and start the acceptor thread."""
+        if self._acceptor is not None or self._stop.is_set():
+            raise RuntimeError("AgentSim can be started once")
+        _ensure_fd_limit(len(self._nodes) + 512)
+        bind_host = "127.0.0.1" if self._host == "localhost" else self._host
+        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+        url_host = f"[{self._host}]" if ":" in self._host else self._host
+        primaries: set[str] = set()
+        try:
+            for spec in self._nodes:
+                listener = socket.socket(family, socket.SOCK_STREAM)
+                self._agents.append(_Agent(spec, listener, "", {}))
+                listener.bind((bind_host, 0))
+                listener.listen(128)
+                listener.setblocking(False)
+                agent = self._agents[-1]
+                agent.url = f"https://{url_host}:{listener.getsockname()[1]}"
+                agent.routes = _routes(spec, spec.cluster_id not in primaries)
+                primaries.add(spec.cluster_id)
+                self._by_url[agent.url] = agent
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._acceptor = threading.Thread(target=self._accept_loop, name="agentsim-acceptor", daemon=True)
+        self._acceptor.start()
+        return self
+
+    @property
+    def agents(self) -> list[tuple[NodeSpec, str]]:
+        """Each node with its agent URL (after start)."""
+        if self._acceptor is None:
+            raise RuntimeError("AgentSim is not started")
+        return [(agent.spec, agent.url) for agent in self._agents]
+
+    def requests_seen(self, url: str) -> int:
+        """HTTP requests received by the agent at `url`."""
+        with self._lock:
+            return self._by_url[url.rstrip("/")].seen
+
+    def stop(self) -> None:
+        """Close listeners and connections, wake handlers, join threads; idempotent."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            conns = list(self._conns)
+        if self._acceptor is not None:
+            self._wake_w.send(b"x")
+            self._acceptor.join()
+        self._close_sockets()
+        for conn in conns:
+            try:  # base-class shutdown on the fd: wakes a blocked read without touching SSL state
+                socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2.0
+        for conn in conns:
+            if conn.thread is not None:
+                conn.thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> AgentSim:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _close_sockets(self) -> None:
+        for sock in [agent.listener for agent in self._agents] + [self._wake_r, self._wake_w]:
+            sock.close()
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            for agent in self._agents:
+                selector.register(agent.listener, selectors.EVENT_READ, agent)
+            while not self._stop.is_set():
+                for key, _ in selector.select():
+                    if key.data is not None:
+                        self._accept(key.data)
+
+    def _accept(self, agent: _Agent) -> None:
+        try:
+            raw, _ = agent.listener.accept()
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                _log.warning("agent-sim cannot accept on %s: %s", agent.url, exc)
+                self._stop.wait(0.1)  # back off instead of spinning on a ready listener
+            return
+        raw.settimeout(IDLE_TIMEOUT)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle stall after tickets
+        conn = _Conn(raw)
+        conn.thread = threading.Thread(target=self._serve, args=(conn, agent),
+                                       name=f"agentsim-{agent.spec.node_id}", daemon=True)
+        with self._lock:
+            if self._stop.is_set():
+                raw.close()
+                return
+            self._conns.add(conn)
+        conn.thread.start()
+
+    def _serve(self, conn: _Conn, agent: _Agent) -> None:
+        """One connection: TLS handshake, then requests until close; client faults end it silently."""
+        try:
+            with self._lock:  # wrapping detaches the raw socket: swap it where stop() looks
+                if self._stop.is_set():
+                    return
+                conn.sock = self._context.wrap_socket(conn.sock, server_side=True,
+                                                      do_handshake_on_connect=False)
+            conn.sock.do_handshake()
+            with conn.sock.makefile("rb") as rfile:
+                self._exchange(conn.sock, rfile, agent)
+        except (OSError, ValueError):
+            pass  # disconnects, TLS failures, timeouts, writes after stop(): that connection's end
+        except Exception:  # a bug in the simulator itself
+            _log.exception("agent-sim connection handler failed for %s", agent.url)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.sock.close()
+
+    def _exchange(self, sock: socket.socket, rfile: BinaryIO, agent: _Agent) -> None:
+        """Answer requests on one connection until it closes."""
+        while not self._stop.is_set():
+            try:
+                request = _read_request(rfile.readline)
+            except _BadRequest:
+                sock.sendall(_BAD_REQUEST.wire(close=True))
+                return
+            if request is None:
+                return
+            with self._lock:
+                agent.seen += 1
+            if agent.spec.fault is Fault.HANGING:
+                sock.settimeout(None)
+                while sock.recv(4096):  # until the client closes, or stop() shuts the socket down
+                    pass
+                return
+            if request.body_length > 0 and len(rfile.read(request.body_length)) < request.body_length:
+                return
+            data = self._route(agent, request.method, request.path).wire(
+                request.close, head_only=request.method == "HEAD")
+            if agent.spec.fault is Fault.SLOW:
+                if not self._drip(sock, data):
+                    return
+            else:
+                sock.sendall(data)
+            if request.close:
+                return
+
+    def _route(self, agent: _Agent, method: str, path: str) -> _Response:
+        for prefix, handler in self._PREFIX_ROUTES:
+            if path.startswith(prefix):
+                return handler(agent, method, path)
+        response = agent.routes.get(path)
+        if response is None:
+            return _NOT_FOUND
+        return response if method == "GET" else _NOT_ALLOWED
+
+    def _drip(self, sock: socket.socket, data: bytes) -> bool:
+        """Send one byte every drip_seconds; False when stop() interrupted it."""
+        view = memoryview(data)
+        for i in range(len(view)):
+            if i and self._stop.wait(self._drip_seconds):
+                return False
+            sock.sendall(view[i:i + 1])
+        return True
+
+
+def _ensure_fd_limit(needed: int) -> None:
+    """Raise the soft open-files limit towards the hard one when thousands of ports are bound."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def throwaway_ca(directory: pathlib.Path) -> tuple[pathlib.Path, ssl.SSLContext]:
+    """A fresh trustme CA: writes directory/ca.pem, returns it and a server context for loopback."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    ca_pem = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
+    return ca_pem, context
+
+
+def discovery_ini(agents: Iterable[tuple[NodeSpec, str]]) -> str:
+    """INI discovery text: one [cluster:ID] section per cluster, in order of first appearance."""
+    clusters: dict[str, tuple[list[str], list[str]]] = {}
+    for spec, url in agents:
+        urls, names = clusters.setdefault(spec.cluster_id, ([], []))
+        urls.append(url)
+        if spec.display_name and not names:
+            names.append(spec.display_name)
+    sections = []
+    for cluster_id, (urls, names) in clusters.items():
+        lines = [f"[cluster:{cluster_id}]"] + [f"display_name = {name}" for name in names]
+        sections.append("\n".join(lines + ["agents = " + ", ".join(urls)]) + "\n")
+    return "\n".join(sections)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the `agent-sim` verb."""
+    parser.add_argument("--clusters", type=int, default=3, help="number of clusters (default 3)")
+    parser.add_argument("--nodes-per-cluster", type=int, default=3, help="nodes per cluster (default 3)")
+    parser.add_argument("--fault", action="append", default=[], metavar="NAME=COUNT",
+                        help="give COUNT nodes a fault, repeatable; NAME in: "
+                        + ", ".join(f.value for f in Fault if f is not Fault.HEALTHY))
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--out", type=pathlib.Path, required=True,
+                        help="directory for ca.pem and discovery.ini")
+    parser.add_argument("--drip-seconds", type=float, default=1.0,
+                        help="seconds between bytes of a slow agent (default 1.0)")
+
+
+def _parse_faults(values: Iterable[str]) -> dict[Fault, int]:
+    faults: dict[Fault, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        try:
+            fault = Fault(name.strip().lower().replace("-", "_"))
+        except ValueError:
+            raise ValueError(f"--fault {value!r}: unknown fault {name!r}; expected one of "
+                             + ", ".join(f.value for f in Fault)) from None
+        if not sep or not count.strip().isdigit():
+            raise ValueError(f"--fault {value!r}: expected NAME=COUNT with COUNT a whole number")
+        faults[fault] = faults.get(fault, 0) + int(count)
+    return faults
+
+
+def main(args: argparse.Namespace) -> int:
+    """The `agent-sim` verb: serve a simulated fleet until SIGINT/SIGTERM."""
+    try:
+        nodes = fleet(args.clusters, args.nodes_per_cluster, _parse_faults(args.fault))
+        if args.drip_seconds <= 0:
+            raise ValueError("--drip-seconds must be positive")
+    except ValueError as exc:
+        print(f"agent-sim: {exc}", file=sys.stderr)
+        return 2
+    try:
+        ca_pem, context = throwaway_ca(args.out)
+        sim = AgentSim(nodes, context, host=args.host, drip_seconds=args.drip_seconds).start()
+    except OSError as exc:
+        print(f"agent-sim: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stopping = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stopping.set())
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        discovery = args.out / "discovery.ini"
+        discovery.write_text(discovery_ini(sim.agents))
+        for spec, url in sim.agents:
+            print(f"{url} cluster={spec.cluster_id} node={spec.node_id} fault={spec.fault.value}")
+        print(f"CA certificate: {ca_pem}")
+        print(f"discovery file: {discovery}", flush=True)
+        stopping.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        sim.stop()
+    return 0
