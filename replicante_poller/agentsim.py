@@ -256,8 +256,9 @@ class AgentSim:
         (ACTIONS_PREFIX, lambda agent, method, path: _EMPTY_404),  # actions disabled
     )
 
-    def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext,
+    def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext | None,
                  host: str = "127.0.0.1", drip_seconds: float = 1.0) -> None:
+        """`ssl_context` None serves plain HTTP, as an agent behind a TLS-terminating nginx."""
         self._nodes = list(nodes)
         self._context = ssl_context
         self._host = host
@@ -287,7 +288,8 @@ class AgentSim:
                 listener.listen(128)
                 listener.setblocking(False)
                 agent = self._agents[-1]
-                agent.url = f"https://{url_host}:{listener.getsockname()[1]}"
+                scheme = "http" if self._context is None else "https"
+                agent.url = f"{scheme}://{url_host}:{listener.getsockname()[1]}"
                 agent.routes = _routes(spec, spec.cluster_id not in primaries)
                 primaries.add(spec.cluster_id)
                 self._by_url[agent.url] = agent
@@ -376,12 +378,13 @@ class AgentSim:
     def _serve(self, conn: _Conn, agent: _Agent) -> None:
         """One connection: TLS handshake, then requests until close; client faults end it silently."""
         try:
-            with self._lock:  # wrapping detaches the raw socket: swap it where stop() looks
-                if self._stop.is_set():
-                    return
-                conn.sock = self._context.wrap_socket(conn.sock, server_side=True,
-                                                      do_handshake_on_connect=False)
-            conn.sock.do_handshake()
+            if self._context is not None:
+                with self._lock:  # wrapping detaches the raw socket: swap it where stop() looks
+                    if self._stop.is_set():
+                        return
+                    conn.sock = self._context.wrap_socket(conn.sock, server_side=True,
+                                                          do_handshake_on_connect=False)
+                conn.sock.do_handshake()
             with conn.sock.makefile("rb") as rfile:
                 self._exchange(conn.sock, rfile, agent)
         except (OSError, ValueError):

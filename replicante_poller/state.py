@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from .discovery import Target
 from .health import Health
@@ -31,6 +31,7 @@ class FleetState:
     def __init__(self, fall: int, rise: int):
         self._fall, self._rise = fall, rise
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._views: dict[tuple[str, str], TargetView] = {}
         self._owners: dict[tuple[str, str], tuple[str, str]] = {}  # (cluster, node_id) -> target key
 
@@ -57,6 +58,7 @@ class FleetState:
         with self._lock:
             if key in self._views:
                 self._views[key] = new
+                self._changed.notify_all()
         return new
 
     def _check_duplicate(self, result: PollResult) -> PollResult:
@@ -81,6 +83,11 @@ class FleetState:
         """A copy of every target's view, safe to use from any thread."""
         with self._lock:
             return list(self._views.values())
+
+    def wait_for(self, predicate: Callable[[list[TargetView]], bool], timeout: float) -> bool:
+        """Block until `predicate(snapshot)` holds after a record, or `timeout` passes."""
+        with self._changed:
+            return self._changed.wait_for(lambda: predicate(list(self._views.values())), timeout)
 
     def __len__(self) -> int:
         return len(self._views)

@@ -1,0 +1,55 @@
+"""Helpers shared by the end-to-end tests."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from replicante_poller.service import Service
+
+
+def config_text(agents: Sequence[tuple[str, str]], ca_file: Path, interval: str = "2s", timeout: str = "800ms",
+                extra: str = "") -> str:
+    """A service configuration polling `agents` ((cluster, url) pairs), API on an ephemeral port."""
+    clusters: dict[str, list[str]] = {}
+    for cluster, url in agents:
+        clusters.setdefault(cluster, []).append(url)
+    text = (f"[poller]\ninterval = {interval}\ntimeout = {timeout}\nworkers = 8\nfall = 2\nrise = 1\n"
+            f"[tls]\nca_file = {ca_file}\n[http]\nlisten = 127.0.0.1:0\n{extra}")
+    for cluster, urls in clusters.items():
+        text += f"[cluster:{cluster}]\nagents = {', '.join(urls)}\n"
+    return text
+
+
+def all_polled(service: Service, timeout: float = 15.0) -> list:
+    """Wait (on the state's condition, no sleeps) until every target has a result."""
+    assert service.state.wait_for(lambda views: all(v.result for v in views), timeout), "not every agent was polled"
+    return service.snapshot()
+
+
+NGINX_CONF = """
+daemon on;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass {upstream};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+

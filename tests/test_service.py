@@ -1,0 +1,85 @@
+"""The whole service in process against simulated agents: every fault gets its status and
+reason, identically in /api/v1/targets and /metrics."""
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from replicante_poller.agentsim import Fault, NodeSpec
+
+from harness import all_polled, config_text
+
+EXPECTED = {
+    Fault.HEALTHY: ("UP", None),
+    Fault.NODE_DOWN: ("NODE_DOWN", "http_status"),
+    Fault.WRONG_CLUSTER: ("NODE_DOWN", "cluster_mismatch"),
+    Fault.SLOW: ("AGENT_DOWN", "timeout"),
+    Fault.GARBAGE: ("AGENT_DOWN", "invalid_json"),
+    Fault.HUGE: ("AGENT_DOWN", "too_large"),
+    Fault.HANGING: ("AGENT_DOWN", "timeout"),
+    Fault.BAD_SCHEMA: ("NODE_DOWN", "schema"),
+    Fault.WRONG_CONTENT_TYPE: ("AGENT_DOWN", "content_type"),
+    Fault.AGENT_ERROR: ("AGENT_DOWN", "http_status"),
+}
+
+
+def scrape(host: str, port: int) -> dict[tuple[str, tuple], float]:
+    text = requests.get(f"http://{host}:{port}/metrics", timeout=5).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_every_simulated_fault_has_its_status_and_reason_in_api_and_metrics(start_sim, start_service, pki):
+    nodes = [NodeSpec(f"c-{fault.value}", f"n-{fault.value}", fault=fault) for fault in Fault]
+    sim = start_sim(nodes, drip_seconds=0.3)
+    service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
+    all_polled(service)
+    host, port = service.api_address
+
+    targets = {t["url"]: t for t in requests.get(f"http://{host}:{port}/api/v1/targets", timeout=5).json()["targets"]}
+    metrics = scrape(host, port)
+    for spec, url in sim.agents:
+        status, reason = EXPECTED[spec.fault]
+        assert (targets[url]["status"], targets[url]["reason"]) == (status, reason), (spec.fault, targets[url]["message"])
+        assert targets[url]["message"]
+        labels = (("agent", url), ("cluster", spec.cluster_id))
+        assert metrics[("replicante_poller_agent_up", labels)] == (1.0 if status == "UP" else 0.0), spec.fault
+        for candidate in ("UP", "AGENT_DOWN", "NODE_DOWN"):
+            one_hot = metrics[("replicante_poller_agent_status", labels + (("status", candidate),))]
+            assert one_hot == (1.0 if candidate == status else 0.0), (spec.fault, candidate)
+        if reason is not None:
+            assert metrics[("replicante_poller_poll_failures_total", (("reason", reason),))] >= 1.0
+
+    healthy_url = next(url for spec, url in sim.agents if spec.fault is Fault.HEALTHY)
+    assert targets[healthy_url]["datastore"]["cluster_id"] == "c-healthy"
+    assert metrics[("replicante_poller_tls_cert_expiry_timestamp_seconds",
+                    (("agent", healthy_url), ("cluster", "c-healthy")))] > 0
+    page = requests.get(f"http://{host}:{port}/", timeout=5).text
+    assert "cluster_mismatch" in page and healthy_url in page
+
+
+def test_duplicate_node_ids_in_one_cluster_mark_the_later_agent_node_down(start_sim, start_service, pki):
+    sim = start_sim([NodeSpec("rs", "same-node"), NodeSpec("rs", "same-node"), NodeSpec("rs", "other-node")])
+    service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
+    views = all_polled(service)
+    by_node: dict[str, list] = {}
+    for view in views:
+        by_node.setdefault(view.result.datastore.node_id, []).append(view.result)
+    same = sorted((r.status.value, r.reason.value if r.reason else None) for r in by_node["same-node"])
+    assert same == [("NODE_DOWN", "duplicate_node"), ("UP", None)]
+    assert [r.status.value for r in by_node["other-node"]] == ["UP"]
+
+
+def test_unknown_paths_are_404_and_metrics_have_fixed_reason_set(start_sim, start_service, pki):
+    sim = start_sim([NodeSpec("rs", "n1")])
+    service = start_service(config_text([("rs", sim.agents[0][1])], pki["ca"]))
+    all_polled(service)
+    host, port = service.api_address
+    assert requests.get(f"http://{host}:{port}/nope", timeout=5).status_code == 404
+    metrics = scrape(host, port)
+    reasons = {dict(labels)["reason"] for name, labels in metrics if name == "replicante_poller_poll_failures_total"}
+    assert reasons == {"dns", "connect", "connect_timeout", "tls_handshake", "tls_verify", "tls_pin", "timeout",
+                       "http_status", "too_large", "content_type", "invalid_json", "schema", "cluster_mismatch",
+                       "duplicate_node", "internal"}
+    assert metrics[("replicante_poller_config_last_reload_successful", ())] == 1.0
+    assert metrics[("replicante_poller_targets", ())] == 1.0
