@@ -257,11 +257,19 @@ def read_tls(section: Section, base: TlsSettings) -> TlsSettings:
     return tls
 
 
+def to_cluster_id(text: str) -> str:
+    """Letters, digits and `._:-`, starting with a letter or digit."""
+    if not _CLUSTER_ID.fullmatch(text):
+        raise ValueError(f"{text!r} is not a valid cluster id (letters, digits and ._:- only)")
+    return text
+
+
 def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> ClusterConfig:
     """A `[cluster:ID]` section, overriding the global poll and TLS settings."""
-    cluster_id = section.name.partition(":")[2]
-    if not _CLUSTER_ID.fullmatch(cluster_id):
-        raise section.error(None, f"{cluster_id!r} is not a valid cluster id")
+    try:
+        cluster_id = to_cluster_id(section.name.partition(":")[2])
+    except ValueError as exc:
+        raise section.error(None, str(exc)) from None
     cluster = ClusterConfig(
         cluster_id=cluster_id,
         agents=section.get("agents", to_agents, ()),

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents
+from .config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents, to_cluster_id
 from .errors import ConfigError
 
 
@@ -53,6 +53,10 @@ def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSet
         where = f"[{index}]"
         if not isinstance(entry, dict) or not isinstance(entry.get("cluster_id"), str):
             raise ConfigError(source, where, "cluster_id", "each entry needs a string cluster_id")
+        try:
+            to_cluster_id(entry["cluster_id"])
+        except ValueError as exc:
+            raise ConfigError(source, where, "cluster_id", str(exc)) from None
         nodes = entry.get("nodes")
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
             raise ConfigError(source, where, "nodes", "expected a list of agent URLs")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
@@ -100,6 +101,7 @@ def test_demo_shows_agents_up_and_down():
 
 
 def test_shipped_example_configuration_is_valid():
-    done = run("check-config", "--config", "etc/replicante-poller.ini")
+    example = Path(__file__).resolve().parent.parent / "etc" / "replicante-poller.ini"
+    done = run("check-config", "--config", str(example))
     assert done.returncode == 0, done.stderr
     assert "10 agents in 4 clusters" in done.stdout
