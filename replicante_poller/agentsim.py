@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import enum
 import errno
+import functools
 import hashlib
 import http
 import json
@@ -21,10 +22,12 @@ import selectors
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
-from typing import BinaryIO
+import zlib
+from typing import BinaryIO, Protocol, Union
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import trustme
@@ -42,6 +45,11 @@ _MAX_LINE = 8192
 _MAX_HEADERS = 100
 _MAX_DISCARD = 1 << 20  # request bodies up to this size are read and dropped; larger ones close
 _HUGE_PADDING = 1 << 20
+_DEEP_NESTING = 30_000  # levels of [...]: 60,000 bytes, under the poller's 64 KiB cap
+_BOMB_SPACES = 50 * (1 << 20)  # decompressed size of the gzip bomb (about 50 KB on the wire)
+_STREAM_CHUNK = 64 * 1024  # spaces per chunk of the endless chunked body
+_RESET_LENGTH, _RESET_SENT = 5000, 100  # announced and actually sent body bytes before the RST
+_REDIRECT_TO = "https://example.invalid" + "/api/unstable/info/agent"
 _CHECKOUT = hashlib.sha1(b"replicante-agent-sim").hexdigest()
 
 
@@ -58,6 +66,18 @@ class Fault(str, enum.Enum):
     BAD_SCHEMA = "bad_schema"
     WRONG_CONTENT_TYPE = "wrong_content_type"
     AGENT_ERROR = "agent_error"
+    # Hostile agents: each applies to agent info unless said otherwise.
+    TLS_STALL = "tls_stall"  # accepts TCP, never sends a byte (no ServerHello; plain HTTP: no answer)
+    ENDLESS_CHUNKED = "endless_chunked"  # 200 chunked JSON that never ends: `{"version":` then spaces
+    DEEP_NESTING = "deep_nesting"  # 30,000 nested lists
+    NAN = "nan"  # NaN where a string belongs (not JSON)
+    DUPLICATE_KEYS = "duplicate_keys"  # "version" twice
+    INVALID_UTF8 = "invalid_utf8"  # byte 0xff inside a string
+    WRONG_TYPES = "wrong_types"  # datastore info with an integer node_id
+    REDIRECT = "redirect"  # 302 to https://example.invalid
+    SERVICE_UNAVAILABLE = "service_unavailable"  # 503 with Retry-After: 30
+    RESET_MID_BODY = "reset_mid_body"  # Content-Length 5000, 100 bytes, then a TCP RST
+    GZIP_BOMB = "gzip_bomb"  # about 50 KB of gzip that inflates to 50 MB
 
 
 # kind -> (cluster id prefix, datastore version)
@@ -107,14 +127,60 @@ def fleet(clusters: int, nodes_per_cluster: int, faults: Mapping[Fault, int] = {
 
 @dataclasses.dataclass(frozen=True)
 class _Response:
-    """Pre-serialised response: `head` is the status line and headers without the blank line."""
+    """Pre-serialised response: `head` is the status line and headers without the blank line.
+
+    Both wire forms (keep-alive and closing) are built once, so a request costs no copy.
+    """
 
     head: bytes
     body: bytes
+    _keep: bytes = dataclasses.field(init=False, repr=False, compare=False)
+    _close: bytes = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_keep", self.head + b"\r\n" + self.body)
+        object.__setattr__(self, "_close", self.head + b"Connection: close\r\n\r\n" + self.body)
 
     def wire(self, close: bool, head_only: bool = False) -> bytes:
-        end = b"Connection: close\r\n\r\n" if close else b"\r\n"
-        return self.head + end if head_only else self.head + end + self.body
+        if head_only:
+            return self.head + (b"Connection: close\r\n\r\n" if close else b"\r\n")
+        return self._close if close else self._keep
+
+
+class _Special(Protocol):
+    """A response that takes over the connection and ends it (hostile agents)."""
+
+    def serve(self, sock: socket.socket, stop: threading.Event) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endless:
+    """A chunked body that never ends: `head` (with the first chunk), then `chunk` for as long
+    as the client reads (sendall blocks while its buffers are full)."""
+
+    head: bytes
+    chunk: bytes
+
+    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
+        sock.sendall(self.head)
+        while not stop.is_set():  # a gone client fails sendall; stop() shuts the socket down
+            sock.sendall(self.chunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ResetMidBody:
+    """Headers announcing more body than sent, then an abortive close: the client sees a RST."""
+
+    data: bytes
+
+    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
+        sock.sendall(self.data)
+        # SO_LINGER (on, 0 s): close() discards state and sends RST instead of FIN; the
+        # handler's finally closes the socket (no TLS close_notify is sent either).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+_Route = Union[_Response, _Special]
 
 
 def _response(status: int, body: bytes = b"", content_type: str | None = "application/json",
@@ -129,6 +195,22 @@ def _response(status: int, body: bytes = b"", content_type: str | None = "applic
 
 def _dumps(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@functools.lru_cache(maxsize=2)
+def _gzip_bomb(spaces: int) -> bytes:
+    """gzip of `{"version":` and `spaces` spaces, compressed in 1 MiB steps (pure; built once)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b" " * (1 << 20)
+    parts = [compressor.compress(b'{"version":')]
+    for offset in range(0, spaces, len(block)):
+        parts.append(compressor.compress(block[:spaces - offset]))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 def _error(status: int, message: str, variant: str | None = None, extra: str = "") -> _Response:
@@ -161,12 +243,13 @@ def _shards(spec: NodeSpec, primary: bool) -> list[dict[str, object]]:
              "lag": {"unit": unit, "value": 0}}]
 
 
-def _routes(spec: NodeSpec, primary: bool) -> dict[str, _Response]:
+def _routes(spec: NodeSpec, primary: bool) -> dict[str, _Route]:
     """The GET routes of one node, fault applied, serialised once."""
     fault = spec.fault
     agent: dict[str, object] = {"version": {"checkout": _CHECKOUT, "number": "0.7.0", "taint": "not tainted"}}
-    datastore = {"cluster_display_name": spec.display_name, "cluster_id": spec.cluster_id,
-                 "kind": spec.kind, "node_id": spec.node_id, "version": _KINDS[spec.kind][1]}
+    datastore: dict[str, object] = {
+        "cluster_display_name": spec.display_name, "cluster_id": spec.cluster_id,
+        "kind": spec.kind, "node_id": spec.node_id, "version": _KINDS[spec.kind][1]}
     shards = _shards(spec, primary)
     if fault is Fault.WRONG_CLUSTER:
         datastore["cluster_id"] = spec.cluster_id + "-impostor"
@@ -174,18 +257,51 @@ def _routes(spec: NodeSpec, primary: bool) -> dict[str, _Response]:
         agent["padding"] = "x" * _HUGE_PADDING
     elif fault is Fault.BAD_SCHEMA:
         shards[0]["role"] = 42
-    routes = {AGENT_INFO: _response(200, _dumps(agent)),
-              DATASTORE_INFO: _response(200, _dumps(datastore)),
-              SHARDS: _response(200, _dumps({"shards": shards}))}
+    elif fault is Fault.WRONG_TYPES:
+        datastore["node_id"] = 12
+    routes: dict[str, _Route] = {AGENT_INFO: _response(200, _dumps(agent)),
+                                 DATASTORE_INFO: _response(200, _dumps(datastore)),
+                                 SHARDS: _response(200, _dumps({"shards": shards}))}
     if fault is Fault.NODE_DOWN:
         routes[DATASTORE_INFO] = routes[SHARDS] = _DATASTORE_DOWN
     elif fault is Fault.GARBAGE:
         routes = {path: _response(200, b'{"version": <<garbage') for path in routes}
     elif fault is Fault.WRONG_CONTENT_TYPE:
-        routes[AGENT_INFO] = _response(200, routes[AGENT_INFO].body, "text/html; charset=utf-8")
+        routes[AGENT_INFO] = _response(200, _dumps(agent), "text/html; charset=utf-8")
     elif fault is Fault.AGENT_ERROR:
         routes[AGENT_INFO] = _error(500, "agent internal error")
+    elif fault in _HOSTILE_AGENT_INFO:
+        routes[AGENT_INFO] = _HOSTILE_AGENT_INFO[fault]()
     return routes
+
+
+def _endless_chunked() -> _Endless:
+    head = (b"HTTP/1.1 200 OK\r\nServer: replicante-agent-sim\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + _chunk(b'{"version":'))
+    return _Endless(head, _chunk(b" " * _STREAM_CHUNK))
+
+
+def _reset_mid_body() -> _ResetMidBody:
+    head = (b"HTTP/1.1 200 OK\r\nServer: replicante-agent-sim\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % _RESET_LENGTH)
+    return _ResetMidBody(head + b'{"version":'.ljust(_RESET_SENT))
+
+
+# fault -> builder of its agent info route (the faults that only change agent info)
+_HOSTILE_AGENT_INFO: dict[Fault, Callable[[], _Route]] = {
+    Fault.ENDLESS_CHUNKED: _endless_chunked,
+    Fault.DEEP_NESTING: lambda: _response(200, b"[" * _DEEP_NESTING + b"]" * _DEEP_NESTING),
+    Fault.NAN: lambda: _response(200, b'{"version":{"checkout":"x","number":NaN,"taint":"t"}}'),
+    Fault.DUPLICATE_KEYS: lambda: _response(
+        200, b'{"version":{"checkout":"x","number":"0.7.0","taint":"t"},'
+             b'"version":{"checkout":"y","number":"0.8.0","taint":"t"}}'),
+    Fault.INVALID_UTF8: lambda: _response(200, b'{"version":{"checkout":"bad\xff","number":"0.7.0","taint":"t"}}'),
+    Fault.REDIRECT: lambda: _response(302, content_type=None, extra=f"Location: {_REDIRECT_TO}\r\n"),
+    Fault.SERVICE_UNAVAILABLE: lambda: _error(503, "agent overloaded", "ServiceUnavailable",
+                                              "Retry-After: 30\r\n"),
+    Fault.RESET_MID_BODY: _reset_mid_body,
+    Fault.GZIP_BOMB: lambda: _response(200, _gzip_bomb(_BOMB_SPACES), extra="Content-Encoding: gzip\r\n"),
+}
 
 
 @dataclasses.dataclass
@@ -193,7 +309,7 @@ class _Agent:
     spec: NodeSpec
     listener: socket.socket
     url: str
-    routes: dict[str, _Response]
+    routes: dict[str, _Route]
     seen: int = 0
 
 
@@ -252,7 +368,7 @@ class AgentSim:
     """HTTPS agents for `nodes` on loopback; a context manager (start/stop)."""
 
     # (path prefix, handler) tried before the per-node GET routes; extend here for actions.
-    _PREFIX_ROUTES: tuple[tuple[str, Callable[[_Agent, str, str], _Response]], ...] = (
+    _PREFIX_ROUTES: tuple[tuple[str, Callable[[_Agent, str, str], _Route]], ...] = (
         (ACTIONS_PREFIX, lambda agent, method, path: _EMPTY_404),  # actions disabled
     )
 
@@ -378,6 +494,9 @@ class AgentSim:
     def _serve(self, conn: _Conn, agent: _Agent) -> None:
         """One connection: TLS handshake, then requests until close; client faults end it silently."""
         try:
+            if agent.spec.fault is Fault.TLS_STALL:
+                _hold(conn.sock)  # not a byte of TLS, not even a ServerHello
+                return
             if self._context is not None:
                 with self._lock:  # wrapping detaches the raw socket: swap it where stop() looks
                     if self._stop.is_set():
@@ -409,14 +528,15 @@ class AgentSim:
             with self._lock:
                 agent.seen += 1
             if agent.spec.fault is Fault.HANGING:
-                sock.settimeout(None)
-                while sock.recv(4096):  # until the client closes, or stop() shuts the socket down
-                    pass
+                _hold(sock)
                 return
             if request.body_length > 0 and len(rfile.read(request.body_length)) < request.body_length:
                 return
-            data = self._route(agent, request.method, request.path).wire(
-                request.close, head_only=request.method == "HEAD")
+            response = self._route(agent, request.method, request.path)
+            if not isinstance(response, _Response):
+                response.serve(sock, self._stop)  # a hostile answer owns the rest of the connection
+                return
+            data = response.wire(request.close, head_only=request.method == "HEAD")
             if agent.spec.fault is Fault.SLOW:
                 if not self._drip(sock, data):
                     return
@@ -425,7 +545,7 @@ class AgentSim:
             if request.close:
                 return
 
-    def _route(self, agent: _Agent, method: str, path: str) -> _Response:
+    def _route(self, agent: _Agent, method: str, path: str) -> _Route:
         for prefix, handler in self._PREFIX_ROUTES:
             if path.startswith(prefix):
                 return handler(agent, method, path)
@@ -442,6 +562,13 @@ class AgentSim:
                 return False
             sock.sendall(view[i:i + 1])
         return True
+
+
+def _hold(sock: socket.socket) -> None:
+    """Read and drop until the client closes, or stop() shuts the socket down."""
+    sock.settimeout(None)
+    while sock.recv(4096):
+        pass
 
 
 def _ensure_fd_limit(needed: int) -> None:

@@ -86,10 +86,10 @@ def cmd_poll(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .service import Service
 
-    service = Service(load_config(args.config))
+    service = Service(load_config(args.config), config_path=args.config)
     service.start()
     try:
-        install_stop_handlers(service.stopping)
+        install_stop_handlers(service.stopping, reload=service.request_reload)
         service.stopping.wait()
     finally:
         service.stop()

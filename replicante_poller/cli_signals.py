@@ -4,15 +4,23 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from typing import Callable, Optional
 
 log = logging.getLogger(__name__)
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT set `stop`; the handlers do nothing else."""
+def install_stop_handlers(stop: threading.Event, reload: Optional[Callable[[], None]] = None) -> None:
+    """SIGTERM and SIGINT set `stop`; SIGHUP calls `reload` (which only enqueues)."""
     def handler(signum: int, frame: object) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
+    def hangup(signum: int, frame: object) -> None:
+        log.info("received SIGHUP, reloading")
+        assert reload is not None
+        reload()
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if reload is not None:
+        signal.signal(signal.SIGHUP, hangup)

@@ -64,6 +64,9 @@ class PollerSettings:
     fall: int = 3
     rise: int = 2
     state_dir: Optional[str] = None
+    flap_window: float = 600.0
+    flap_threshold: int = 4
+    max_retry_after: float = 300.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +74,7 @@ class DiscoverySettings:
     """The `[discovery]` section: globs of discovery files and how often to re-read them."""
 
     files: tuple[str, ...] = ()
-    refresh: float = 30.0
+    refresh: float = 5.0  # how often the files (and TLS files) are checked for changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,12 +320,15 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         fall=p.get("fall", to_positive_int, 3),
         rise=p.get("rise", to_positive_int, 2),
         state_dir=p.path("state_dir"),
+        flap_window=p.get("flap_window", to_duration, 600.0),
+        flap_threshold=p.get("flap_threshold", to_positive_int, 4),
+        max_retry_after=p.get("max_retry_after", to_duration, 300.0),
     )
     tls = read_tls(t, TlsSettings())
     globs = d.get("files", lambda v: tuple(g.strip() for g in v.split(",") if g.strip()), ())
     discovery = DiscoverySettings(
         files=tuple(str(base / os.path.expanduser(g)) for g in globs),
-        refresh=d.get("refresh", to_duration, 30.0),
+        refresh=d.get("refresh", to_duration, 5.0),
     )
     host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
     for section in (p, t, d, h):

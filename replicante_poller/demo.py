@@ -41,7 +41,7 @@ def demo_config(folder: Path, ca_file: Path, args: argparse.Namespace) -> str:
         f"interval = {format_duration(args.interval)}\ntimeout = {format_duration(args.timeout)}\n"
         "workers = 8\nfall = 2\nrise = 1\n\n"
         f"[tls]\nca_file = {ca_file}\n\n"
-        f"[discovery]\nfiles = {folder / 'discovery.ini'}\nrefresh = 30s\n\n"
+        f"[discovery]\nfiles = {folder / 'discovery.ini'}\nrefresh = 5s\n\n"
         f"[http]\nlisten = {host}:{port}\n"
     )
 

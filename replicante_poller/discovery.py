@@ -40,6 +40,18 @@ def discovery_files(config: Config) -> list[Path]:
     return [Path(p) for p in sorted(found)]
 
 
+def discovery_stamp(config: Config) -> tuple[tuple[str, float, int], ...]:
+    """Names, mtimes and sizes of the discovery files: changes when any file does."""
+    stamps = []
+    for path in discovery_files(config):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        stamps.append((str(path), st.st_mtime, st.st_size))
+    return tuple(stamps)
+
+
 def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:
     """Replicante's JSON file-discovery form."""
     try:
@@ -97,8 +109,9 @@ def read_discovery_file(path: Path, config: Config) -> list[ClusterConfig]:
 def merge(clusters: Iterable[ClusterConfig], configured: dict[str, ClusterConfig]) -> list[Target]:
     """Targets of all clusters; a cluster configured in the main file keeps its settings."""
     targets: dict[tuple[str, str], Target] = {}
+    first: dict[str, ClusterConfig] = dict(configured)
     for cluster in clusters:
-        own = configured.get(cluster.cluster_id, cluster)
+        own = first.setdefault(cluster.cluster_id, cluster)  # the first declaration sets a cluster's settings
         display = own.display_name or cluster.display_name
         for url in cluster.agents:
             target = Target(cluster.cluster_id, url, display, own.poll, own.tls)

@@ -16,7 +16,7 @@ from .reasons import Reason, Status
 from .state import TargetView
 
 PREFIX = "replicante_poller_"
-SKIP_REASONS = ("in_flight", "queue_full", "behind")
+SKIP_REASONS = ("in_flight", "queue_full", "behind", "deferred")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -37,6 +37,9 @@ class TargetCollector:
         healthy = GaugeMetricFamily(PREFIX + "agent_healthy", "Debounced health: 1 healthy, 0 unhealthy (after fall/rise).", labels=labels)
         success = GaugeMetricFamily(PREFIX + "last_poll_success_timestamp_seconds", "When the latest successful poll ended.", labels=labels)
         expiry = GaugeMetricFamily(PREFIX + "tls_cert_expiry_timestamp_seconds", "notAfter of the agent's TLS certificate.", labels=labels)
+        flapping = GaugeMetricFamily(PREFIX + "agent_flapping", "1 when health changed too often within the flap window.", labels=labels)
+        deferred = GaugeMetricFamily(PREFIX + "agent_deferred_until_timestamp_seconds",
+                                     "Polls deferred until then, as the agent asked with Retry-After.", labels=labels)
         for view in self._snapshot():
             values = [view.target.cluster_id, view.target.url]
             result = view.result
@@ -45,11 +48,14 @@ class TargetCollector:
                 for candidate in Status:
                     status.add_metric(values + [candidate.value], 1.0 if result.status is candidate else 0.0)
                 healthy.add_metric(values, 1.0 if view.health.healthy else 0.0)
+                flapping.add_metric(values, 1.0 if view.flapping else 0.0)
                 if result.cert_not_after is not None:
                     expiry.add_metric(values, result.cert_not_after)
             if view.last_success is not None:
                 success.add_metric(values, view.last_success)
-        return iter((up, status, healthy, success, expiry))
+            if view.deferred_until is not None:
+                deferred.add_metric(values, view.deferred_until)
+        return iter((up, status, healthy, success, expiry, flapping, deferred))
 
 
 class PollerMetrics:
@@ -69,6 +75,8 @@ class PollerMetrics:
                               buckets=LAG_BUCKETS, registry=registry)
         self.queue_depth = Gauge(PREFIX + "queue_depth", "Polls queued for a worker.", registry=registry)
         self.workers_busy = Gauge(PREFIX + "workers_busy", "Workers polling right now.", registry=registry)
+        self.polls_stuck = Gauge(PREFIX + "polls_stuck", "Polls in flight for longer than twice their deadline.",
+                                 registry=registry)
         self.targets = Gauge(PREFIX + "targets", "Agents currently known from configuration and discovery.", registry=registry)
         self._reload_ok = Gauge(PREFIX + "config_last_reload_successful", "1 if the last configuration load succeeded.", registry=registry)
         self._reload_ts = Gauge(PREFIX + "config_last_reload_success_timestamp_seconds",

@@ -33,11 +33,12 @@ class WorkerPool:
         self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or workers * 4)
         self._results, self._metrics, self._clock = results, metrics, clock
         self._contexts, self._reaper = contexts, reaper
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"poll-worker-{i}", daemon=True) for i in range(workers)]
+        self._current: list[Optional[tuple[float, float]]] = [None] * workers  # (started, deadline)
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"poll-worker-{i}", daemon=True)
+                         for i in range(workers)]
         metrics.queue_depth.set_function(self.jobs.qsize)
-        metrics.workers_busy.set_function(lambda: self._busy)
+        metrics.workers_busy.set_function(lambda: sum(1 for c in list(self._current) if c is not None))
+        metrics.polls_stuck.set_function(self.stuck)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -62,7 +63,12 @@ class WorkerPool:
         for thread in self._threads:
             thread.join(timeout)
 
-    def _run(self) -> None:
+    def stuck(self) -> int:
+        """Polls in flight for longer than twice their deadline (the watchdog)."""
+        now = time.monotonic()
+        return sum(1 for c in list(self._current) if c is not None and now - c[0] > 2 * c[1])
+
+    def _run(self, index: int) -> None:
         client = AgentClient(self._contexts, self._reaper)
         try:
             while True:
@@ -70,15 +76,17 @@ class WorkerPool:
                 if job is _STOP:
                     self.jobs.put(_STOP)
                     return
-                self._results.put(self._poll(client, job))
+                self._current[index] = (time.monotonic(), job.target.poll.timeout)
+                try:
+                    self._results.put(self._poll(client, job))
+                finally:
+                    self._current[index] = None
         finally:
             client.close()
 
     def _poll(self, client: AgentClient, job: Due) -> PollResult:
         start = self._clock()
         self._metrics.poll_started(start - job.due)
-        with self._busy_lock:
-            self._busy += 1
         try:
             return poll_target(client, job.target, self._clock)
         except Exception as exc:  # the top of the worker loop: log, count, keep going
@@ -86,6 +94,3 @@ class WorkerPool:
             self._metrics.thread_error("worker")
             return PollResult(job.target, Status.AGENT_DOWN, Reason.INTERNAL, f"internal error: {exc!r}",
                               start, self._clock() - start)
-        finally:
-            with self._busy_lock:
-                self._busy -= 1

@@ -67,8 +67,11 @@ class Schedule:
             target = self._targets[key]
             interval = target.poll.interval
             missed = max(0, math.floor((now - when) / interval))
-            due.append(Due(target, when + missed * interval, missed))
-            heapq.heappush(self._heap, (when + (missed + 1) * interval, next(self._seq), key))
+            slot_time, following = when + missed * interval, when + (missed + 1) * interval
+            while following <= now:  # float rounding must never make a slot due twice
+                missed, slot_time, following = missed + 1, following, following + interval
+            due.append(Due(target, slot_time, missed))
+            heapq.heappush(self._heap, (following, next(self._seq), key))
         return due
 
     def next_due(self) -> Optional[float]:

@@ -1,8 +1,8 @@
 """The poller service: wires discovery, scheduling, workers, state, metrics and the API.
 
 One scheduler thread is the single writer of fleet state. Its loop waits on one inbox
-queue (poll results and commands) with a timeout until the next slot, so it needs no
-sleeps: results, reloads and stop all wake it.
+queue (poll results and commands such as reload) with a timeout until the next slot, so
+it needs no sleeps: results, reloads and stop all wake it.
 """
 from __future__ import annotations
 
@@ -10,57 +10,65 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config
+from .config import Config, load_config
 from .deadlines import DeadlineReaper
-from .discovery import Target, discover
+from .discovery import Target, discover, discovery_stamp
 from .errors import ConfigError
 from .metrics import PollerMetrics, new_registry, render
 from .poll import PollResult
 from .pool import WorkerPool
 from .scheduler import Schedule
 from .state import FleetState, TargetView
+from .statefile import load_state, save_state
 from .status_api import StatusServer
 from .tls import TlsContexts
 
 log = logging.getLogger(__name__)
-_WAKE = object()
+_WAKE, _RELOAD = object(), object()
 
 
 class Service:
-    """A running poller: `start()`, then `stop()` (or `wait()` for the stop event)."""
+    """A running poller: `start()`, then `stop()`; `request_reload()` from any thread."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] = time.time, registry: object = None):
+    def __init__(self, config: Config, config_path: Optional[str] = None,
+                 clock: Callable[[], float] = time.time, registry: object = None):
         self.config = config
+        self._config_path = config_path
         self._clock = clock
         self.registry = registry or new_registry()
-        self.state = FleetState(config.poller.fall, config.poller.rise)
+        p = config.poller
+        self.state = FleetState(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
         self.metrics = PollerMetrics(self.registry, self.state.snapshot)
         self.contexts = TlsContexts()
         self.stopping = threading.Event()
         self._inbox: "queue.Queue[object]" = queue.Queue()
         self._reaper = DeadlineReaper()
-        self._pool = WorkerPool(config.poller.workers, self.contexts, self._reaper, self._inbox, self.metrics, clock)
+        self._pool = WorkerPool(p.workers, self.contexts, self._reaper, self._inbox, self.metrics, clock)
         self._schedule = Schedule()
         self._in_flight: set[tuple[str, str]] = set()
         self._targets: tuple[Target, ...] = ()
+        self._stamp: object = None
+        self._unpolled: set[tuple[str, str]] = set()  # targets without a result yet, for the progress log
         self._api: Optional[StatusServer] = None
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
-        """Discover, build TLS contexts, open the listener and start polling.
+        """Discover, build TLS contexts, restore saved state, listen and start polling.
 
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
-        targets = discover(self.config)
-        for target in targets:
-            self.contexts.get(target.tls)
+        targets = self._discover(self.config)
         self._api = StatusServer(self.config.http.host, self.config.http.port, self.state.snapshot,
-                                 lambda: render(self.registry))
+                                 lambda: render(self.registry), self.metrics.thread_error)
         self._apply_targets(targets)
+        if self.config.poller.state_dir:
+            restored = self.state.restore(load_state(self.config.poller.state_dir, targets))
+            log.info("restored the state of %d of %d agents from %s", restored, len(targets), self.config.poller.state_dir)
         self.metrics.config_loaded(True, self._clock())
         self._reaper.start()
         self._pool.start()
@@ -73,14 +81,19 @@ class Service:
         assert self._api is not None, "service not started"
         return self._api.address
 
+    def request_reload(self) -> None:
+        """Ask the scheduler to re-read configuration and discovery (safe from a signal handler)."""
+        self._inbox.put(_RELOAD)
+
     def stop(self) -> None:
-        """Stop scheduling, let in-flight polls end by their deadline, close everything."""
+        """Stop scheduling, let in-flight polls end by their deadline, save state, close."""
         self.stopping.set()
         self._inbox.put(_WAKE)
         if self._thread.is_alive():
             self._thread.join()
         self._pool.stop()
         self._drain()
+        self._save()
         self._reaper.stop()
         if self._api is not None:
             self._api.stop()
@@ -90,24 +103,23 @@ class Service:
 
     # -- the scheduler loop (single writer) -----------------------------------
 
-    def _apply_targets(self, targets: tuple[Target, ...]) -> None:
-        self._targets = targets
-        self._schedule.set_targets(targets, self._clock())
-        self.state.set_targets(targets)
-        self.metrics.targets.set(len(targets))
-
     def _loop(self) -> None:
-        next_refresh = self._clock() + self.config.discovery.refresh
+        now = self._clock()
+        next_check, next_save = now + self.config.discovery.refresh, now + self._save_period()
         while not self.stopping.is_set():
             try:
                 now = self._clock()
-                if now >= next_refresh:
-                    self._refresh_discovery()
-                    next_refresh = now + self.config.discovery.refresh
+                if now >= next_check:
+                    next_check = now + self.config.discovery.refresh
+                    self._check_files()
+                if now >= next_save:
+                    next_save = now + self._save_period()
+                    self._save()
                 self._dispatch(now)
                 due = self._schedule.next_due()
-                wake = next_refresh if due is None else min(due, next_refresh)
-                self._receive(max(0.0, wake - self._clock()))
+                wake = min(t for t in (due, next_check, next_save) if t is not None)
+                if self._receive(max(0.0, wake - self._clock())):
+                    self._reload_from_file()
             except Exception:  # the top of the scheduler loop: log, count, keep going
                 log.exception("scheduler loop error")
                 self.metrics.thread_error("scheduler")
@@ -118,26 +130,32 @@ class Service:
             if due.missed:
                 self.metrics.poll_skipped("behind", due.missed)
             key = due.target.key
-            if key in self._in_flight:
+            view = self.state.view(key)
+            if view is not None and view.deferred_until is not None and due.due < view.deferred_until:
+                self.metrics.poll_skipped("deferred")
+            elif key in self._in_flight:
                 self.metrics.poll_skipped("in_flight")
             elif self._pool.submit(due):
                 self._in_flight.add(key)
             else:
                 self.metrics.poll_skipped("queue_full")
 
-    def _receive(self, timeout: float) -> None:
-        """Wait up to `timeout` for the inbox, then take whatever else is already there."""
+    def _receive(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the inbox, then take what else is there; True on reload."""
+        reload = False
         try:
             item = self._inbox.get(timeout=timeout)
         except queue.Empty:
-            return
+            return False
         while True:
             if isinstance(item, PollResult):
                 self._record(item)
+            elif item is _RELOAD:
+                reload = True
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                return reload
 
     def _record(self, result: PollResult) -> None:
         self._in_flight.discard(result.target.key)
@@ -145,6 +163,12 @@ class Service:
         if view is not None and view.result is not None:
             final = view.result
             self.metrics.poll_finished(final.ok, final.reason, final.duration)
+            if self._unpolled:
+                self._unpolled.discard(result.target.key)
+                if not self._unpolled:
+                    views = self.state.snapshot()
+                    up = sum(1 for v in views if v.result is not None and v.result.ok)
+                    log.info("all %d agents polled: %d UP, %d down", len(views), up, len(views) - up)
 
     def _drain(self) -> None:
         while True:
@@ -155,19 +179,77 @@ class Service:
             if isinstance(item, PollResult):
                 self._record(item)
 
-    def _refresh_discovery(self) -> None:
-        problems = self.contexts.refresh()
-        for problem in problems:
-            log.error("TLS reload failed, keeping the previous context: %s", problem)
-        try:
-            targets = discover(self.config)
-            for target in targets:
-                self.contexts.get(target.tls)
-        except ConfigError as exc:
-            log.error("discovery refresh failed, keeping the last good targets: %s", exc)
-            self.metrics.config_loaded(False, self._clock())
+    # -- configuration and discovery ------------------------------------------
+
+    def _discover(self, config: Config) -> tuple[Target, ...]:
+        """Targets of `config` with their TLS contexts built (ConfigError otherwise)."""
+        self._stamp = discovery_stamp(config)  # a bad file is reported once, not at every check
+        targets = discover(config)
+        for target in targets:
+            self.contexts.get(target.tls)
+        return targets
+
+    def _check_files(self) -> None:
+        """Rebuild changed TLS contexts; re-read discovery when one of its files changed."""
+        for problem in self.contexts.refresh():
+            log.error("TLS material changed but cannot be loaded, keeping the previous: %s", problem)
+        if discovery_stamp(self.config) != self._stamp:
+            log.info("discovery files changed, re-reading them")
+            self._reload(self.config)
+
+    def _apply_targets(self, targets: tuple[Target, ...]) -> None:
+        self._targets = targets
+        self._schedule.set_targets(targets, self._clock())
+        self.state.set_targets(targets)
+        self.metrics.targets.set(len(targets))
+        self._unpolled = {v.target.key for v in self.state.snapshot() if v.result is None}
+
+    def _reload_from_file(self) -> None:
+        log.info("reloading configuration")
+        self._check_files()
+        if self._config_path is None:
+            self._reload(self.config)
             return
+        try:
+            config = load_config(self._config_path)
+        except ConfigError as exc:
+            self._reload_failed(exc)
+            return
+        self._reload(config)
+
+    def _reload(self, config: Config) -> None:
+        """Adopt `config` and its discovery; on any error keep the last good ones."""
+        try:
+            targets = self._discover(config)
+        except ConfigError as exc:
+            self._reload_failed(exc)
+            return
+        for name, old, new in (("[http] listen", self.config.http, config.http),
+                               ("[poller] workers", self.config.poller.workers, config.poller.workers),
+                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir)):
+            if old != new:
+                log.warning("%s changed: takes effect at the next restart", name)
+        p = config.poller
+        self.state.configure(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
+        self.config = config
         if targets != self._targets:
-            log.info("discovery: %d agents (was %d)", len(targets), len(self._targets))
+            log.info("now polling %d agents (was %d)", len(targets), len(self._targets))
             self._apply_targets(targets)
         self.metrics.config_loaded(True, self._clock())
+
+    def _reload_failed(self, exc: ConfigError) -> None:
+        log.error("configuration reload failed, still running the last good one: %s", exc)
+        self.metrics.config_loaded(False, self._clock())
+
+    # -- persistence -----------------------------------------------------------
+
+    def _save_period(self) -> float:
+        return max(self.config.poller.poll.interval, 10.0)
+
+    def _save(self) -> None:
+        directory = self.config.poller.state_dir
+        if directory:
+            try:
+                save_state(directory, self.state.snapshot(), self._clock)
+            except OSError as exc:
+                log.error("cannot save state to %s: %s", Path(directory), exc)

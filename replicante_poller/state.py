@@ -10,7 +10,7 @@ import threading
 from typing import Callable, Iterable, Optional
 
 from .discovery import Target
-from .health import Health
+from .health import Health, HealthPolicy
 from .poll import PollResult
 from .reasons import Reason, Status
 
@@ -23,17 +23,26 @@ class TargetView:
     result: Optional[PollResult] = None
     health: Health = Health()
     last_success: Optional[float] = None
+    deferred_until: Optional[float] = None  # the agent asked (Retry-After) not to be polled before
+    flapping: bool = False  # health changed too often within the flap window
 
 
 class FleetState:
     """Latest results, health and node ownership of every known target."""
 
-    def __init__(self, fall: int, rise: int):
-        self._fall, self._rise = fall, rise
+    def __init__(self, fall: int, rise: int, flap_window: float = 600.0, flap_threshold: int = 4,
+                 max_retry_after: float = 300.0):
+        self.configure(fall, rise, flap_window, flap_threshold, max_retry_after)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._views: dict[tuple[str, str], TargetView] = {}
         self._owners: dict[tuple[str, str], tuple[str, str]] = {}  # (cluster, node_id) -> target key
+
+    def configure(self, fall: int, rise: int, flap_window: float = 600.0, flap_threshold: int = 4,
+                  max_retry_after: float = 300.0) -> None:
+        """Set the health policy and the Retry-After cap (at start and on reload)."""
+        self.policy = HealthPolicy(fall, rise, flap_window, flap_threshold)
+        self._max_retry_after = max_retry_after
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         """Track exactly `targets`: unchanged keys keep their state, removed ones go."""
@@ -54,7 +63,11 @@ class FleetState:
         if result.ok:
             result = self._check_duplicate(result)
         last_success = result.started + result.duration if result.ok else view.last_success
-        new = TargetView(view.target, result, view.health.observe(result.ok, self._fall, self._rise), last_success)
+        deferred = None
+        if result.retry_after is not None:
+            deferred = result.started + min(result.retry_after, self._max_retry_after)
+        health = view.health.apply(result.ok, self.policy, result.started)
+        new = TargetView(view.target, result, health, last_success, deferred, health.flapping(self.policy))
         with self._lock:
             if key in self._views:
                 self._views[key] = new
@@ -78,6 +91,20 @@ class FleetState:
                 )
         self._owners[node] = result.target.key
         return result
+
+    def restore(self, saved: Iterable[TargetView]) -> int:
+        """Take back state saved by an earlier run, for targets still known; how many."""
+        count = 0
+        with self._lock:
+            for view in saved:
+                if view.target.key in self._views:
+                    self._views[view.target.key] = dataclasses.replace(view, target=self._views[view.target.key].target)
+                    count += 1
+        return count
+
+    def view(self, key: tuple[str, str]) -> Optional[TargetView]:
+        """The current view of one target (writer thread)."""
+        return self._views.get(key)
 
     def snapshot(self) -> list[TargetView]:
         """A copy of every target's view, safe to use from any thread."""

@@ -36,6 +36,8 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "reason": result.reason.value if result and result.reason else None,
         "message": result.message if result else "not polled yet",
         "health": view.health.state.value,
+        "flapping": view.flapping,
+        "deferred_until": rfc3339(view.deferred_until),
         "last_poll": rfc3339(result.started) if result else None,
         "last_success": rfc3339(view.last_success),
         "duration_seconds": round(result.duration, 6) if result else None,
@@ -82,9 +84,16 @@ class StatusServer:
     """The HTTP listener of the service, on its own threads."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
-                 metrics: Callable[[], tuple[bytes, str]]):
+                 metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None):
         self._snapshot, self._metrics = snapshot, metrics
         outer = self
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                log.exception("status API request from %s failed", client_address)
+                on_error("status_api")
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "replicante-poller"
@@ -95,8 +104,7 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("status api: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        self._server = Server((host, port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-api", daemon=True)
 
     @property

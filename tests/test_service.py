@@ -30,7 +30,7 @@ def scrape(host: str, port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_every_simulated_fault_has_its_status_and_reason_in_api_and_metrics(start_sim, start_service, pki):
-    nodes = [NodeSpec(f"c-{fault.value}", f"n-{fault.value}", fault=fault) for fault in Fault]
+    nodes = [NodeSpec(f"c-{fault.value}", f"n-{fault.value}", fault=fault) for fault in EXPECTED]
     sim = start_sim(nodes, drip_seconds=0.3)
     service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
     all_polled(service)
