@@ -1,0 +1,116 @@
+"""Flapping, Retry-After deferral and the state file, as pure units."""
+from __future__ import annotations
+
+import json
+import os
+
+from replicante_poller.config import PollSettings, TlsSettings
+from replicante_poller.discovery import Target
+from replicante_poller.health import Health, HealthPolicy, HealthState
+from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
+from replicante_poller.poll import PollResult
+from replicante_poller.reasons import Reason, Status
+from replicante_poller.state import FleetState
+from replicante_poller.statefile import load_state, save_state
+
+TARGET = Target("rs", "https://a:1", None, PollSettings(interval=10, timeout=1), TlsSettings())
+OTHER = Target("rs", "https://b:1", None, PollSettings(interval=10, timeout=1), TlsSettings())
+
+
+def up(target: Target, at: float) -> PollResult:
+    return PollResult(target, Status.UP, None, "ok", at, 0.01,
+                      agent=AgentInfo(AgentVersion("abc", "0.7.0", "not tainted")),
+                      datastore=DatastoreInfo("Orders", "rs", "MongoDB", f"node-{target.url[-3]}", "4.0"),
+                      shards=(Shard("rs0", "unknown", "arbiter", Offset("zxid", 7, True), None),),
+                      cert_not_after=2e9)
+
+
+def down(target: Target, at: float, retry_after: float | None = None) -> PollResult:
+    return PollResult(target, Status.AGENT_DOWN, Reason.HTTP_STATUS, "HTTP 503", at, 0.01, retry_after=retry_after)
+
+
+def test_flapping_after_threshold_transitions_within_the_window_and_not_after():
+    policy = HealthPolicy(fall=1, rise=1, flap_window=100, flap_threshold=4)
+    health = Health()
+    for i, ok in enumerate([True, False, True, False, True]):
+        health = health.apply(ok, policy, now=float(i))
+    assert health.state is HealthState.HEALTHY and len(health.transitions) == 4
+    assert health.flapping(policy)
+    calm = health.apply(True, policy, now=200.0)  # the window slid past every transition
+    assert not calm.flapping(policy) and calm.transitions == ()
+
+
+def test_debounced_changes_do_not_count_as_flapping():
+    policy = HealthPolicy(fall=3, rise=3, flap_window=100, flap_threshold=2)
+    health = Health().apply(True, policy, 0)
+    for i, ok in enumerate([False, True, False, True, False, True], start=1):
+        health = health.apply(ok, policy, float(i))
+    assert health.healthy and health.transitions == () and not health.flapping(policy)
+
+
+def test_flapping_is_visible_in_the_view():
+    state = FleetState(fall=1, rise=1, flap_window=100, flap_threshold=3)
+    state.set_targets([TARGET])
+    for i in range(4):
+        view = state.record(up(TARGET, i) if i % 2 == 0 else down(TARGET, i))
+    assert view.flapping
+
+
+def test_retry_after_defers_up_to_the_cap():
+    state = FleetState(fall=3, rise=2, max_retry_after=60)
+    state.set_targets([TARGET, OTHER])
+    assert state.record(down(TARGET, 1000.0, retry_after=30)).deferred_until == 1030.0
+    assert state.record(down(OTHER, 1000.0, retry_after=86400)).deferred_until == 1060.0
+    assert state.record(up(TARGET, 1040.0)).deferred_until is None
+
+
+def test_state_file_round_trip_keeps_models_health_and_times(tmp_path):
+    state = FleetState(fall=2, rise=1)
+    state.set_targets([TARGET, OTHER])
+    state.record(up(TARGET, 100.0))
+    state.record(down(OTHER, 100.0, retry_after=5))
+    save_state(str(tmp_path), state.snapshot(), clock=lambda: 123.0)
+    assert not [p for p in os.listdir(tmp_path) if p != "state.json"], "no temporary file left behind"
+
+    loaded = {v.target.key: v for v in load_state(str(tmp_path), [TARGET, OTHER])}
+    original = {v.target.key: v for v in state.snapshot()}
+    assert loaded == original
+
+
+def test_saved_targets_no_longer_known_are_dropped(tmp_path):
+    state = FleetState(fall=2, rise=1)
+    state.set_targets([TARGET, OTHER])
+    state.record(up(TARGET, 100.0))
+    save_state(str(tmp_path), state.snapshot())
+    assert [v.target for v in load_state(str(tmp_path), [TARGET])] == [TARGET]
+
+
+def test_restore_into_fleet_state_only_for_known_targets(tmp_path):
+    old = FleetState(fall=2, rise=1)
+    old.set_targets([TARGET, OTHER])
+    old.record(up(TARGET, 100.0))
+    save_state(str(tmp_path), old.snapshot())
+    new = FleetState(fall=2, rise=1)
+    new.set_targets([TARGET])
+    assert new.restore(load_state(str(tmp_path), [TARGET, OTHER])) == 1
+    assert new.snapshot()[0].result.ok
+
+
+def test_unusable_state_files_are_set_aside(tmp_path):
+    for index, text in enumerate(["{broken", json.dumps({"format": 99, "targets": []}),
+                                  json.dumps({"format": 1, "targets": [{"cluster": "rs"}]}),
+                                  json.dumps({"format": 1, "targets": [{"cluster": "rs", "url": "https://a:1",
+                                             "health": {"state": "healthy", "streak": 0},
+                                             "result": {"status": "UP", "reason": None, "message": "",
+                                                        "started": 1, "duration": 1,
+                                                        "datastore": {"node_id": 5}}}]})]):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        (folder / "state.json").write_text(text)
+        assert load_state(str(folder), [TARGET]) == []
+        assert not (folder / "state.json").exists()
+        assert [p.name for p in folder.iterdir() if p.name.startswith("state.json.unreadable-")]
+
+
+def test_missing_state_file_is_a_fresh_start(tmp_path):
+    assert load_state(str(tmp_path / "nothing-here"), [TARGET]) == []
