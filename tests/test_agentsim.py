@@ -6,6 +6,7 @@ import configparser
 import http.client
 import json
 import logging
+import math
 import pathlib
 import signal
 import socket
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import zlib
 
 import pytest
 import requests
@@ -341,6 +343,189 @@ def test_start_twice_and_agents_before_start(ca):
             sim.start()
 
 
+# --- hostile agents ---------------------------------------------------------------------------
+
+QUICK = 0.5  # client-side timeout of the hostile tests: what must not happen fails within it
+
+
+def raw_connect(url: str) -> socket.socket:
+    parts = urllib.parse.urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=QUICK)
+
+
+def handler_of(node_id: str) -> threading.Thread:
+    """The simulator's handler thread of the one open connection to `node_id`."""
+    (thread,) = [t for t in threading.enumerate() if t.name == f"agentsim-{node_id}"]
+    return thread
+
+
+def test_tls_stall_never_sends_a_byte_and_lets_go_when_the_client_does(ca, client_ctx):
+    with AgentSim([NodeSpec("c", "stall", fault=Fault.TLS_STALL)], ca[1]) as sim:
+        url = sim.agents[0][1]
+        with raw_connect(url) as raw:
+            tls = client_ctx.wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="127.0.0.1")
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()
+            raw.sendall(outgoing.read())  # a real ClientHello
+            with pytest.raises(TimeoutError):
+                raw.recv(1)  # no ServerHello, no alert, no EOF
+            handler = handler_of("stall")
+        handler.join(2.0)  # the client went away: the handler ends
+        assert not handler.is_alive()
+        assert sim.requests_seen(url) == 0
+
+
+def test_endless_chunked_streams_spaces_for_as_long_as_the_client_reads(ca, client_ctx):
+    with AgentSim([NodeSpec("c", "endless", fault=Fault.ENDLESS_CHUNKED)], ca[1]) as sim:
+        url = sim.agents[0][1]
+        conn = connect(url, client_ctx, timeout=QUICK)
+        try:
+            conn.request("GET", AGENT)
+            response = conn.getresponse()
+            assert response.status == 200 and response.getheader("Content-Type") == "application/json"
+            assert response.getheader("Transfer-Encoding") == "chunked"
+            assert response.getheader("Content-Length") is None
+            assert response.read(11) == b'{"version":'
+            received = 0
+            while received < 4 << 20:  # 4 MiB and counting: it never ends
+                chunk = response.read(256 * 1024)
+                assert chunk.strip(b" ") == b"" and chunk
+                received += len(chunk)
+            handler = handler_of("endless")
+        finally:
+            conn.close()
+        handler.join(2.0)  # its writes fail once the client is gone
+        assert not handler.is_alive()
+        assert "version" in get_json(url, client_ctx, DATASTORE)  # only agent info is hostile
+
+
+def test_deep_nesting_is_thirty_thousand_lists_under_64_kib(sim, client_ctx):
+    status, response, body = get(fault_url(sim, Fault.DEEP_NESTING), client_ctx, AGENT, timeout=QUICK)
+    assert status == 200 and response.getheader("Content-Type") == "application/json"
+    assert body == b"[" * 30_000 + b"]" * 30_000 and len(body) < 64 * 1024
+    with pytest.raises(RecursionError):
+        json.loads(body)
+
+
+def test_nan_is_a_bare_nan_token(sim, client_ctx):
+    status, _, body = get(fault_url(sim, Fault.NAN), client_ctx, AGENT, timeout=QUICK)
+    assert status == 200 and body == b'{"version":{"checkout":"x","number":NaN,"taint":"t"}}'
+    assert math.isnan(json.loads(body)["version"]["number"])  # Python's lenient parser takes it
+
+
+def test_duplicate_keys_has_version_twice(sim, client_ctx):
+    status, _, body = get(fault_url(sim, Fault.DUPLICATE_KEYS), client_ctx, AGENT, timeout=QUICK)
+    pairs = json.loads(body, object_pairs_hook=lambda pairs: pairs)
+    assert status == 200 and [key for key, _ in pairs] == ["version", "version"]
+    assert all([key for key, _ in value] == ["checkout", "number", "taint"] for _, value in pairs)
+
+
+def test_invalid_utf8_is_well_formed_json_with_a_0xff_byte(sim, client_ctx):
+    status, _, body = get(fault_url(sim, Fault.INVALID_UTF8), client_ctx, AGENT, timeout=QUICK)
+    assert status == 200 and b"\xff" in body
+    with pytest.raises(UnicodeDecodeError):
+        body.decode("utf-8")
+    assert json.loads(body.decode("latin-1"))["version"]["checkout"] == "bad\xff"
+
+
+def test_wrong_types_has_an_integer_node_id_and_a_fine_agent_info(sim, client_ctx):
+    url = fault_url(sim, Fault.WRONG_TYPES)
+    assert get_json(url, client_ctx, AGENT)["version"]["number"] == "0.7.0"
+    assert get_json(url, client_ctx, DATASTORE)["node_id"] == 12
+    assert get_json(url, client_ctx, SHARDS)["shards"][0]["id"] == "rs0"
+
+
+def test_redirect_is_a_302_to_example_invalid_with_an_empty_body(sim, client_ctx):
+    url = fault_url(sim, Fault.REDIRECT)
+    before = sim.requests_seen(url)
+    status, response, body = get(url, client_ctx, AGENT, timeout=QUICK)
+    assert (status, body, response.getheader("Content-Length")) == (302, b"", "0")
+    assert response.getheader("Location") == "https://example.invalid/api/unstable/info/agent"
+    assert sim.requests_seen(url) == before + 1
+
+
+def test_service_unavailable_is_a_503_with_retry_after(sim, client_ctx):
+    status, response, body = get(fault_url(sim, Fault.SERVICE_UNAVAILABLE), client_ctx, AGENT, timeout=QUICK)
+    assert status == 503 and response.getheader("Retry-After") == "30"
+    assert response.getheader("Content-Type") == "application/json" and set(json.loads(body)) == ERROR_KEYS
+
+
+def read_until_error(sock: socket.socket) -> tuple[bytes, BaseException | None]:
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (OSError, ssl.SSLError) as exc:  # TimeoutError is an OSError too: checked by callers
+        return data, exc
+    return data, None
+
+
+def test_reset_mid_body_sends_100_of_5000_bytes_then_a_tcp_rst(ca):
+    with AgentSim([NodeSpec("c", "reset", fault=Fault.RESET_MID_BODY)], None) as sim:  # plain: see the RST
+        with raw_connect(sim.agents[0][1]) as raw:
+            raw.sendall(f"GET {AGENT} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data, error = read_until_error(raw)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"\r\nContent-Length: 5000" in head
+    assert len(body) == 100 and body.startswith(b'{"version":')
+    assert isinstance(error, ConnectionResetError)  # RST, not FIN (which reads as b"")
+
+
+def test_reset_mid_body_over_tls_ends_without_close_notify(sim, client_ctx):
+    with raw_connect(fault_url(sim, Fault.RESET_MID_BODY)) as raw:
+        with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False) as tls:
+            tls.sendall(f"GET {AGENT} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data, error = read_until_error(tls)
+    assert len(data.partition(b"\r\n\r\n")[2]) == 100
+    # OpenSSL 3 reports the RST under TLS as an unexpected EOF
+    assert isinstance(error, (ssl.SSLEOFError, ConnectionResetError)), error
+
+
+def test_gzip_bomb_is_small_on_the_wire_and_50_mib_inflated(sim, client_ctx):
+    status, response, body = get(fault_url(sim, Fault.GZIP_BOMB), client_ctx, AGENT, timeout=QUICK)
+    assert status == 200 and response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Content-Encoding") == "gzip"
+    assert int(response.getheader("Content-Length")) == len(body) < 64 * 1024
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    first = inflater.decompress(body, 1 << 20)
+    size, pending = len(first), inflater.unconsumed_tail
+    while pending or not inflater.eof:  # inflate in 1 MiB steps, never 50 MiB at once
+        size += len(inflater.decompress(pending, 1 << 20))
+        pending = inflater.unconsumed_tail
+    assert first.startswith(b'{"version":   ') and first[11:].strip(b" ") == b""
+    assert size == 11 + 50 * (1 << 20)
+
+
+def test_hostile_faults_only_touch_agent_info(sim, client_ctx):
+    for fault in (Fault.ENDLESS_CHUNKED, Fault.DEEP_NESTING, Fault.NAN, Fault.DUPLICATE_KEYS,
+                  Fault.INVALID_UTF8, Fault.REDIRECT, Fault.SERVICE_UNAVAILABLE,
+                  Fault.RESET_MID_BODY, Fault.GZIP_BOMB):
+        url = fault_url(sim, fault)
+        assert get_json(url, client_ctx, DATASTORE)["node_id"] == f"faulty-{fault.value}", fault
+        assert get_json(url, client_ctx, SHARDS)["shards"][0]["id"] == "rs0", fault
+
+
+def test_stop_is_prompt_with_stalled_and_endless_clients(ca, client_ctx):
+    nodes = [NodeSpec("c", "stall", fault=Fault.TLS_STALL), NodeSpec("c", "endless", fault=Fault.ENDLESS_CHUNKED)]
+    threads_before = set(threading.enumerate())
+    sim = AgentSim(nodes, ca[1]).start()
+    (_, stall_url), (_, endless_url) = sim.agents
+    stalled = raw_connect(stall_url)
+    endless = connect(endless_url, client_ctx, timeout=QUICK)
+    try:
+        endless.request("GET", AGENT)
+        assert endless.getresponse().read(11) == b'{"version":'  # and then never reads again
+        handlers = [handler_of("stall"), handler_of("endless")]
+        started = time.monotonic()
+        sim.stop()
+        assert time.monotonic() - started < 1.0
+        assert not any(h.is_alive() for h in handlers)
+        assert set(threading.enumerate()) <= threads_before
+    finally:
+        stalled.close()
+        endless.close()
+
+
 # --- fleet, discovery, throwaway CA ----------------------------------------------------------
 
 def test_fleet_is_deterministic_and_unique():
@@ -369,6 +554,17 @@ def test_fleet_rejects_faults_that_do_not_fit(faults):
 
 def test_fleet_all_faulty_fits():
     assert {n.fault for n in agentsim.fleet(2, 2, {Fault.GARBAGE: 4})} == {Fault.GARBAGE}
+
+
+def test_fleet_assigns_every_fault_in_enum_order():
+    faulty = [fault for fault in Fault if fault is not Fault.HEALTHY]
+    nodes = agentsim.fleet(len(faulty), 1, {fault: 1 for fault in faulty})
+    assert [n.fault for n in nodes] == faulty
+
+
+def test_cli_fault_names_include_the_hostile_ones():
+    assert agentsim._parse_faults(["tls-stall=1", "GZIP_BOMB=2", "reset_mid_body=1"]) == {
+        Fault.TLS_STALL: 1, Fault.GZIP_BOMB: 2, Fault.RESET_MID_BODY: 1}
 
 
 def test_nodespec_rejects_unknown_kind():
