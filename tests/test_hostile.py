@@ -23,34 +23,13 @@ from replicante_poller.reasons import Reason, Status
 from replicante_poller.tls import TlsContexts
 from replicante_poller.transport import AgentClient
 
+from harness import EXPECTED
+
 TIMEOUT = 1.0
 MARGIN = 0.5  # the poll must be over within TIMEOUT + MARGIN, whatever the agent does
 MEMORY_CAP = 4 << 20  # peak traced allocation of one poll against a memory-hostile agent
 
 # fault -> (status, reason, HTTP requests the agent sees during the poll)
-EXPECTED: dict[Fault, tuple[Status, Optional[Reason], int]] = {
-    Fault.HEALTHY: (Status.UP, None, 3),
-    Fault.NODE_DOWN: (Status.NODE_DOWN, Reason.HTTP_STATUS, 2),
-    Fault.WRONG_CLUSTER: (Status.NODE_DOWN, Reason.CLUSTER_MISMATCH, 2),
-    Fault.SLOW: (Status.AGENT_DOWN, Reason.TIMEOUT, 1),
-    Fault.GARBAGE: (Status.AGENT_DOWN, Reason.INVALID_JSON, 1),
-    Fault.HUGE: (Status.AGENT_DOWN, Reason.TOO_LARGE, 1),
-    Fault.HANGING: (Status.AGENT_DOWN, Reason.TIMEOUT, 1),
-    Fault.BAD_SCHEMA: (Status.NODE_DOWN, Reason.SCHEMA, 3),
-    Fault.WRONG_CONTENT_TYPE: (Status.AGENT_DOWN, Reason.CONTENT_TYPE, 1),
-    Fault.AGENT_ERROR: (Status.AGENT_DOWN, Reason.HTTP_STATUS, 1),
-    Fault.TLS_STALL: (Status.AGENT_DOWN, Reason.TIMEOUT, 0),
-    Fault.ENDLESS_CHUNKED: (Status.AGENT_DOWN, Reason.TOO_LARGE, 1),
-    Fault.DEEP_NESTING: (Status.AGENT_DOWN, Reason.INVALID_JSON, 1),
-    Fault.NAN: (Status.AGENT_DOWN, Reason.INVALID_JSON, 1),
-    Fault.DUPLICATE_KEYS: (Status.AGENT_DOWN, Reason.INVALID_JSON, 1),
-    Fault.INVALID_UTF8: (Status.AGENT_DOWN, Reason.INVALID_JSON, 1),
-    Fault.WRONG_TYPES: (Status.NODE_DOWN, Reason.SCHEMA, 2),
-    Fault.REDIRECT: (Status.AGENT_DOWN, Reason.HTTP_STATUS, 1),
-    Fault.SERVICE_UNAVAILABLE: (Status.AGENT_DOWN, Reason.HTTP_STATUS, 1),
-    Fault.RESET_MID_BODY: (Status.AGENT_DOWN, Reason.CONNECT, 1),
-    Fault.GZIP_BOMB: (Status.AGENT_DOWN, Reason.TOO_LARGE, 1),
-}
 
 # bodies meant to exhaust the poller's memory: the poll runs under tracemalloc
 MEMORY_HOSTILE = {Fault.HUGE, Fault.ENDLESS_CHUNKED, Fault.GZIP_BOMB, Fault.DEEP_NESTING}

@@ -7,20 +7,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from replicante_poller.agentsim import Fault, NodeSpec
 
-from harness import all_polled, config_text
+from harness import EXPECTED, all_polled, config_text
 
-EXPECTED = {
-    Fault.HEALTHY: ("UP", None),
-    Fault.NODE_DOWN: ("NODE_DOWN", "http_status"),
-    Fault.WRONG_CLUSTER: ("NODE_DOWN", "cluster_mismatch"),
-    Fault.SLOW: ("AGENT_DOWN", "timeout"),
-    Fault.GARBAGE: ("AGENT_DOWN", "invalid_json"),
-    Fault.HUGE: ("AGENT_DOWN", "too_large"),
-    Fault.HANGING: ("AGENT_DOWN", "timeout"),
-    Fault.BAD_SCHEMA: ("NODE_DOWN", "schema"),
-    Fault.WRONG_CONTENT_TYPE: ("AGENT_DOWN", "content_type"),
-    Fault.AGENT_ERROR: ("AGENT_DOWN", "http_status"),
-}
 
 
 def scrape(host: str, port: int) -> dict[tuple[str, tuple], float]:
@@ -30,7 +18,7 @@ def scrape(host: str, port: int) -> dict[tuple[str, tuple], float]:
 
 
 def test_every_simulated_fault_has_its_status_and_reason_in_api_and_metrics(start_sim, start_service, pki):
-    nodes = [NodeSpec(f"c-{fault.value}", f"n-{fault.value}", fault=fault) for fault in EXPECTED]
+    nodes = [NodeSpec(f"c-{fault.value}", f"n-{fault.value}", fault=fault) for fault in Fault]
     sim = start_sim(nodes, drip_seconds=0.3)
     service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
     all_polled(service)
@@ -39,7 +27,7 @@ def test_every_simulated_fault_has_its_status_and_reason_in_api_and_metrics(star
     targets = {t["url"]: t for t in requests.get(f"http://{host}:{port}/api/v1/targets", timeout=5).json()["targets"]}
     metrics = scrape(host, port)
     for spec, url in sim.agents:
-        status, reason = EXPECTED[spec.fault]
+        status, reason = EXPECTED[spec.fault][0].value, EXPECTED[spec.fault][1] and EXPECTED[spec.fault][1].value
         assert (targets[url]["status"], targets[url]["reason"]) == (status, reason), (spec.fault, targets[url]["message"])
         assert targets[url]["message"]
         labels = (("agent", url), ("cluster", spec.cluster_id))
@@ -83,3 +71,24 @@ def test_unknown_paths_are_404_and_metrics_have_fixed_reason_set(start_sim, star
                        "duplicate_node", "internal"}
     assert metrics[("replicante_poller_config_last_reload_successful", ())] == 1.0
     assert metrics[("replicante_poller_targets", ())] == 1.0
+
+
+def test_retry_after_defers_polls_and_shows_it(start_sim, start_service, pki):
+    sim = start_sim([NodeSpec("rs", "busy", fault=Fault.SERVICE_UNAVAILABLE), NodeSpec("rs", "ok")])
+    (_, busy), (_, ok) = sim.agents
+    service = start_service(config_text([("rs", busy), ("rs", ok)], pki["ca"], interval="500ms", timeout="400ms"))
+    polled: set[float] = set()
+
+    def healthy_polled_three_times(views) -> bool:  # the healthy agent is the clock: 3 slots passed
+        polled.update(v.result.started for v in views if v.target.url == ok and v.result is not None)
+        return len(polled) >= 3 and all(v.result is not None for v in views)
+
+    assert service.state.wait_for(healthy_polled_three_times, timeout=15)
+    assert sim.requests_seen(busy) == 1  # polled once, then deferred for its Retry-After: 30
+    host, port = service.api_address
+    target = next(t for t in requests.get(f"http://{host}:{port}/api/v1/targets", timeout=5).json()["targets"]
+                  if t["url"] == busy)
+    assert (target["status"], target["reason"]) == ("AGENT_DOWN", "http_status") and target["deferred_until"]
+    metrics = scrape(host, port)
+    assert metrics[("replicante_poller_polls_skipped_total", (("reason", "deferred"),))] >= 1
+    assert metrics[("replicante_poller_agent_deferred_until_timestamp_seconds", (("agent", busy), ("cluster", "rs")))] > 0
