@@ -151,11 +151,14 @@ class AgentConnection:
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
         try:
-            return _check_headers(response, path, self._target.poll.max_body) or _read_body(response, self._target.poll.max_body)
+            body = _check_headers(response, path, self._target.poll.max_body) or _read_body(response, self._target.poll.max_body)
         except Exception as exc:
             return self._classify(exc)
         finally:
             response.close()
+        if self._state.watch.expired:  # a close-delimited body cut by the reaper looks complete
+            return self._deadline_failure()
+        return body
 
     def _deadline_failure(self) -> Failure:
         timeout = self._target.poll.timeout
@@ -183,6 +186,8 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Reason.DNS, f"name resolution failed: {_short(e)}")
     if (e := find(ssl.SSLCertVerificationError)) is not None:
         return Failure(Reason.TLS_VERIFY, f"certificate verification failed: {getattr(e, 'verify_message', None) or _short(e)}")
+    if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
+        return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")  # before: it subclasses ConnectTimeoutError
     if (e := find(urllib3.exceptions.ConnectTimeoutError, requests.exceptions.ConnectTimeout)) is not None:
         return Failure(Reason.CONNECT_TIMEOUT, "TCP connect timed out")
     if (e := find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)) is not None:
@@ -191,8 +196,6 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Reason.TLS_HANDSHAKE, f"TLS failed: {_short(e)}")
     if (e := find(urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError)) is not None:
         return Failure(Reason.INVALID_JSON, f"body could not be decoded: {_short(e)}")
-    if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
-        return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")
     if (e := find(OSError, urllib3.exceptions.HTTPError, requests.RequestException)) is not None:
         return Failure(Reason.CONNECT, f"connection broken: {_short(e)}")
     return Failure(Reason.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
