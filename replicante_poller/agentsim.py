@@ -4,19 +4,28 @@ One listening socket per simulated node, ONE acceptor thread multiplexing all of
 `selectors`, and one short-lived daemon thread per accepted connection (TLS handshake and a
 small HTTP/1.1 keep-alive loop). Response bytes are built once per node at start, so the
 simulator is cheap enough to be the benchmark server too.
+
+The actions API (`/api/unstable/actions/*`) is the one dynamic part: each node keeps its
+actions in memory, and ONE executor thread per simulator moves them NEW -> RUNNING -> final,
+woken by a Condition. `actions=False` gives agents with actions disabled (404, empty body).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
+import datetime
 import enum
 import errno
 import functools
 import hashlib
+import heapq
 import http
+import itertools
 import json
 import logging
 import pathlib
+import re
 import resource
 import selectors
 import signal
@@ -26,8 +35,9 @@ import struct
 import sys
 import threading
 import time
+import uuid
 import zlib
-from typing import BinaryIO, Protocol, Union
+from typing import Any, BinaryIO, Protocol, Union
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import trustme
@@ -39,11 +49,17 @@ AGENT_INFO = API + "/info/agent"
 DATASTORE_INFO = API + "/info/datastore"
 SHARDS = API + "/shards"
 ACTIONS_PREFIX = API + "/actions/"
+SCHEDULE_PREFIX = ACTIONS_PREFIX + "schedule/"
+ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"
+ACTIONS_FINISHED = ACTIONS_PREFIX + "finished"
+ACTION_INFO_PREFIX = ACTIONS_PREFIX + "info/"
 
 IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle (or mid-handshake) before it is dropped
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
 _MAX_DISCARD = 1 << 20  # request bodies up to this size are read and dropped; larger ones close
+_LINGER_SECONDS = 2.0  # at most this long draining a client after answering without its body
+MAX_ACTION_BODY = 64 * 1024  # schedule request bodies above this size are refused with 413
 _HUGE_PADDING = 1 << 20
 _DEEP_NESTING = 30_000  # levels of [...]: 60,000 bytes, under the poller's 64 KiB cap
 _BOMB_SPACES = 50 * (1 << 20)  # decompressed size of the gzip bomb (about 50 KB on the wire)
@@ -223,6 +239,12 @@ _NOT_FOUND = _error(404, "path not found", "NotFound")
 _NOT_ALLOWED = _error(405, "method not allowed", "MethodNotAllowed", "Allow: GET\r\n")
 _BAD_REQUEST = _error(400, "malformed HTTP request", "BadRequest")
 _DATASTORE_DOWN = _error(500, "datastore unreachable")
+_POST_ONLY = _error(405, "method not allowed", "MethodNotAllowed", "Allow: POST\r\n")
+_LENGTH_REQUIRED = _error(411, "request body needs a Content-Length", "LengthRequired")
+_TOO_LARGE = _error(413, f"request body larger than {MAX_ACTION_BODY} bytes", "PayloadTooLarge")
+_EXPECTATION_FAILED = _error(417, "Expect is not supported: send the body directly", "ExpectationFailed")
+_UNAUTHORIZED = _response(401, _dumps({"error": "unauthorized"}))
+_ALREADY_EXISTS = _error(409, "action already exists", "ActionAlreadyExists")
 
 
 def _shards(spec: NodeSpec, primary: bool) -> list[dict[str, object]]:
@@ -304,15 +326,6 @@ _HOSTILE_AGENT_INFO: dict[Fault, Callable[[], _Route]] = {
 }
 
 
-@dataclasses.dataclass
-class _Agent:
-    spec: NodeSpec
-    listener: socket.socket
-    url: str
-    routes: dict[str, _Route]
-    seen: int = 0
-
-
 @dataclasses.dataclass(eq=False)
 class _Conn:
     sock: socket.socket
@@ -322,9 +335,11 @@ class _Conn:
 @dataclasses.dataclass(frozen=True)
 class _Request:
     method: str
-    path: str
+    path: str  # the request target as received, without the query: not percent-decoded
     close: bool
     body_length: int  # -1: a body we will not read (the connection closes after the response)
+    content_length: int = 0  # as announced (0 when absent)
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)  # lower-case names
 
 
 class _BadRequest(Exception):
@@ -350,31 +365,326 @@ def _read_request(rfile: Callable[[int], bytes]) -> _Request | None:
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep or len(line) > _MAX_LINE or not line.endswith(b"\n"):
             raise _BadRequest
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        # a repeated field is one comma-separated list (RFC 9110 5.3), as a verifier must see it
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
     else:
         raise _BadRequest
     tokens = {t.strip().lower() for t in headers.get("connection", "").split(",")}
     close = "close" in tokens or (version == "HTTP/1.0" and "keep-alive" not in tokens)
-    length = headers.get("content-length", "0")
+    lengths = {part.strip() for part in headers.get("content-length", "0").split(",")}
+    length = lengths.pop() if len(lengths) == 1 else ""  # identical repeats are one (RFC 9112 6.3)
     if not length.isdigit():
         raise _BadRequest
-    body_length = int(length)
+    content_length = body_length = int(length)
     if "transfer-encoding" in headers or "expect" in headers or body_length > _MAX_DISCARD:
         body_length, close = -1, True
-    return _Request(method, target.split("?", 1)[0], close, body_length)
+    return _Request(method, target.split("?", 1)[0], close, body_length, content_length, headers)
+
+
+# --- actions ----------------------------------------------------------------------------------
+
+NEW, RUNNING, DONE, FAILED = "NEW", "RUNNING", "DONE", "FAILED"
+FORGOTTEN = "FORGOTTEN"  # not an agent state: the node dropped the action (the caller sees it LOST)
+_REQUESTERS = frozenset({"AGENT_API", "CORE_API"})
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
+                      re.ASCII)
+_SCHEDULE_FIELDS = ("action_id", "args", "created_ts", "requester")
+
+# verifier(method, path, headers, body): True accepts a schedule request; False, None, a reason
+# string, any other value or an exception refuses it with 401 (fail closed).
+Verifier = Callable[[str, str, Mapping[str, str], bytes], Union[bool, str, None]]
+
+
+def _rfc3339(timestamp: float) -> str:
+    """Whole-second RFC 3339 in UTC, as agents write timestamps."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+class _InvalidArgs(ValueError):
+    """A schedule request body the agent refuses (400, kind InvalidArgs)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+    """A validated schedule request body."""
+
+    action_id: str  # lower-case hyphenated UUID
+    args: Any
+    created_ts: str  # normalised to whole seconds, UTC
+    requester: str
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate key in object")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_timestamp(value: object) -> str:
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    try:
+        if match is None:
+            raise ValueError
+        date, clock, zone = match.groups()
+        parsed = datetime.datetime.fromisoformat(f"{date}T{clock}{'+00:00' if zone in 'Zz' else zone}")
+    except ValueError:
+        raise _InvalidArgs("created_ts must be an RFC 3339 timestamp") from None
+    return _rfc3339(parsed.timestamp())
+
+
+def _parse_schedule(content_type: str, body: bytes) -> _Schedule:
+    """Validate a schedule request body strictly: a JSON object with the four fields."""
+    if content_type.split(";", 1)[0].strip().lower() != "application/json":
+        raise _InvalidArgs("Content-Type must be application/json")
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise _InvalidArgs(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _InvalidArgs("request body must be a JSON object")
+    missing = [name for name in _SCHEDULE_FIELDS if name not in doc]
+    if missing:
+        raise _InvalidArgs("missing field(s): " + ", ".join(missing))
+    action_id, requester = doc["action_id"], doc["requester"]
+    if not isinstance(action_id, str) or not _UUID.fullmatch(action_id):
+        raise _InvalidArgs("action_id must be a UUID")
+    if not isinstance(requester, str) or requester not in _REQUESTERS:
+        raise _InvalidArgs("requester must be one of " + ", ".join(sorted(_REQUESTERS)))
+    return _Schedule(str(uuid.UUID(action_id)), doc["args"], _parse_timestamp(doc["created_ts"]), requester)
+
+
+@dataclasses.dataclass
+class _Action:
+    """One stored action of one node."""
+
+    id: str
+    kind: str
+    args: Any
+    created_ts: str
+    requester: str
+    scheduled_ts: str
+    headers: dict[str, str]  # of the schedule request: recorded for tests, not served
+    state: str = NEW
+    state_payload: dict[str, object] | None = None
+    finished_ts: str | None = None
+    history: list[dict[str, object]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        return {"id": self.id, "kind": self.kind, "state": self.state}
+
+    def info(self) -> dict[str, object]:
+        action = {"args": self.args, "created_ts": self.created_ts, "finished_ts": self.finished_ts,
+                  "headers": {}, "id": self.id, "kind": self.kind, "requester": self.requester,
+                  "scheduled_ts": self.scheduled_ts, "state": self.state, "state_payload": self.state_payload}
+        return {"action": action, "history": self.history}
+
+
+@dataclasses.dataclass
+class _ActionBook:
+    """One node's actions, and the record tests read (posts, executions, states reached)."""
+
+    stored: dict[str, _Action] = dataclasses.field(default_factory=dict)  # in scheduling order
+    finished: list[str] = dataclasses.field(default_factory=list)  # DONE/FAILED ids, finishing order
+    posts: int = 0
+    executions: dict[str, int] = dataclasses.field(default_factory=dict)
+    reached: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # FORGOTTEN included
+
+    def enter(self, action: _Action, state: str, payload: dict[str, object] | None, timestamp: str) -> None:
+        action.state, action.state_payload = state, payload
+        action.history.append({"action_id": action.id, "timestamp": timestamp, "state": state,
+                               "state_payload": payload})
+        self.reached.setdefault(action.id, []).append(state)
+
+
+class _ActionEngine:
+    """The actions API of every node of one simulator, and its one executor thread.
+
+    One Condition guards every node's book: request handlers store actions and notify it,
+    the executor waits on it for the next due step, `wait_for_state` waits on it too.
+    """
+
+    def __init__(self, enabled: bool, step_seconds: float, verifier: Verifier | None,
+                 stop: threading.Event) -> None:
+        self.enabled = enabled
+        self._step = step_seconds
+        self._verifier = verifier
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, _ActionBook, str]] = []  # heap: (monotonic due, seq, book, id)
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.enabled:
+            self._thread = threading.Thread(target=self._run, name="agentsim-actions", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Wake and join the executor; the shared stop event is already set."""
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    # request handling (connection threads)
+
+    def route(self, book: _ActionBook, request: _Request, body: bytes) -> _Response:
+        path, method = request.path, request.method
+        if path.startswith(SCHEDULE_PREFIX) and method == "POST":
+            with self._cond:
+                book.posts += 1
+        if not self.enabled:
+            return _EMPTY_404
+        if path.startswith(SCHEDULE_PREFIX) and len(path) > len(SCHEDULE_PREFIX):
+            if method != "POST":
+                return _POST_ONLY
+            return self._schedule(book, path[len(SCHEDULE_PREFIX):], request, body)
+        if path not in (ACTIONS_QUEUE, ACTIONS_FINISHED) and not path.startswith(ACTION_INFO_PREFIX):
+            return _NOT_FOUND
+        if method != "GET":
+            return _NOT_ALLOWED
+        with self._cond:
+            if path == ACTIONS_QUEUE:
+                reply: object = [a.summary() for a in book.stored.values() if a.state in (NEW, RUNNING)]
+            elif path == ACTIONS_FINISHED:
+                reply = [book.stored[action_id].summary() for action_id in reversed(book.finished)]
+            else:
+                action = book.stored.get(path[len(ACTION_INFO_PREFIX):].lower())
+                if action is None:
+                    return _EMPTY_404
+                reply = action.info()
+            return _response(200, _dumps(reply))
+
+    def _schedule(self, book: _ActionBook, kind: str, request: _Request, body: bytes) -> _Response:
+        """Size, then verification (the hook for signatures), then the body, then idempotency."""
+        if "transfer-encoding" in request.headers:
+            return _LENGTH_REQUIRED
+        if request.content_length > MAX_ACTION_BODY:
+            return _TOO_LARGE
+        if request.body_length < 0:  # Expect: 100-continue, the body was not read
+            return _EXPECTATION_FAILED
+        if self._verifier is not None and not self._verified(request, body):
+            return _UNAUTHORIZED
+        try:
+            schedule = _parse_schedule(request.headers.get("content-type", ""), body)
+        except _InvalidArgs as exc:
+            return _response(400, _dumps({"error": str(exc), "kind": "InvalidArgs"}))
+        with self._cond:
+            if schedule.action_id in book.stored:
+                return _ALREADY_EXISTS
+            now = _rfc3339(time.time())
+            action = _Action(schedule.action_id, kind, schedule.args, schedule.created_ts,
+                             schedule.requester, now, dict(request.headers))
+            book.stored[action.id] = action
+            book.enter(action, NEW, None, now)
+            self._next_step(book, action.id)
+        return _response(200, _dumps({"id": schedule.action_id}))
+
+    def _verified(self, request: _Request, body: bytes) -> bool:
+        assert self._verifier is not None
+        try:
+            verdict = self._verifier(request.method, request.path, dict(request.headers), body)
+        except Exception as exc:  # fail closed: a verifier may refuse by raising
+            verdict = f"verifier raised {exc!r}"
+        if verdict is True:
+            return True
+        _log.info("agent-sim refused a schedule request to %s: %s", request.path, verdict or "not verified")
+        return False
+
+    # execution (the executor thread)
+
+    def _next_step(self, book: _ActionBook, action_id: str) -> None:
+        heapq.heappush(self._due, (time.monotonic() + self._step, next(self._seq), book, action_id))
+        self._cond.notify_all()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stop.is_set():
+                delay = self._due[0][0] - time.monotonic() if self._due else None
+                if delay is None or delay > 0:
+                    self._cond.wait(delay)
+                    continue
+                _, _, book, action_id = heapq.heappop(self._due)
+                try:
+                    self._advance(book, action_id)
+                except Exception:  # a bug in the simulator itself
+                    _log.exception("agent-sim action executor failed on %s", action_id)
+                self._cond.notify_all()
+
+    def _advance(self, book: _ActionBook, action_id: str) -> None:
+        """NEW -> RUNNING (one execution); RUNNING -> DONE, FAILED, or forgotten, by kind."""
+        action = book.stored.get(action_id)
+        if action is None:
+            return
+        now = _rfc3339(time.time())
+        if action.state == NEW:
+            book.executions[action_id] = book.executions.get(action_id, 0) + 1
+            book.enter(action, RUNNING, None, now)
+            self._next_step(book, action_id)
+        elif action.kind.endswith("test.forget"):
+            del book.stored[action_id]
+            book.reached[action_id].append(FORGOTTEN)
+        else:
+            failed = action.kind.endswith("test.fail")
+            action.finished_ts = now
+            book.enter(action, FAILED if failed else DONE, {"error": "simulated failure"} if failed else None, now)
+            book.finished.append(action_id)
+
+    # the record (any thread)
+
+    def posts(self, book: _ActionBook) -> int:
+        with self._cond:
+            return book.posts
+
+    def actions(self, book: _ActionBook) -> list[dict[str, Any]]:
+        with self._cond:
+            return [{"id": a.id, "kind": a.kind, "args": copy.deepcopy(a.args), "state": a.state,
+                     "headers": dict(a.headers)} for a in book.stored.values()]
+
+    def executions(self, book: _ActionBook) -> dict[str, int]:
+        with self._cond:
+            return dict(book.executions)
+
+    def wait_for_state(self, book: _ActionBook, action_id: str, state: str, timeout: float) -> bool:
+        action_id = action_id.lower()
+        with self._cond:
+            return self._cond.wait_for(lambda: state in book.reached.get(action_id, ()), timeout)
+
+
+
+@dataclasses.dataclass
+class _Agent:
+    spec: NodeSpec
+    listener: socket.socket
+    url: str
+    routes: dict[str, _Route]
+    seen: int = 0
+    book: _ActionBook = dataclasses.field(default_factory=_ActionBook)  # guarded by the engine
 
 
 class AgentSim:
     """HTTPS agents for `nodes` on loopback; a context manager (start/stop)."""
 
-    # (path prefix, handler) tried before the per-node GET routes; extend here for actions.
-    _PREFIX_ROUTES: tuple[tuple[str, Callable[[_Agent, str, str], _Route]], ...] = (
-        (ACTIONS_PREFIX, lambda agent, method, path: _EMPTY_404),  # actions disabled
-    )
-
     def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext | None,
-                 host: str = "127.0.0.1", drip_seconds: float = 1.0) -> None:
-        """`ssl_context` None serves plain HTTP, as an agent behind a TLS-terminating nginx."""
+                 host: str = "127.0.0.1", drip_seconds: float = 1.0, actions: bool = True,
+                 action_seconds: float = 0.2, verifier: Verifier | None = None) -> None:
+        """`ssl_context` None serves plain HTTP, as an agent behind a TLS-terminating nginx.
+
+        `actions` False: every /actions/* path answers 404 with an empty body. Actions take
+        `action_seconds` per step (NEW -> RUNNING -> final). `verifier(method, path, headers,
+        body)` is asked before a schedule request is stored: anything but True refuses it (401).
+        """
+        if action_seconds < 0:
+            raise ValueError("action_seconds must not be negative")
+        if verifier is not None and not callable(verifier):
+            raise TypeError("verifier must be callable")
         self._nodes = list(nodes)
         self._context = ssl_context
         self._host = host
@@ -386,6 +696,7 @@ class AgentSim:
         self._conns: set[_Conn] = set()
         self._acceptor: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._engine = _ActionEngine(actions, action_seconds, verifier, self._stop)
 
     def start(self) -> AgentSim:
         """Bind one ephemeral port per node and start the acceptor thread."""
@@ -412,6 +723,7 @@ class AgentSim:
         except BaseException:
             self._close_sockets()
             raise
+        self._engine.start()
         self._acceptor = threading.Thread(target=self._accept_loop, name="agentsim-acceptor", daemon=True)
         self._acceptor.start()
         return self
@@ -426,7 +738,28 @@ class AgentSim:
     def requests_seen(self, url: str) -> int:
         """HTTP requests received by the agent at `url`."""
         with self._lock:
-            return self._by_url[url.rstrip("/")].seen
+            return self._agent(url).seen
+
+    def schedule_posts(self, url: str) -> int:
+        """POSTs to /actions/schedule/* the agent at `url` received: duplicates and refused ones too."""
+        return self._engine.posts(self._agent(url).book)
+
+    def actions(self, url: str) -> list[dict[str, Any]]:
+        """The actions the agent at `url` stores, in scheduling order: id, kind, args, state and
+        the headers of the schedule request (lower-case names; repeats joined with ", ")."""
+        return self._engine.actions(self._agent(url).book)
+
+    def executions(self, url: str) -> dict[str, int]:
+        """Action id -> how many times the agent at `url` started executing it."""
+        return self._engine.executions(self._agent(url).book)
+
+    def wait_for_state(self, url: str, action_id: str, state: str, timeout: float) -> bool:
+        """Wait until the action has reached `state` (NEW, RUNNING, DONE, FAILED, or FORGOTTEN
+        once a test.forget action is dropped); False on timeout. Reached earlier counts too."""
+        return self._engine.wait_for_state(self._agent(url).book, action_id, state, timeout)
+
+    def _agent(self, url: str) -> _Agent:
+        return self._by_url[url.rstrip("/")]
 
     def stop(self) -> None:
         """Close listeners and connections, wake handlers, join threads; idempotent."""
@@ -444,6 +777,7 @@ class AgentSim:
                 socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
             except OSError:
                 pass
+        self._engine.stop()
         deadline = time.monotonic() + 2.0
         for conn in conns:
             if conn.thread is not None:
@@ -530,9 +864,10 @@ class AgentSim:
             if agent.spec.fault is Fault.HANGING:
                 _hold(sock)
                 return
-            if request.body_length > 0 and len(rfile.read(request.body_length)) < request.body_length:
+            body = rfile.read(request.body_length) if request.body_length > 0 else b""
+            if len(body) < request.body_length:
                 return
-            response = self._route(agent, request.method, request.path)
+            response = self._route(agent, request, body)
             if not isinstance(response, _Response):
                 response.serve(sock, self._stop)  # a hostile answer owns the rest of the connection
                 return
@@ -543,16 +878,17 @@ class AgentSim:
             else:
                 sock.sendall(data)
             if request.close:
+                if request.body_length < 0:
+                    _linger(sock)
                 return
 
-    def _route(self, agent: _Agent, method: str, path: str) -> _Route:
-        for prefix, handler in self._PREFIX_ROUTES:
-            if path.startswith(prefix):
-                return handler(agent, method, path)
-        response = agent.routes.get(path)
+    def _route(self, agent: _Agent, request: _Request, body: bytes) -> _Route:
+        if request.path.startswith(ACTIONS_PREFIX):  # dynamic; everything else is pre-serialised
+            return self._engine.route(agent.book, request, body)
+        response = agent.routes.get(request.path)
         if response is None:
             return _NOT_FOUND
-        return response if method == "GET" else _NOT_ALLOWED
+        return response if request.method == "GET" else _NOT_ALLOWED
 
     def _drip(self, sock: socket.socket, data: bytes) -> bool:
         """Send one byte every drip_seconds; False when stop() interrupted it."""
@@ -562,6 +898,19 @@ class AgentSim:
                 return False
             sock.sendall(view[i:i + 1])
         return True
+
+
+def _linger(sock: socket.socket) -> None:
+    """Lingering close (RFC 9112 9.6) after answering without reading the body: send FIN, then
+    drop what the client still sends, so closing with unread data does not RST the answer away."""
+    socket.socket.shutdown(sock, socket.SHUT_WR)  # on the fd: no TLS state involved
+    sock.settimeout(_LINGER_SECONDS)
+    deadline, received = time.monotonic() + _LINGER_SECONDS, 0
+    while received < _MAX_DISCARD and time.monotonic() < deadline:
+        data = socket.socket.recv(sock, 65536)  # raw TLS records: only counted, never decrypted
+        if not data:
+            return
+        received += len(data)
 
 
 def _hold(sock: socket.socket) -> None:
@@ -618,6 +967,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="directory for ca.pem and discovery.ini")
     parser.add_argument("--drip-seconds", type=float, default=1.0,
                         help="seconds between bytes of a slow agent (default 1.0)")
+    parser.add_argument("--no-actions", dest="actions", action="store_false",
+                        help="agents with actions disabled: 404 with an empty body on /actions/*")
+    parser.add_argument("--action-seconds", type=float, default=0.2,
+                        help="seconds per action step, NEW -> RUNNING -> DONE (default 0.2)")
 
 
 def _parse_faults(values: Iterable[str]) -> dict[Fault, int]:
@@ -641,12 +994,15 @@ def main(args: argparse.Namespace) -> int:
         nodes = fleet(args.clusters, args.nodes_per_cluster, _parse_faults(args.fault))
         if args.drip_seconds <= 0:
             raise ValueError("--drip-seconds must be positive")
+        if args.action_seconds < 0:
+            raise ValueError("--action-seconds must not be negative")
     except ValueError as exc:
         print(f"agent-sim: {exc}", file=sys.stderr)
         return 2
     try:
         ca_pem, context = throwaway_ca(args.out)
-        sim = AgentSim(nodes, context, host=args.host, drip_seconds=args.drip_seconds).start()
+        sim = AgentSim(nodes, context, host=args.host, drip_seconds=args.drip_seconds,
+                       actions=args.actions, action_seconds=args.action_seconds).start()
     except OSError as exc:
         print(f"agent-sim: cannot start: {exc}", file=sys.stderr)
         return 1

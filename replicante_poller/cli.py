@@ -11,12 +11,23 @@ import logging
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import __version__
-from .config import Config, load_config
+from . import __version__, agentsim, demo
+from .actions_api import SubmissionError, action_json, submit
+from .cli_signals import install_stop_handlers
+from .config import Config, load_config, to_agent_url
+from .deadlines import DeadlineReaper
 from .discovery import Target, discover
 from .durations import format_duration
-from .errors import ConfigError
-from .cli_signals import install_stop_handlers
+from .errors import ConfigError, PollerError
+from .health import Health
+from .journal import Journal
+from .poll import poll_target
+from .service import Service
+from .signing import add_keygen_arguments, keygen_command
+from .state import TargetView
+from .status_api import rfc3339, target_json
+from .tls import TlsContexts
+from .transport import AgentClient
 
 log = logging.getLogger("replicante_poller")
 
@@ -26,17 +37,11 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    targets = discover(config)
-    print(summary(config, targets))
-    return 0
-
-
 def summary(config: Config, targets: Sequence[Target]) -> str:
     """What a configuration amounts to, for `check-config`."""
     poll = config.poller.poll
     clusters = sorted({t.cluster_id for t in targets})
+    actions = config.actions
     lines = [
         f"{config.source}: OK",
         f"  poller: interval {format_duration(poll.interval)}, timeout {format_duration(poll.timeout)}, "
@@ -44,7 +49,8 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
         f"  tls: CA {config.tls.ca_file or 'system trust store'}, minimum TLS {config.tls.min_version}"
         + (", client certificate" if config.tls.client_cert else ""),
         f"  http: listening on {config.http.host}:{config.http.port}",
-        f"  discovery: {', '.join(config.discovery.files) or 'no files'}, refresh {format_duration(config.discovery.refresh)}",
+        f"  discovery: {', '.join(config.discovery.files) or 'no files'}, checked every {format_duration(config.discovery.refresh)}",
+        "  actions: " + (f"enabled, key {actions.signing_key}, journal {actions.journal}" if actions.enabled else "disabled"),
         f"  {len(targets)} agents in {len(clusters)} clusters",
     ]
     for cluster in clusters:
@@ -53,24 +59,23 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
     return "\n".join(lines)
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
-    from .deadlines import DeadlineReaper
-    from .discovery import Target
-    from .health import Health
-    from .poll import poll_target
-    from .state import TargetView
-    from .status_api import target_json
-    from .tls import TlsContexts
-    from .transport import AgentClient
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(summary(config, discover(config)))
+    return 0
 
+
+def cmd_poll(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = args.url.rstrip("/")
-    target = next((t for t in discover(config) if t.url == url and (args.cluster in (None, t.cluster_id))), None)
+    target = next((t for t in discover(config) if t.url == url and args.cluster in (None, t.cluster_id)), None)
     if target is None:
         if args.cluster is None:
             raise ConfigError(args.config, None, None, f"{url} is not a configured agent; pass --cluster ID to poll it anyway")
-        from .config import to_agent_url
-        target = Target(args.cluster, to_agent_url(url), None, config.poller.poll, config.tls)
+        try:
+            target = Target(args.cluster, to_agent_url(url), None, config.poller.poll, config.tls)
+        except ValueError as exc:
+            raise ConfigError("command line", None, "url", str(exc)) from None
     reaper = DeadlineReaper().start()
     client = AgentClient(TlsContexts(), reaper)
     try:
@@ -84,8 +89,6 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .service import Service
-
     service = Service(load_config(args.config), config_path=args.config)
     service.start()
     try:
@@ -96,40 +99,88 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+def _journal(config: Config) -> Journal:
+    if not config.actions.enabled or config.actions.journal is None:
+        raise ConfigError(config.source, "actions", "enabled", "actions are not enabled in this configuration")
+    return Journal(config.actions.journal)
 
-    return demo.main(args)
+
+def cmd_action_submit(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    by_url = {t.url: t for t in discover(config)}
+    try:
+        arguments = json.loads(args.args)
+    except ValueError as exc:
+        raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
+    journal = _journal(config)
+    try:
+        action = submit(journal, by_url.get, args.agent, args.kind, arguments)
+    except SubmissionError as exc:
+        raise ConfigError("command line", None, None, str(exc)) from None
+    finally:
+        journal.close()
+    print(action.id)
+    return 0
 
 
-def cmd_agent_sim(args: argparse.Namespace) -> int:
-    from . import agentsim
+def cmd_action_list(args: argparse.Namespace) -> int:
+    journal = _journal(load_config(args.config))
+    try:
+        actions = journal.list(args.limit)
+    finally:
+        journal.close()
+    print(f"{'ID':<36}  {'STATE':<10} {'ATT':>3}  {'CREATED':<24} {'KIND':<32} AGENT / MESSAGE")
+    for a in actions:
+        print(f"{a.id:<36}  {a.state.value:<10} {a.attempts:>3}  {rfc3339(a.created_ts):<24} {a.kind:<32} {a.agent}")
+        print(f"{'':<36}  {a.message}")
+    return 0
 
-    return agentsim.main(args)
+
+def cmd_action_show(args: argparse.Namespace) -> int:
+    journal = _journal(load_config(args.config))
+    try:
+        action = journal.get(args.id)
+        if action is None:
+            print(f"error: no action {args.id} in {journal}", file=sys.stderr)
+            return 1
+        print(json.dumps(action_json(journal, action), indent=2))
+    finally:
+        journal.close()
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
-    from . import agentsim, demo
-
     root = argparse.ArgumentParser(prog="replicante-poller", description="Poll Replicante agents over HTTPS.")
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     verbs = root.add_subparsers(dest="verb", metavar="VERB", required=True)
 
-    def verb(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, help=help, description=help)
+    def verb(group: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+             help: str, config: bool = False) -> argparse.ArgumentParser:
+        sub = group.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
+        if config:
+            sub.add_argument("--config", required=True, help="the INI configuration file")
         return sub
 
-    verb("run", cmd_run, "run the service until SIGTERM/SIGINT").add_argument("--config", required=True)
-    verb("check-config", cmd_check_config, "validate a configuration and summarise it").add_argument("--config", required=True)
-    poll = verb("poll", cmd_poll, "poll one agent once and print the result as JSON (exit 0 when UP)")
-    poll.add_argument("--config", required=True)
+    verb(verbs, "run", cmd_run, "run the service until SIGTERM/SIGINT (SIGHUP reloads)", config=True)
+    verb(verbs, "check-config", cmd_check_config, "validate a configuration and summarise it", config=True)
+    poll = verb(verbs, "poll", cmd_poll, "poll one agent once and print the result as JSON (exit 0 when UP)", config=True)
     poll.add_argument("--cluster", help="cluster id to expect, for an agent not in the configuration")
     poll.add_argument("url")
-    demo.add_arguments(verb("demo", cmd_demo, "simulated agents on loopback and the service polling them"))
-    agentsim.add_arguments(verb("agent-sim", cmd_agent_sim, "the reference agent simulator"))
+    add_keygen_arguments(verb(verbs, "keygen", keygen_command, "write an Ed25519 key pair for signing actions"))
+    action = verbs.add_parser("action", help="submit and inspect signed actions", description="signed actions")
+    actions = action.add_subparsers(dest="action_verb", metavar="ACTION_VERB", required=True)
+    sub = verb(actions, "submit", cmd_action_submit, "durably queue an action; prints its id", config=True)
+    sub.add_argument("--agent", required=True, help="agent URL, as in the configuration or discovery")
+    sub.add_argument("--kind", required=True, help="action kind, e.g. agent.replicante.io/test.ping")
+    sub.add_argument("--args", default="null", help="action arguments as JSON (default null)")
+    verb(actions, "list", cmd_action_list, "actions in the journal, newest first", config=True).add_argument(
+        "--limit", type=int, default=50)
+    verb(actions, "show", cmd_action_show, "one action with its attempts and agent history", config=True).add_argument("id")
+    demo.add_arguments(verb(verbs, "demo", demo.main, "simulated agents on loopback and the service polling them"))
+    agentsim.add_arguments(verb(verbs, "agent-sim", agentsim.main, "the reference agent simulator"))
     return root
 
 
@@ -138,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging(args.log_level)
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except PollerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -86,6 +86,20 @@ class HttpSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ActionsSettings:
+    """The `[actions]` section: signed actions sent to agents."""
+
+    enabled: bool = False
+    signing_key: Optional[str] = None
+    ttl: float = 60.0
+    journal: Optional[str] = None
+    max_attempts: int = 5
+    backoff: float = 1.0  # first retry delay, doubled per attempt, capped at 60s
+    track_interval: float = 2.0  # how often scheduled actions are followed on the agent
+    api_token_file: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -95,6 +109,7 @@ class Config:
     discovery: DiscoverySettings
     http: HttpSettings
     clusters: tuple[ClusterConfig, ...]
+    actions: ActionsSettings = ActionsSettings()
 
 
 class Section:
@@ -295,7 +310,34 @@ def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
         yield Section(source, name, parser[name], base_dir)
 
 
-KNOWN_SECTIONS = ("poller", "tls", "discovery", "http")
+KNOWN_SECTIONS = ("poller", "tls", "discovery", "http", "actions")
+MAX_ACTION_TTL = 300.0
+
+
+def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
+    """The `[actions]` section; when enabled a signing key and a journal are required."""
+    default_journal = str(Path(state_dir) / "actions.db") if state_dir else None
+    actions = ActionsSettings(
+        enabled=section.get("enabled", to_bool, False),
+        signing_key=section.path("signing_key"),
+        ttl=section.get("ttl", to_duration, 60.0),
+        journal=section.path("journal", default_journal),
+        max_attempts=section.get("max_attempts", to_positive_int, 5),
+        backoff=section.get("backoff", to_duration, 1.0),
+        track_interval=section.get("track_interval", to_duration, 2.0),
+        api_token_file=section.path("api_token_file"),
+    )
+    if not 1 <= actions.ttl <= MAX_ACTION_TTL:
+        raise section.error("ttl", f"must be between 1s and {MAX_ACTION_TTL:g}s, got {actions.ttl:g}s")
+    if actions.enabled and actions.signing_key is None:
+        raise section.error("signing_key", "required when actions are enabled (make one with `replicante-poller keygen`)")
+    if actions.enabled and actions.journal is None:
+        raise section.error("journal", "required when actions are enabled (or set [poller] state_dir)")
+    for key in ("signing_key", "api_token_file"):
+        path = getattr(actions, key)
+        if path is not None and not os.path.isfile(path):
+            raise section.error(key, f"file {path} does not exist")
+    return actions
 
 
 def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] = None) -> Config:
@@ -309,9 +351,9 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         elif section.name in KNOWN_SECTIONS:
             by_name[section.name] = section
         else:
-            raise section.error(None, "unknown section (expected poller, tls, discovery, http or cluster:ID)")
+            raise section.error(None, "unknown section (expected poller, tls, discovery, http, actions or cluster:ID)")
     empty = {name: Section(source, name, {}, base) for name in KNOWN_SECTIONS}
-    p, t, d, h = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
+    p, t, d, h, a = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
 
     poll = read_poll(p, PollSettings())
     poller = PollerSettings(
@@ -331,7 +373,8 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         refresh=d.get("refresh", to_duration, 5.0),
     )
     host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
-    for section in (p, t, d, h):
+    actions = read_actions(a, poller.state_dir)
+    for section in (p, t, d, h, a):
         section.finish()
     return Config(
         source=source,
@@ -340,6 +383,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         discovery=discovery,
         http=HttpSettings(host, port),
         clusters=tuple(read_cluster(s, poll, tls) for s in clusters),
+        actions=actions,
     )
 
 

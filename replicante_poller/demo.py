@@ -9,13 +9,16 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .actions_api import submit
 from .agentsim import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
 from .cli_signals import install_stop_handlers
 from .config import load_config, to_duration, to_listen
 from .durations import format_duration
 from .service import Service
+from .signing import generate_keypair
 from .status_api import targets_document
 
+DEMO_KIND = "agent.replicante.io/test.ping"
 DEMO_FAULTS = {
     Fault.NODE_DOWN: 1, Fault.WRONG_CLUSTER: 1, Fault.GARBAGE: 1, Fault.HANGING: 1,
     Fault.SLOW: 1, Fault.HUGE: 1, Fault.BAD_SCHEMA: 1, Fault.WRONG_CONTENT_TYPE: 1, Fault.AGENT_ERROR: 1,
@@ -42,7 +45,9 @@ def demo_config(folder: Path, ca_file: Path, args: argparse.Namespace) -> str:
         "workers = 8\nfall = 2\nrise = 1\n\n"
         f"[tls]\nca_file = {ca_file}\n\n"
         f"[discovery]\nfiles = {folder / 'discovery.ini'}\nrefresh = 5s\n\n"
-        f"[http]\nlisten = {host}:{port}\n"
+        f"[http]\nlisten = {host}:{port}\n\n"
+        f"[actions]\nenabled = true\nsigning_key = {folder / 'core.key'}\njournal = {folder / 'actions.db'}\n"
+        "track_interval = 500ms\n"
     )
 
 
@@ -62,6 +67,7 @@ def main(args: argparse.Namespace) -> int:
         folder = Path(tmp)
         ca_file, server_context = throwaway_ca(folder)
         with AgentSim(nodes, server_context) as sim:
+            key_id = generate_keypair(str(folder / "core"))
             (folder / "discovery.ini").write_text(discovery_ini(sim.agents))
             (folder / "poller.ini").write_text(demo_config(folder, ca_file, args))
             service = Service(load_config(folder / "poller.ini"))
@@ -72,15 +78,17 @@ def main(args: argparse.Namespace) -> int:
                 print(f"status page: http://{host}:{port}/")
                 print(f"targets:     http://{host}:{port}/api/v1/targets")
                 print(f"metrics:     http://{host}:{port}/metrics")
+                print(f"actions are signed with the throw-away key {key_id}")
                 print("Ctrl-C to stop.", flush=True)
-                _report(service, args)
+                _report(service, args, sim)
             finally:
                 service.stop()
     return 0
 
 
-def _report(service: Service, args: argparse.Namespace) -> None:
-    """Print the table after the first full cycle, then a summary line every interval."""
+def _report(service: Service, args: argparse.Namespace, sim: AgentSim) -> None:
+    """The table after the first full cycle, a signed action followed to DONE, then a
+    summary line every interval."""
     stop = threading.Event()
     install_stop_handlers(stop)
     if args.duration is not None:
@@ -90,7 +98,32 @@ def _report(service: Service, args: argparse.Namespace) -> None:
     if stop.wait(args.interval + args.timeout):
         return
     print(table(service), flush=True)
+    if _demo_action(service, sim, stop):
+        return
     while not stop.wait(args.interval):
         views = service.snapshot()
         up = sum(1 for v in views if v.result and v.result.ok)
         print(f"{up}/{len(views)} agents UP", flush=True)
+
+
+def _demo_action(service: Service, sim: AgentSim, stop: threading.Event) -> bool:
+    """Submit a signed test action to a healthy agent and print its states until final.
+
+    Returns True when asked to stop meanwhile."""
+    healthy = [url for spec, url in sim.agents if spec.fault is Fault.HEALTHY]
+    journal = service.journal
+    if not healthy or journal is None:
+        return False
+    action = submit(journal, service.find_target, healthy[0], DEMO_KIND, {"message": "hello from the demo"})
+    print(f"submitted action {action.id} ({DEMO_KIND}) to {healthy[0]}", flush=True)
+    seen = None
+    for _ in range(120):  # at most a minute
+        current = journal.get(action.id)
+        if current is not None and current.state != seen:
+            seen = current.state
+            print(f"  action {action.id}: {seen.value} ({current.message})", flush=True)
+            if seen.final:
+                break
+        if stop.wait(0.5):
+            return True
+    return False

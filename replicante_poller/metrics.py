@@ -16,6 +16,7 @@ from .reasons import Reason, Status
 from .state import TargetView
 
 PREFIX = "replicante_poller_"
+ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed", "lost")
 SKIP_REASONS = ("in_flight", "queue_full", "behind", "deferred")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -81,6 +82,12 @@ class PollerMetrics:
         self._reload_ok = Gauge(PREFIX + "config_last_reload_successful", "1 if the last configuration load succeeded.", registry=registry)
         self._reload_ts = Gauge(PREFIX + "config_last_reload_success_timestamp_seconds",
                                 "When the configuration was last loaded successfully.", registry=registry)
+        actions = Counter(PREFIX + "actions", "Action outcomes: delivered, retry, rejected, abandoned, done, failed, lost.",
+                          ["result"], registry=registry)
+        self._actions = {r: actions.labels(r) for r in ACTION_RESULTS}
+        self.actions_pending = Gauge(PREFIX + "actions_pending", "Actions journaled and not delivered yet.", registry=registry)
+        self._dispatch = Histogram(PREFIX + "action_dispatch_seconds", "From submission to delivery of an action.",
+                                   buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=registry)
         errors = Counter(PREFIX + "thread_errors", "Unexpected exceptions survived by a thread loop.", ["thread"], registry=registry)
         self._errors = errors
         registry.register(TargetCollector(snapshot))
@@ -105,6 +112,14 @@ class PollerMetrics:
         self._reload_ok.set(1 if ok else 0)
         if ok:
             self._reload_ts.set(timestamp)
+
+    def action_result(self, result: str) -> None:
+        """Count an action outcome (one of ACTION_RESULTS)."""
+        self._actions[result].inc()
+
+    def action_delivered(self, latency: float) -> None:
+        """An action reached its agent `latency` seconds after submission."""
+        self._dispatch.observe(max(0.0, latency))
 
     def thread_error(self, thread: str) -> None:
         """A thread loop caught an unexpected exception and went on."""

@@ -13,14 +13,19 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .actions_api import ActionsApi, read_token
 from .config import Config, load_config
 from .deadlines import DeadlineReaper
+from .dispatcher import Dispatcher
 from .discovery import Target, discover, discovery_stamp
 from .errors import ConfigError
+from .journal import Journal
 from .metrics import PollerMetrics, new_registry, render
 from .poll import PollResult
 from .pool import WorkerPool
+from .reasons import Reason
 from .scheduler import Schedule
+from .signing import load_signing_key
 from .state import FleetState, TargetView
 from .statefile import load_state, save_state
 from .status_api import StatusServer
@@ -28,6 +33,7 @@ from .tls import TlsContexts
 
 log = logging.getLogger(__name__)
 _WAKE, _RELOAD = object(), object()
+UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
 
 
 class Service:
@@ -52,7 +58,10 @@ class Service:
         self._targets: tuple[Target, ...] = ()
         self._stamp: object = None
         self._unpolled: set[tuple[str, str]] = set()  # targets without a result yet, for the progress log
+        self._by_url: dict[str, Target] = {}
         self._api: Optional[StatusServer] = None
+        self.journal: Optional[Journal] = None
+        self._dispatcher: Optional[Dispatcher] = None
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
@@ -63,8 +72,9 @@ class Service:
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
         targets = self._discover(self.config)
+        actions_api = self._open_actions() if self.config.actions.enabled else None
         self._api = StatusServer(self.config.http.host, self.config.http.port, self.state.snapshot,
-                                 lambda: render(self.registry), self.metrics.thread_error)
+                                 lambda: render(self.registry), self.metrics.thread_error, actions_api)
         self._apply_targets(targets)
         if self.config.poller.state_dir:
             restored = self.state.restore(load_state(self.config.poller.state_dir, targets))
@@ -74,7 +84,34 @@ class Service:
         self._pool.start()
         self._api.start()
         self._thread.start()
+        if self._dispatcher is not None:
+            self._dispatcher.start()
         log.info("polling %d agents; status on http://%s:%d/", len(targets), *self.api_address)
+
+    def _open_actions(self) -> ActionsApi:
+        """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
+        settings = self.config.actions
+        assert settings.signing_key is not None and settings.journal is not None
+        signer = load_signing_key(settings.signing_key)
+        token = read_token(settings.api_token_file) if settings.api_token_file else None
+        self.journal = Journal(settings.journal, self._clock)
+        self._dispatcher = Dispatcher(self.journal, settings, signer, self.find_target, self.identity,
+                                      self.contexts, self._reaper, self.metrics, self._clock)
+        self.metrics.actions_pending.set_function(self.journal.pending)
+        log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
+        return ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
+
+    def find_target(self, url: str) -> Optional[Target]:
+        """The target polled at `url` (any thread)."""
+        return self._by_url.get(url)
+
+    def identity(self, target: Target) -> Optional[tuple[str, str]]:
+        """(cluster id, node id) as a poll observed them, or None before any (any thread)."""
+        view = self.state.view(target.key)
+        result = view.result if view is not None else None
+        if result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY:
+            return None
+        return result.datastore.cluster_id, result.datastore.node_id
 
     @property
     def api_address(self) -> tuple[str, int]:
@@ -91,12 +128,16 @@ class Service:
         self._inbox.put(_WAKE)
         if self._thread.is_alive():
             self._thread.join()
+        if self._dispatcher is not None:
+            self._dispatcher.stop()
         self._pool.stop()
         self._drain()
         self._save()
         self._reaper.stop()
         if self._api is not None:
             self._api.stop()
+        if self.journal is not None:
+            self.journal.close()
 
     def snapshot(self) -> list[TargetView]:
         return self.state.snapshot()
@@ -199,6 +240,10 @@ class Service:
 
     def _apply_targets(self, targets: tuple[Target, ...]) -> None:
         self._targets = targets
+        by_url: dict[str, Target] = {}
+        for target in targets:
+            by_url.setdefault(target.url, target)
+        self._by_url = by_url
         self._schedule.set_targets(targets, self._clock())
         self.state.set_targets(targets)
         self.metrics.targets.set(len(targets))

@@ -12,6 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Optional
 
+from .actions_api import MAX_SUBMISSION, ActionsApi
 from .state import TargetView
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ class StatusServer:
     """The HTTP listener of the service, on its own threads."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
-                 metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None):
-        self._snapshot, self._metrics = snapshot, metrics
+                 metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None,
+                 actions: Optional["ActionsApi"] = None):
+        self._snapshot, self._metrics, self._actions = snapshot, metrics, actions
         outer = self
 
         class Server(ThreadingHTTPServer):
@@ -100,6 +102,9 @@ class StatusServer:
 
             def do_GET(self) -> None:
                 outer._get(self)
+
+            def do_POST(self) -> None:
+                outer._post(self)
 
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("status api: " + format, *args)
@@ -128,10 +133,31 @@ class StatusServer:
             content_type = "application/json"
         elif path == "/":
             body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"
+        elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
+            if self._actions is None:
+                return _send_json(request, 404, {"error": "actions are not enabled"})
+            return _send_json(request, *self._actions.get(path))
         else:
             body, content_type = b'{"error":"not found"}', "application/json"
             return _send(request, 404, body, content_type)
         _send(request, 200, body, content_type)
+
+    def _post(self, request: BaseHTTPRequestHandler) -> None:
+        path = request.path.split("?", 1)[0]
+        if path != "/api/v1/actions" or self._actions is None:
+            return _send_json(request, 404, {"error": "not found"})
+        length = request.headers.get("Content-Length", "")
+        if not length.isdigit():
+            return _send_json(request, 411, {"error": "Content-Length required"})
+        if int(length) > MAX_SUBMISSION:
+            request.close_connection = True
+            return _send_json(request, 413, {"error": f"body over {MAX_SUBMISSION} bytes"})
+        body = request.rfile.read(int(length))
+        _send_json(request, *self._actions.post(request.headers.get("Authorization"), body))
+
+
+def _send_json(request: BaseHTTPRequestHandler, status: int, document: Any) -> None:
+    _send(request, status, json.dumps(document, indent=1).encode(), "application/json")
 
 
 def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:

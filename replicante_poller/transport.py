@@ -42,6 +42,17 @@ class Failure:
     retry_after: Optional[float] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """An HTTP answer: status, content type and the (capped, decompressed) body."""
+
+    status: int
+    status_text: str
+    content_type: str
+    body: bytes
+    retry_after: Optional[float] = None
+
+
 class _PollState:
     """What the connection learns during one poll: its watch, pins and peer certificate."""
 
@@ -140,25 +151,49 @@ class AgentConnection:
         return self._state.peer
 
     def get(self, path: str) -> Union[bytes, Failure]:
-        """The JSON body at `path`, or the Failure that prevented it."""
+        """The JSON body of a 200 answer at `path`, or the Failure that prevented it."""
+        reply = self.request("GET", path)
+        if isinstance(reply, Failure):
+            return reply
+        if reply.status != 200:
+            return Failure(Reason.HTTP_STATUS, f"GET {path} answered HTTP {reply.status} {reply.status_text}".rstrip(),
+                           status=reply.status, retry_after=reply.retry_after)
+        media = reply.content_type.split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            return Failure(Reason.CONTENT_TYPE,
+                           f"GET {path} answered Content-Type {reply.content_type or 'none'!r}, not application/json")
+        return reply.body
+
+    def request(self, method: str, path: str, body: Optional[bytes] = None,
+                headers: Optional[dict[str, str]] = None) -> Union["Reply", Failure]:
+        """Any answer at all (whatever its status) with its capped body, or a Failure."""
         remaining = self._state.watch.deadline - time.monotonic()
         if remaining <= 0:
             return self._deadline_failure()
+        cap = self._target.poll.max_body
         try:
-            response = self._session.get(
-                self._target.url + path, stream=True, allow_redirects=False, timeout=(remaining, remaining)
+            response = self._session.request(
+                method, self._target.url + path, data=body, headers=headers, stream=True,
+                allow_redirects=False, timeout=(remaining, remaining),
             )
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
         try:
-            body = _check_headers(response, path, self._target.poll.max_body) or _read_body(response, self._target.poll.max_body)
+            length = response.headers.get("Content-Length", "")
+            if length.isdigit() and int(length) > cap:
+                return Failure(Reason.TOO_LARGE, f"{method} {path} body of {length} bytes is over the {cap} byte cap")
+            content = _read_body(response, cap)
         except Exception as exc:
             return self._classify(exc)
         finally:
             response.close()
         if self._state.watch.expired:  # a close-delimited body cut by the reaper looks complete
             return self._deadline_failure()
-        return body
+        if isinstance(content, Failure):
+            return content
+        status = response.status_code
+        retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        return Reply(status, response.reason or "", response.headers.get("Content-Type", ""), content, retry_after)
 
     def _deadline_failure(self) -> Failure:
         timeout = self._target.poll.timeout
@@ -219,22 +254,6 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def _short(exc: BaseException) -> str:
     text = str(getattr(exc, "reason", None) or exc)
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _check_headers(response: requests.Response, path: str, cap: int) -> Optional[Failure]:
-    status = response.status_code
-    if status != 200:
-        retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
-        return Failure(Reason.HTTP_STATUS, f"GET {path} answered HTTP {status} {response.reason or ''}".rstrip(),
-                       status=status, retry_after=retry_after)
-    content_type = response.headers.get("Content-Type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media != "application/json":
-        return Failure(Reason.CONTENT_TYPE, f"GET {path} answered Content-Type {content_type or 'none'!r}, not application/json")
-    length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > cap:
-        return Failure(Reason.TOO_LARGE, f"GET {path} body of {length} bytes is over the {cap} byte cap")
-    return None
 
 
 def _read_body(response: requests.Response, cap: int) -> Union[bytes, Failure]:

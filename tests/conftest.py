@@ -40,13 +40,13 @@ def start_sim(ca: trustme.CA, pki: dict) -> Iterator[Callable[..., AgentSim]]:
     """Start an AgentSim over TLS (or plain HTTP with tls=False); stopped at teardown."""
     sims: list[AgentSim] = []
 
-    def start(nodes: Sequence[NodeSpec], tls: bool = True, drip_seconds: float = 0.2) -> AgentSim:
+    def start(nodes: Sequence[NodeSpec], tls: bool = True, drip_seconds: float = 0.2, **options: object) -> AgentSim:
         context = None
         if tls:
             import ssl
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             pki["server"].configure_cert(context)
-        sim = AgentSim(nodes, context, drip_seconds=drip_seconds).start()
+        sim = AgentSim(nodes, context, drip_seconds=drip_seconds, **options).start()
         sims.append(sim)
         return sim
 

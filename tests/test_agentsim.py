@@ -163,9 +163,10 @@ def test_connection_close_is_honoured(sim, client_ctx):
     ("GET", "/api/unstable/actions/info/4b1a4a4e-0000-4000-8000-000000000000"),
     ("POST", "/api/unstable/actions/schedule/agent.replicante.io/test.ping"),
 ])
-def test_actions_are_disabled_404_empty(sim, client_ctx, method, path):
+def test_actions_are_disabled_404_empty(ca, client_ctx, method, path):
     body = b'{"action_id":"x"}' if method == "POST" else None
-    status, response, data = get(url_of(sim, "mongo-1-node-1"), client_ctx, path, method, body)
+    with AgentSim(agentsim.fleet(1, 1), ca[1], actions=False) as sim:  # actions are on by default
+        status, response, data = get(sim.agents[0][1], client_ctx, path, method, body)
     assert (status, data, response.getheader("Content-Length")) == (404, b"", "0")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from typing import Iterator, Optional
+from typing import Iterator
 
 import pytest
 

@@ -1,0 +1,92 @@
+"""Submitting and reading actions: the `/api/v1/actions` endpoints and the CLI share this.
+
+Submissions are validated here and written to the journal; the dispatcher does the rest.
+POST needs `Authorization: Bearer <token>` with the token of `[actions] api_token_file`,
+compared in constant time.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+from typing import Any, Callable, Optional
+
+from .discovery import Target
+from .errors import ConfigError
+from .journal import Action, Journal
+
+KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+MAX_SUBMISSION = 64 * 1024
+
+
+class SubmissionError(ValueError):
+    """A submission that cannot be queued; the message says why."""
+
+
+def check_kind(kind: Any) -> str:
+    """An action kind such as `agent.replicante.io/test.ping`: no spaces, `..`, or leading `/`."""
+    if not isinstance(kind, str) or not KIND.fullmatch(kind) or ".." in kind:
+        raise SubmissionError(f"{kind!r} is not a valid action kind (e.g. agent.replicante.io/test.ping)")
+    return kind
+
+
+def submit(journal: Journal, find_target: Callable[[str], Optional[Target]], agent: Any, kind: Any, args: Any) -> Action:
+    """Validate and durably queue one action."""
+    if not isinstance(agent, str) or find_target(agent.rstrip("/")) is None:
+        raise SubmissionError(f"{agent!r} is not an agent of the configuration or discovery")
+    return journal.submit(agent.rstrip("/"), check_kind(kind), args)
+
+
+def read_token(path: str) -> bytes:
+    """The API bearer token; the file must not be readable by group or others."""
+    try:
+        mode = os.stat(path).st_mode
+        token = open(path, "rb").read().strip()
+    except OSError as exc:
+        raise ConfigError(path, "actions", "api_token_file", f"cannot read: {exc}") from None
+    if mode & 0o077:
+        raise ConfigError(path, "actions", "api_token_file", f"readable by group or others; run: chmod 600 {path}")
+    if len(token) < 16:
+        raise ConfigError(path, "actions", "api_token_file", "token too short (use at least 16 characters)")
+    return token
+
+
+def action_json(journal: Journal, action: Action) -> dict[str, Any]:
+    """One action with its attempts, as the API and `action show` give it."""
+    document = action.to_json()
+    document["attempts_log"] = [vars(a) for a in journal.attempts(action.id)]
+    return document
+
+
+class ActionsApi:
+    """HTTP handling of `/api/v1/actions` (list, show, submit)."""
+
+    def __init__(self, journal: Journal, find_target: Callable[[str], Optional[Target]],
+                 token: Optional[bytes], on_submit: Callable[[], None]):
+        self._journal, self._find_target, self._token, self._on_submit = journal, find_target, token, on_submit
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+        if path == "/api/v1/actions":
+            return 200, {"actions": [a.to_json() for a in self._journal.list()]}
+        action = self._journal.get(path.rsplit("/", 1)[1])
+        if action is None:
+            return 404, {"error": "no such action"}
+        return 200, action_json(self._journal, action)
+
+    def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]:
+        if self._token is None:
+            return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
+        presented = (authorization or "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, b"Bearer " + self._token):
+            return 401, {"error": "unauthorized"}
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict):
+                raise SubmissionError("expected a JSON object {\"agent\": URL, \"kind\": KIND, \"args\": ...}")
+            action = submit(self._journal, self._find_target, document.get("agent"), document.get("kind"),
+                            document.get("args"))
+        except (ValueError, SubmissionError) as exc:
+            return 400, {"error": str(exc)}
+        self._on_submit()
+        return 202, {"id": action.id, "state": action.state.value}

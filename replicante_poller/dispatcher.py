@@ -1,0 +1,220 @@
+"""The action dispatcher: a thread, separate from the poll workers, that delivers journaled
+actions to agents, signed right before each attempt, and follows them to a final state.
+
+Delivery: sign (new nonce and times, same action_id), POST the schedule request, and read
+the answer: 200 or 409 ActionAlreadyExists is delivered; 429, 5xx and transport failures
+are retried with backoff up to `max_attempts`; other 4xx are final rejections.
+Tracking: `/actions/info/{id}` until DONE or FAILED; an agent that forgets an action it
+accepted (404 there and absent from its queue and finished lists) makes it LOST.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Optional, Union
+from urllib.parse import urlsplit
+
+from .config import ActionsSettings
+from .deadlines import DeadlineReaper
+from .discovery import Target
+from .httpsig import sign_action
+from .journal import Action, ActionState, Journal
+from .metrics import PollerMetrics
+from .signing import Signer
+from .status_api import rfc3339
+from .tls import TlsContexts
+from .transport import AgentClient, Failure, Reply
+
+log = logging.getLogger(__name__)
+SCHEDULE = "/api/unstable/actions/schedule/"
+INFO, QUEUE, FINISHED = "/api/unstable/actions/info/", "/api/unstable/actions/queue", "/api/unstable/actions/finished"
+IDLE_WAIT = 1.0  # actions submitted by another process (the CLI) are noticed within this
+MAX_BACKOFF = 60.0
+AGENT_STATES = {"NEW": ActionState.SCHEDULED, "RUNNING": ActionState.RUNNING,
+                "DONE": ActionState.DONE, "FAILED": ActionState.FAILED}
+
+
+def schedule_body(action: Action) -> bytes:
+    """The exact bytes of the schedule request (DESIGN section 1); these bytes are signed."""
+    document = {"action_id": action.id, "args": action.args,
+                "created_ts": rfc3339(action.created_ts), "requester": action.requester}
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _json(reply: Reply) -> Any:
+    try:
+        return json.loads(reply.body)
+    except ValueError:
+        return None
+
+
+def _entries(body: Any) -> list[dict]:
+    """The objects of an agent's action list (anything unreadable counts as none)."""
+    try:
+        document = json.loads(body)
+    except (TypeError, ValueError):
+        return []
+    return [e for e in document if isinstance(e, dict)] if isinstance(document, list) else []
+
+
+class Dispatcher:
+    """Delivers and tracks actions; `wake()` after a submission, `stop()` at shutdown."""
+
+    def __init__(self, journal: Journal, settings: ActionsSettings, signer: Signer,
+                 find_target: Callable[[str], Optional[Target]],
+                 identity: Callable[[Target], Optional[tuple[str, str]]],
+                 contexts: TlsContexts, reaper: DeadlineReaper, metrics: PollerMetrics,
+                 clock: Callable[[], float] = time.time, randbytes: Callable[[int], bytes] = os.urandom):
+        self._journal, self._settings, self._signer = journal, settings, signer
+        self._find_target, self._identity = find_target, identity
+        self._contexts, self._reaper, self._metrics = contexts, reaper, metrics
+        self._clock, self._randbytes = clock, randbytes
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="action-dispatcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look at the journal now (a new action was submitted)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        client = AgentClient(self._contexts, self._reaper)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    for action in self._journal.due(self._clock()):
+                        if self._stopping.is_set():
+                            break
+                        self.step(client, action)
+                    next_due = self._journal.next_due()
+                    wait = IDLE_WAIT if next_due is None else min(IDLE_WAIT, max(0.0, next_due - self._clock()))
+                except Exception:  # the top of the dispatcher loop: log, count, keep going
+                    log.exception("action dispatcher error")
+                    self._metrics.thread_error("dispatcher")
+                    wait = IDLE_WAIT
+                self._wake.wait(wait)
+                self._wake.clear()
+        finally:
+            client.close()
+
+    def step(self, client: AgentClient, action: Action) -> None:
+        """Deliver a PENDING action, or follow a delivered one."""
+        now = self._clock()
+        target = self._find_target(action.agent)
+        if target is None:
+            self._journal.update(action.id, action.state, now + IDLE_WAIT * 5,
+                                 "the agent is not in the configuration or discovery (waiting)")
+        elif action.state is ActionState.PENDING:
+            self._deliver(client, action, target)
+        else:
+            self._track(client, action, target)
+
+    # -- delivery --------------------------------------------------------------
+
+    def _deliver(self, client: AgentClient, action: Action, target: Target) -> None:
+        identity = self._identity(target)
+        if identity is None:
+            self._journal.update(action.id, ActionState.PENDING, self._clock() + IDLE_WAIT,
+                                 "waiting for a successful poll to learn the agent's cluster and node ids")
+            return
+        cluster_id, node_id = identity
+        n = self._journal.begin_attempt(action, cluster_id, node_id)
+        body = schedule_body(action)
+        path = SCHEDULE + action.kind
+        headers = sign_action(
+            method="POST", path=urlsplit(target.url).path + path, body=body, cluster_id=cluster_id,
+            node_id=node_id, key_id=self._signer.key_id, sign=self._signer.sign, now=int(self._clock()),
+            ttl=int(self._settings.ttl), nonce=self._randbytes(16),
+        )
+        with client.connect(target) as conn:
+            reply = conn.request("POST", path, body, headers)
+        self._delivered(action, n, reply)
+
+    def _delivered(self, action: Action, n: int, reply: Union[Reply, Failure]) -> None:
+        now = self._clock()
+        if isinstance(reply, Reply) and (reply.status == 200 or self._already_exists(reply)):
+            outcome = "accepted" if reply.status == 200 else "already exists"
+            self._journal.end_attempt(action.id, n, outcome, f"HTTP {reply.status}", ActionState.SCHEDULED,
+                                      now + self._settings.track_interval, f"delivered ({outcome})")
+            self._metrics.action_result("delivered")
+            self._metrics.action_delivered(now - action.created_ts)
+            log.info("action %s (%s) delivered to %s", action.id, action.kind, action.agent)
+            return
+        if isinstance(reply, Reply) and 400 <= reply.status < 500 and reply.status != 429:
+            error = _json(reply)
+            detail = error.get("error") if isinstance(error, dict) else reply.body[:200].decode("utf-8", "replace")
+            self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}", ActionState.REJECTED,
+                                      now, f"the agent refused it: HTTP {reply.status} {detail}")
+            self._metrics.action_result("rejected")
+            log.warning("action %s refused by %s: HTTP %d %s", action.id, action.agent, reply.status, detail)
+            return
+        detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
+        if n >= self._settings.max_attempts:
+            self._journal.end_attempt(action.id, n, "failed", detail, ActionState.ABANDONED, now,
+                                      f"not delivered after {n} attempts: {detail}")
+            self._metrics.action_result("abandoned")
+            log.error("action %s abandoned after %d attempts: %s", action.id, n, detail)
+            return
+        delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** (n - 1))
+        if reply.retry_after is not None:
+            delay = min(max(delay, reply.retry_after), MAX_BACKOFF)
+        self._journal.end_attempt(action.id, n, "failed", detail, ActionState.PENDING, now + delay,
+                                  f"attempt {n} failed ({detail}); retrying in {delay:g}s")
+        self._metrics.action_result("retry")
+
+    @staticmethod
+    def _already_exists(reply: Reply) -> bool:
+        error = _json(reply)
+        return reply.status == 409 and isinstance(error, dict) and error.get("variant") == "ActionAlreadyExists"
+
+    # -- tracking --------------------------------------------------------------
+
+    def _track(self, client: AgentClient, action: Action, target: Target) -> None:
+        with client.connect(target) as conn:
+            reply = conn.request("GET", INFO + action.id)
+            lists = None
+            if isinstance(reply, Reply) and reply.status == 404:
+                lists = [conn.get(QUEUE), conn.get(FINISHED)]
+        now = self._clock()
+        later = now + self._settings.track_interval
+        if isinstance(reply, Failure) or reply.status not in (200, 404):
+            detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
+            self._journal.update(action.id, action.state, later, f"tracking failed, will retry: {detail}")
+            return
+        if reply.status == 200:
+            self._follow(action, _json(reply), later)
+            return
+        if any(isinstance(item, Failure) for item in lists or ()):
+            self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
+            return
+        listed = {entry.get("id") for item in lists or () for entry in _entries(item)}
+        if action.id in listed:
+            self._journal.update(action.id, action.state, later, "listed by the agent")
+            return
+        self._journal.update(action.id, ActionState.LOST, now, "the agent no longer knows this action")
+        self._metrics.action_result("lost")
+        log.error("action %s was lost by %s", action.id, action.agent)
+
+    def _follow(self, action: Action, document: Any, later: float) -> None:
+        info = document.get("action") if isinstance(document, dict) else None
+        state = AGENT_STATES.get(info.get("state")) if isinstance(info, dict) else None
+        if state is None:
+            self._journal.update(action.id, action.state, later, "the agent's action info is not understood, will retry")
+            return
+        history = document.get("history") if isinstance(document.get("history"), list) else None
+        self._journal.update(action.id, state, later, f"agent reports {info['state']}", history)
+        if state.final:
+            self._metrics.action_result(state.value.lower())
+            log.info("action %s finished on %s: %s", action.id, action.agent, state.value)

@@ -1,0 +1,268 @@
+"""The action journal: every submitted action and every attempt, durably, in SQLite (WAL).
+
+Nothing is lost: an action is committed before anyone hears its id, an attempt is
+committed before its request leaves, and its outcome after the answer. After a crash an
+action is re-sent with the SAME action_id, which the agent's idempotency turns into
+"already exists": delivered exactly once, or still pending.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS actions (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    args TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    created_ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_ts REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    cluster_id TEXT,
+    node_id TEXT,
+    delivered_ts REAL,
+    finished_ts REAL,
+    updated_ts REAL NOT NULL,
+    agent_history TEXT
+);
+CREATE INDEX IF NOT EXISTS actions_due ON actions (state, next_ts);
+CREATE TABLE IF NOT EXISTS attempts (
+    action_id TEXT NOT NULL REFERENCES actions(id),
+    n INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (action_id, n)
+);
+"""
+
+
+class ActionState(str, enum.Enum):
+    """Where an action is. PENDING and the agent-side states are live; the rest are final."""
+
+    PENDING = "PENDING"  # not delivered yet (waiting for the agent's identity, or retrying)
+    SCHEDULED = "SCHEDULED"  # the agent accepted it (NEW on the agent)
+    RUNNING = "RUNNING"
+    DONE = "DONE"
+    FAILED = "FAILED"  # the agent ran it and it failed
+    LOST = "LOST"  # the agent forgot it after accepting it
+    REJECTED = "REJECTED"  # the agent refused it (4xx): it will never run
+    ABANDONED = "ABANDONED"  # max_attempts transient failures: never delivered
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = frozenset({ActionState.DONE, ActionState.FAILED, ActionState.LOST, ActionState.REJECTED, ActionState.ABANDONED})
+TRACKED = (ActionState.SCHEDULED, ActionState.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    """One journaled action."""
+
+    id: str
+    agent: str
+    kind: str
+    args: Any
+    requester: str
+    created_ts: float
+    state: ActionState
+    attempts: int
+    next_ts: float
+    message: str
+    cluster_id: Optional[str]
+    node_id: Optional[str]
+    delivered_ts: Optional[float]
+    finished_ts: Optional[float]
+    updated_ts: float
+    agent_history: Optional[list]
+
+    def to_json(self) -> dict[str, Any]:
+        document = dataclasses.asdict(self)
+        document["state"] = self.state.value
+        return document
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt and its outcome."""
+
+    n: int
+    ts: float
+    outcome: str
+    detail: str
+
+
+def _action(row: sqlite3.Row) -> Action:
+    values = dict(row)
+    values["args"] = json.loads(values["args"])
+    values["state"] = ActionState(values["state"])
+    values["agent_history"] = json.loads(values["agent_history"]) if values["agent_history"] else None
+    return Action(**values)
+
+
+class Journal:
+    """SQLite journal shared by the service, the API and the CLI (several processes)."""
+
+    def __str__(self) -> str:
+        return self._path
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+        os.chmod(path, 0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _write(self, sql: str, *params: Any) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                count = self._db.execute(sql, params).rowcount
+                self._db.execute("COMMIT")
+                self._changed.notify_all()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return count
+
+    def submit(self, agent: str, kind: str, args: Any, requester: str = "CORE_API") -> Action:
+        """Durably queue a new action; its id is the action_id the agent will see."""
+        now = self._clock()
+        action_id = str(uuid.uuid4())
+        self._write(
+            "INSERT INTO actions (id, agent, kind, args, requester, created_ts, state, next_ts, message, updated_ts)"
+            " VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, 'queued', ?)",
+            action_id, agent, kind, json.dumps(args), requester, now, now, now,
+        )
+        action = self.get(action_id)
+        assert action is not None
+        return action
+
+    def get(self, action_id: str) -> Optional[Action]:
+        with self._lock:
+            return self._get(action_id)
+
+    def _get(self, action_id: str) -> Optional[Action]:
+        row = self._db.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
+        return _action(row) if row else None
+
+    def wait_for(self, action_id: str, predicate: Callable[[Action], bool], timeout: float) -> Optional[Action]:
+        """Block until the action satisfies `predicate` after a write by this process, or timeout.
+
+        Returns the action as last read (check the predicate again to tell a timeout)."""
+        with self._changed:
+            found: list[Optional[Action]] = [None]
+
+            def check() -> bool:
+                found[0] = self._get(action_id)
+                return found[0] is not None and predicate(found[0])
+
+            self._changed.wait_for(check, timeout)
+            return found[0]
+
+    def list(self, limit: int = 200) -> list[Action]:
+        """Newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM actions ORDER BY created_ts DESC, id LIMIT ?", (limit,)).fetchall()
+        return [_action(r) for r in rows]
+
+    def attempts(self, action_id: str) -> list[Attempt]:
+        with self._lock:
+            rows = self._db.execute("SELECT n, ts, outcome, detail FROM attempts WHERE action_id = ? ORDER BY n",
+                                    (action_id,)).fetchall()
+        return [Attempt(**dict(r)) for r in rows]
+
+    def due(self, now: float, limit: int = 100) -> list[Action]:
+        """Live actions whose next step is due: delivery of PENDING ones, tracking of the others."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM actions WHERE state IN ('PENDING', 'SCHEDULED', 'RUNNING') AND next_ts <= ?"
+                " ORDER BY next_ts LIMIT ?", (now, limit)).fetchall()
+        return [_action(r) for r in rows]
+
+    def next_due(self) -> Optional[float]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT MIN(next_ts) FROM actions WHERE state IN ('PENDING', 'SCHEDULED', 'RUNNING')").fetchone()
+        return row[0]
+
+    def pending(self) -> int:
+        """Actions not delivered yet."""
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM actions WHERE state = 'PENDING'").fetchone()[0]
+
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
+        """Commit that attempt n is about to be sent (before it is); returns n."""
+        n = action.attempts + 1
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
+                                 " message = ? WHERE id = ?",
+                                 (n, cluster_id, node_id, now, f"sending attempt {n}", action.id))
+                self._db.execute("INSERT INTO attempts (action_id, n, ts, outcome, detail) VALUES (?, ?, ?, 'sending', '')",
+                                 (action.id, n, now))
+                self._db.execute("COMMIT")
+                self._changed.notify_all()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return n
+
+    def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
+                    next_ts: float, message: str) -> None:
+        """Commit the outcome of attempt n and the action's new state."""
+        now = self._clock()
+        delivered = now if state is ActionState.SCHEDULED else None
+        finished = now if state.final else None
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE attempts SET outcome = ?, detail = ? WHERE action_id = ? AND n = ?",
+                                 (outcome, detail, action_id, n))
+                self._db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                                 " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
+                                 " WHERE id = ?", (state.value, next_ts, message, now, delivered, finished, action_id))
+                self._db.execute("COMMIT")
+                self._changed.notify_all()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> None:
+        """Record what tracking (or waiting) learned about an action."""
+        now = self._clock()
+        finished = now if state.final else None
+        history = json.dumps(agent_history) if agent_history is not None else None
+        self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                    " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?) WHERE id = ?",
+                    state.value, next_ts, message, now, history, finished, action_id)

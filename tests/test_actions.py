@@ -1,0 +1,231 @@
+"""Signed actions end to end: journal, dispatcher, signatures, tracking, API and CLI,
+against agent-sim's actions API over real TLS."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from replicante_poller.agentsim import Fault, NodeSpec
+from replicante_poller.httpsig import parse_signature, parse_signature_input, signature_base, content_digest
+from replicante_poller.dispatcher import schedule_body
+from replicante_poller.journal import ActionState
+from replicante_poller.signing import generate_keypair, load_public_key
+
+from harness import all_polled, config_text
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+PING, FAIL, FORGET = "agent.replicante.io/test.ping", "agent.replicante.io/test.fail", "agent.replicante.io/test.forget"
+
+
+@pytest.fixture
+def keys(tmp_path):
+    kid = generate_keypair(str(tmp_path / "core"))
+    token = tmp_path / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, TOKEN.encode())
+    os.close(fd)
+    return {"kid": kid, "key": tmp_path / "core.key", "pub": tmp_path / "core.pub", "token": token,
+            "journal": tmp_path / "actions.db"}
+
+
+def actions_config(agents, pki, keys, **extra: str) -> str:
+    settings = {"enabled": "true", "signing_key": str(keys["key"]), "journal": str(keys["journal"]),
+                "api_token_file": str(keys["token"]), "track_interval": "200ms", "backoff": "100ms", **extra}
+    section = "[actions]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return config_text(agents, pki["ca"], interval="1s", timeout="500ms", extra=section)
+
+
+def final(journal, action_id: str, timeout: float = 15.0):
+    action = journal.wait_for(action_id, lambda a: a.state.final, timeout)
+    assert action is not None and action.state.final, f"action not final: {action}"
+    return action
+
+
+def post(service, document, token=TOKEN):
+    host, port = service.api_address
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.post(f"http://{host}:{port}/api/v1/actions", json=document, headers=headers, timeout=5)
+
+
+def test_action_is_signed_delivered_once_and_tracked_to_done(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    service = start_service(actions_config([("rs", url)], pki, keys))
+    all_polled(service)
+
+    reply = post(service, {"agent": url, "kind": PING, "args": {"n": 1}})
+    assert reply.status_code == 202, reply.text
+    action_id = reply.json()["id"]
+    done = final(service.journal, action_id)
+    assert done.state is ActionState.DONE and done.attempts == 1
+    assert done.agent_history and done.agent_history[-1]["state"] == "DONE"
+    assert sim.executions(url) == {action_id: 1}
+
+    # The agent received exactly the signed request of DESIGN section 7: verify it independently.
+    stored, = sim.actions(url)
+    headers = {k.lower(): v for k, v in stored["headers"].items()}
+    (params, raw), = parse_signature_input(headers["signature-input"]).values()
+    signature = parse_signature(headers["signature"])["replicante"]
+    assert params.keyid == keys["kid"] and params.tag == "replicante-action-v1"
+    assert params.components == ("@method", "@path", "content-type", "content-digest", "replicante-cluster",
+                                 "replicante-node")
+    assert params.expires - params.created == 60
+    assert (headers["replicante-cluster"], headers["replicante-node"]) == ("rs", "node-1")
+    base = signature_base("POST", f"/api/unstable/actions/schedule/{PING}", None, headers, params, raw)
+    assert load_public_key(keys["pub"]).verify(base, signature)
+    assert headers["content-digest"] == content_digest(schedule_body(done))
+    assert json.loads(schedule_body(done))["action_id"] == action_id
+
+    listed = requests.get("http://%s:%d/api/v1/actions" % service.api_address, timeout=5).json()["actions"]
+    assert [(a["id"], a["state"]) for a in listed] == [(action_id, "DONE")]
+    shown = requests.get("http://%s:%d/api/v1/actions/%s" % (*service.api_address, action_id), timeout=5).json()
+    assert [a["outcome"] for a in shown["attempts_log"]] == ["accepted"]
+
+
+def test_failed_and_lost_actions_are_tracked_to_their_final_state(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    service = start_service(actions_config([("rs", url)], pki, keys))
+    all_polled(service)
+    failed = post(service, {"agent": url, "kind": FAIL}).json()["id"]
+    lost = post(service, {"agent": url, "kind": FORGET}).json()["id"]
+    assert final(service.journal, failed).state is ActionState.FAILED
+    assert final(service.journal, lost).state is ActionState.LOST
+
+
+def test_409_already_exists_counts_as_delivered_and_runs_once(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    text = actions_config([("rs", url)], pki, keys)
+    # Journal the action first, then let the agent receive it "from an earlier attempt".
+    from replicante_poller.config import parse_config
+    from replicante_poller.journal import Journal
+    journal = Journal(str(keys["journal"]))
+    action = journal.submit(url, PING, None)
+    journal.close()
+    first = requests.post(f"{url}/api/unstable/actions/schedule/{PING}", verify=str(pki["ca"]), timeout=5,
+                          json={"action_id": action.id, "args": None, "created_ts": "2026-01-01T00:00:00Z",
+                                "requester": "CORE_API"})
+    assert first.status_code == 200
+    assert parse_config(text).actions.enabled
+    service = start_service(text)
+    done = final(service.journal, action.id)
+    assert done.state is ActionState.DONE
+    assert [a.outcome for a in service.journal.attempts(action.id)] == ["already exists"]
+    assert sim.executions(url) == {action.id: 1} and sim.schedule_posts(url) == 2
+
+
+def test_actions_wait_for_the_agent_identity_and_rejections_are_final(start_sim, start_service, pki, keys):
+    down = start_sim([NodeSpec("rs", "down", fault=Fault.AGENT_ERROR)])
+    no_actions = start_sim([NodeSpec("rs", "plain")], actions=False)
+    down_url, plain_url = down.agents[0][1], no_actions.agents[0][1]
+    service = start_service(actions_config([("rs", down_url), ("rs", plain_url)], pki, keys))
+    all_polled(service)
+    waiting = post(service, {"agent": down_url, "kind": PING}).json()["id"]
+    rejected = post(service, {"agent": plain_url, "kind": PING}).json()["id"]
+    assert final(service.journal, rejected).state is ActionState.REJECTED
+    pending = service.journal.wait_for(waiting, lambda a: "waiting for a successful poll" in a.message, 10)
+    assert pending.state is ActionState.PENDING and pending.attempts == 0
+    assert down.schedule_posts(down_url) == 0
+
+
+def test_transient_failures_are_retried_with_backoff_then_abandoned(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    service = start_service(actions_config([("rs", url)], pki, keys, max_attempts="3"))
+    all_polled(service)
+    sim.stop()  # the agent goes away after its identity was learned: connections are refused
+    action_id = post(service, {"agent": url, "kind": PING}).json()["id"]
+    abandoned = final(service.journal, action_id)
+    assert abandoned.state is ActionState.ABANDONED and abandoned.attempts == 3
+    attempts = service.journal.attempts(action_id)
+    assert [a.outcome for a in attempts] == ["failed"] * 3
+    gaps = [b.ts - a.ts for a, b in zip(attempts, attempts[1:])]
+    assert gaps[1] > gaps[0] * 1.5  # backoff doubles (100ms, 200ms)
+
+
+def test_action_api_requires_the_bearer_token_and_valid_submissions(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    service = start_service(actions_config([("rs", url)], pki, keys))
+    assert post(service, {"agent": url, "kind": PING}, token=None).status_code == 401
+    assert post(service, {"agent": url, "kind": PING}, token="wrong").status_code == 401
+    assert post(service, {"agent": "https://unknown:1", "kind": PING}).status_code == 400
+    assert post(service, {"agent": url, "kind": "bad kind"}).status_code == 400
+    assert post(service, ["not", "an", "object"]).status_code == 400
+    assert service.journal.list() == []
+
+
+def test_loose_permissions_on_key_or_token_refuse_to_start(tmp_path, pki, keys):
+    os.chmod(keys["key"], 0o640)
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", "https://127.0.0.1:9")], pki, keys))
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "chmod 600" in done.stderr and "Traceback" not in done.stderr
+    os.chmod(keys["key"], 0o600)
+    os.chmod(keys["token"], 0o644)
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "api_token_file" in done.stderr
+
+
+def test_cli_submit_list_show(tmp_path, start_sim, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", url)], pki, keys))
+    cli = [sys.executable, "-m", "replicante_poller"]
+    done = subprocess.run(cli + ["action", "submit", "--config", str(path), "--agent", url, "--kind", PING,
+                                 "--args", '{"why": "test"}'], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    action_id = done.stdout.strip()
+    listed = subprocess.run(cli + ["action", "list", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert action_id in listed.stdout and "PENDING" in listed.stdout
+    shown = json.loads(subprocess.run(cli + ["action", "show", action_id, "--config", str(path)],
+                                      capture_output=True, text=True, timeout=30).stdout)
+    assert (shown["id"], shown["args"], shown["kind"]) == (action_id, {"why": "test"}, PING)
+    bad = subprocess.run(cli + ["action", "submit", "--config", str(path), "--agent", url, "--kind", PING,
+                                "--args", "{nope"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "--args" in bad.stderr
+
+
+def test_sigkill_during_dispatch_loses_nothing_and_runs_nothing_twice(tmp_path, start_sim, pki, keys):
+    from replicante_poller.journal import Journal
+    from process import PollerProcess
+
+    sim = start_sim([NodeSpec("rs", "node-1"), NodeSpec("rs", "node-2")], action_seconds=0.05)
+    urls = [url for _, url in sim.agents]
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", u) for u in urls], pki, keys))
+    journal = Journal(str(keys["journal"]))
+    submitted = [journal.submit(urls[i % 2], PING, {"i": i}).id for i in range(30)]
+    journal.close()
+
+    for _ in range(3):  # SIGKILL right after a delivery, while the next one is on its way
+        process = PollerProcess(path)
+        try:
+            process.expect(r"action \S+ \(\S+\) delivered to")
+        finally:
+            process.proc.kill()
+            process.proc.wait()
+
+    process = PollerProcess(path)
+    try:
+        for i, action_id in enumerate(submitted):
+            assert sim.wait_for_state(urls[i % 2], action_id, "DONE", timeout=30), action_id
+    finally:
+        assert process.stop() == 0
+    executions = {**sim.executions(urls[0]), **sim.executions(urls[1])}
+    assert sorted(executions) == sorted(submitted), "every submitted action reached its agent"
+    assert set(executions.values()) == {1}, "no action ran twice"
+    journal = Journal(str(keys["journal"]))
+    states = {a.id: a.state for a in journal.list()}
+    journal.close()
+    assert sorted(states) == sorted(submitted)
+    assert not [s for s in states.values() if s in (ActionState.PENDING, ActionState.ABANDONED, ActionState.LOST)]
