@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -93,11 +94,12 @@ def test_run_with_bad_config_exits_2_without_traceback(tmp_path):
 
 def test_demo_shows_agents_up_and_down():
     done = run("demo", "--listen", "127.0.0.1:0", "--clusters", "4", "--nodes-per-cluster", "3",
-               "--interval", "2s", "--timeout", "800ms", "--duration", "3500ms")
+               "--interval", "2s", "--timeout", "800ms", "--duration", "6s")
     assert done.returncode == 0, done.stderr
     assert "status page: http://127.0.0.1:" in done.stdout
     for expected in ("UP", "AGENT_DOWN", "NODE_DOWN", "cluster_mismatch", "timeout", "too_large", "invalid_json"):
         assert expected in done.stdout, expected
+    assert re.search(r"action \S+: DONE \(agent reports DONE\)", done.stdout), done.stdout
 
 
 def test_shipped_example_configuration_is_valid():
