@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from typing import Callable, Optional, Sequence
 
 from . import __version__, agentsim, demo
@@ -19,6 +20,8 @@ from .deadlines import DeadlineReaper
 from .discovery import Target, discover
 from .durations import format_duration
 from .errors import ConfigError, PollerError
+from .gateway import Gateway
+from .gateway_config import load_gateway_config
 from .health import Health
 from .journal import Journal
 from .poll import poll_target
@@ -149,6 +152,18 @@ def cmd_action_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gateway(args: argparse.Namespace) -> int:
+    gateway = Gateway(load_gateway_config(args.config))
+    gateway.start()
+    stop = threading.Event()
+    try:
+        install_stop_handlers(stop)
+        stop.wait()
+    finally:
+        gateway.stop()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of every verb."""
     root = argparse.ArgumentParser(prog="replicante-poller", description="Poll Replicante agents over HTTPS.")
@@ -179,6 +194,7 @@ def parser() -> argparse.ArgumentParser:
     verb(actions, "list", cmd_action_list, "actions in the journal, newest first", config=True).add_argument(
         "--limit", type=int, default=50)
     verb(actions, "show", cmd_action_show, "one action with its attempts and agent history", config=True).add_argument("id")
+    verb(verbs, "gateway", cmd_gateway, "verifying reverse proxy in front of an agent", config=True)
     demo.add_arguments(verb(verbs, "demo", demo.main, "simulated agents on loopback and the service polling them"))
     agentsim.add_arguments(verb(verbs, "agent-sim", agentsim.main, "the reference agent simulator"))
     return root

@@ -139,3 +139,24 @@ def render(registry: CollectorRegistry) -> tuple[bytes, str]:
 def sample(registry: CollectorRegistry, name: str, labels: "dict[str, str] | None" = None) -> "float | None":
     """One sample's value (for tests and the CLI)."""
     return registry.get_sample_value(name, labels or {})
+
+
+GATEWAY_RESULTS = ("forwarded", "duplicate", "rejected", "refused", "upstream_error", "error")
+
+
+class GatewayMetrics:
+    """Metrics of the verifying gateway (`/gateway/metrics`)."""
+
+    def __init__(self, registry: CollectorRegistry):
+        requests = Counter("replicante_gateway_requests", "Requests by result.", ["result"], registry=registry)
+        self._requests = {r: requests.labels(r) for r in GATEWAY_RESULTS}
+        self._rejections = Counter("replicante_gateway_rejections", "Refused signed requests by internal reason.",
+                                   ["reason"], registry=registry)
+
+    def request(self, result: str) -> None:
+        self._requests[result].inc()
+
+    def rejected(self, reason: str) -> None:
+        """A request answered 401: counted under its precise reason."""
+        self._requests["rejected"].inc()
+        self._rejections.labels(reason).inc()

@@ -15,16 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class PollerProcess:
-    """Starts `run --config PATH`; `expect(regex)` waits for a log line."""
+    """Starts `VERB --config PATH` (default `run`); `expect(regex)` waits for a log line."""
 
-    def __init__(self, config: Path):
-        self.proc = subprocess.Popen([sys.executable, "-m", "replicante_poller", "run", "--config", str(config)],
+    def __init__(self, config: Path, verb: str = "run", ready: str = r"status on http://(\S+)/"):
+        self.proc = subprocess.Popen([sys.executable, "-m", "replicante_poller", verb, "--config", str(config)],
                                      stderr=subprocess.PIPE, text=True)
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.log: list[str] = []
         self._cursor = 0  # expect() matches lines from here on
         threading.Thread(target=self._read, daemon=True).start()
-        self.address = self.expect(r"status on http://(\S+)/").group(1)
+        self.address = self.expect(ready).group(1)
         self._cursor = 0  # lines logged before the listener are still there to expect
 
     def _read(self) -> None:

@@ -1,0 +1,224 @@
+"""`replicante-poller gateway`: a verifying reverse proxy in front of any agent.
+
+GETs of the agent API go to the upstream agent unchanged. `POST
+/api/unstable/actions/schedule/*` goes only when its signature verifies (Verifier);
+every rejection is one generic 401, the reason logged and counted. The body is capped
+before it is read. A retry of an action already forwarded gets the first answer again.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Optional
+
+from .config import PollSettings, TlsSettings
+from .deadlines import DeadlineReaper
+from .discovery import Target
+from .errors import ConfigError
+from .gateway_config import GatewaySettings
+from .metrics import GatewayMetrics, new_registry, render
+from .replay import ReplayStore
+from .tls import TlsContexts
+from .transport import AgentClient, Failure, Reply
+from .validation import Invalid, parse, validate_datastore_info
+from .verifier import Keyring, Rejection, Verdict, Verifier
+
+log = logging.getLogger(__name__)
+SCHEDULE = "/api/unstable/actions/schedule/"
+FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-cluster", "replicante-node",
+                     "signature-input", "signature")
+SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed request
+UPSTREAM_MAX_BODY = 4 * 1024 * 1024
+UNAUTHORIZED = b'{"error":"unauthorized"}'
+METRICS_PATH = "/gateway/metrics"
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Gateway:
+    """The running gateway: `start()`, `stop()`, `address`."""
+
+    def __init__(self, settings: GatewaySettings, registry: Any = None):
+        self.settings = settings
+        self.registry = registry or new_registry()
+        self.metrics = GatewayMetrics(self.registry)
+        self._reaper = DeadlineReaper()
+        self._contexts = TlsContexts()
+        self._upstream = Target("upstream", settings.upstream, None,
+                                PollSettings(interval=settings.timeout * 2, timeout=settings.timeout,
+                                             max_body=UPSTREAM_MAX_BODY),
+                                TlsSettings(ca_file=settings.upstream_ca_file))
+        self._local = threading.local()
+        self.verifier: Optional[Verifier] = None
+        self._server: Optional[ThreadingHTTPServer] = None
+
+    def start(self) -> None:
+        """Load keys and the replay store, learn the agent's identity, listen.
+
+        Raises KeyFileError/ConfigError (bad keys, unreachable upstream without ids)."""
+        settings = self.settings
+        keyring = Keyring.from_entries(settings.keys, settings.revoked)
+        self._contexts.get(self._upstream.tls)
+        self._reaper.start()
+        cluster_id, node_id = settings.cluster_id, settings.node_id
+        if cluster_id is None or node_id is None:
+            cluster_id, node_id = self._identity()
+        store = ReplayStore(settings.replay_store)
+        self.verifier = Verifier(keyring, cluster_id, node_id, store, max_body=settings.max_body)
+        self._server = _server(self, settings)
+        threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
+        log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",
+                 settings.upstream, cluster_id, node_id, len(keyring), *self.address)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._reaper.stop()
+
+    def _client(self) -> AgentClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = AgentClient(self._contexts, self._reaper)
+        return client
+
+    def _identity(self) -> tuple[str, str]:
+        with self._client().connect(self._upstream) as conn:
+            body = conn.get("/api/unstable/info/datastore")
+        info = body if isinstance(body, Failure) else parse(body, validate_datastore_info)
+        if isinstance(info, (Failure, Invalid)):
+            raise ConfigError(self.settings.source, "gateway", "upstream",
+                              f"cannot learn cluster_id and node_id from the upstream ({info}); set them in [gateway]")
+        return info.cluster_id, info.node_id
+
+    def forward(self, method: str, path: str, body: Optional[bytes] = None,
+                headers: Optional[dict[str, str]] = None) -> Reply | Failure:
+        """One request to the upstream agent on a fresh connection."""
+        with self._client().connect(self._upstream) as conn:
+            return conn.request(method, path, body, headers)
+
+    # -- request handling (on the server's threads) ----------------------------
+
+    def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        if request.path == METRICS_PATH:
+            body, content_type = render(self.registry)
+            return _send(request, 200, content_type, body)
+        reply = self.forward("GET", request.path)
+        if isinstance(reply, Failure):
+            self.metrics.request("upstream_error")
+            return _send(request, 502, "application/json", json.dumps({"error": "upstream: " + reply.message}).encode())
+        self.metrics.request("forwarded")
+        _send(request, reply.status, reply.content_type or "application/json", reply.body)
+
+    def handle_post(self, request: BaseHTTPRequestHandler) -> None:
+        if not request.path.startswith(SCHEDULE):
+            request.close_connection = True
+            self.metrics.request("refused")
+            return _send(request, 405, "application/json", b'{"error":"only signed action schedules are accepted"}')
+        assert self.verifier is not None
+        length = request.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
+            request.close_connection = True  # the body is never read
+            return self._reject(request, Verdict(False, Rejection.TOO_LARGE, f"Content-Length {length or 'missing'}"))
+        body = request.rfile.read(int(length))
+        headers = {}
+        for name in request.headers.keys():
+            lower = name.lower()
+            values = request.headers.get_all(name) or []
+            if lower in SINGLE and (len(values) != 1 or lower in headers):
+                return self._reject(request, Verdict(False, Rejection.MALFORMED, f"{name} repeated"))
+            headers[lower] = ", ".join(values)
+        verdict = self.verifier.verify("POST", request.path, headers, body)
+        if not verdict.accepted:
+            return self._reject(request, verdict)
+        if verdict.duplicate:
+            self.metrics.request("duplicate")
+            if verdict.previous is None:  # the first request for this id is still on its way
+                return _send(request, 409, "application/json", json.dumps(
+                    {"error": "action already exists", "layers": [], "trace": None,
+                     "variant": "ActionAlreadyExists"}).encode())
+            previous = verdict.previous
+            return _send(request, previous.status or 502, previous.content_type or "application/json",
+                         previous.body or b"")
+        assert verdict.action_id is not None
+        reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
+        store = self.verifier.store
+        if isinstance(reply, Failure) or reply.status >= 500:
+            store.release_action(verdict.action_id)  # not answered: a retry may go through
+            self.metrics.request("upstream_error")
+            detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
+            return _send(request, 502, "application/json", json.dumps({"error": "upstream: " + detail}).encode())
+        store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body)
+        self.metrics.request("forwarded")
+        log.info("action %s verified (key %s) and forwarded: HTTP %d", verdict.action_id, verdict.key_id, reply.status)
+        _send(request, reply.status, reply.content_type or "application/json", reply.body)
+
+    def _reject(self, request: BaseHTTPRequestHandler, verdict: Verdict) -> None:
+        assert verdict.reason is not None
+        self.metrics.rejected(verdict.reason.value)
+        log.warning("refused %s %s from %s: %s (%s)", request.command, request.path, request.client_address[0],
+                    verdict.reason.value, verdict.detail)
+        _send(request, 401, "application/json", UNAUTHORIZED)
+
+
+def _send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
+    request.send_response(status)
+    request.send_header("Content-Type", content_type)
+    request.send_header("Content-Length", str(len(body)))
+    request.end_headers()
+    request.wfile.write(body)
+
+
+def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "replicante-gateway"
+
+        def do_GET(self) -> None:
+            gateway.handle_get(self)
+
+        def do_POST(self) -> None:
+            gateway.handle_post(self)
+
+        def _refuse(self) -> None:
+            self.close_connection = True
+            _send(self, 405, "application/json", b'{"error":"method not allowed"}')
+
+        do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("gateway: " + format, *args)
+
+    context: Optional[ssl.SSLContext] = None
+    if settings.server_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(settings.server_cert, settings.server_key)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            """TLS handshakes happen here, on the connection's thread, never in the accept loop."""
+            if context is not None:
+                request.settimeout(HANDSHAKE_TIMEOUT)
+                try:
+                    request = context.wrap_socket(request, server_side=True)
+                except OSError:
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            log.exception("gateway request from %s failed", client_address)
+            gateway.metrics.request("error")
+
+    return Server(settings.listen, Handler)

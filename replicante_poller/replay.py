@@ -1,0 +1,97 @@
+"""The verifier's memory: a replay cache of (key id, nonce) and idempotency on action_id.
+
+SQLite, so both survive a restart and are shared by threads and processes. The replay
+check-and-insert is one atomic statement; entries are kept until their signature's expiry
+plus the clock skew, then purged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (
+    keyid TEXT NOT NULL, nonce TEXT NOT NULL, keep_until REAL NOT NULL, PRIMARY KEY (keyid, nonce)
+);
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (keep_until);
+CREATE TABLE IF NOT EXISTS actions (
+    action_id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, status INTEGER, content_type TEXT, body BLOB,
+    first_seen REAL NOT NULL
+);
+"""
+PURGE_EVERY = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What the agent answered the first time an action was scheduled (None: still in progress)."""
+
+    status: Optional[int]
+    content_type: Optional[str]
+    body: Optional[bytes]
+
+
+class ReplayStore:
+    """Replay cache and idempotency records in one SQLite file."""
+
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        if path != ":memory:":
+            os.chmod(path, 0o600)
+        self._next_purge = 0.0
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def remember_nonce(self, keyid: str, nonce: str, keep_until: float) -> bool:
+        """Insert (keyid, nonce) unless present: True the first time, False for a replay."""
+        now = self._clock()
+        with self._lock:
+            if now >= self._next_purge:
+                self._db.execute("DELETE FROM nonces WHERE keep_until < ?", (now,))
+                self._next_purge = now + PURGE_EVERY
+            cursor = self._db.execute("INSERT OR IGNORE INTO nonces (keyid, nonce, keep_until) VALUES (?, ?, ?)",
+                                      (keyid, nonce, keep_until))
+            return cursor.rowcount == 1
+
+    def claim_action(self, action_id: str, fingerprint: str) -> tuple[bool, Optional[str], Optional[Outcome]]:
+        """Claim `action_id` for forwarding.
+
+        Returns (claimed, known fingerprint, first outcome): claimed is True only for the
+        first request with this id; otherwise the caller compares fingerprints and answers
+        with the first outcome (None while the first request is still in flight).
+        """
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO actions (action_id, fingerprint, first_seen) VALUES (?, ?, ?)",
+                (action_id, fingerprint, self._clock()))
+            if cursor.rowcount == 1:
+                return True, fingerprint, None
+            row = self._db.execute("SELECT fingerprint, status, content_type, body FROM actions WHERE action_id = ?",
+                                   (action_id,)).fetchone()
+        known, status, content_type, body = row
+        return False, known, (Outcome(status, content_type, body) if status is not None else None)
+
+    def record_outcome(self, action_id: str, status: int, content_type: str, body: bytes) -> None:
+        """Keep the agent's first answer for later retries of the same action."""
+        with self._lock:
+            self._db.execute("UPDATE actions SET status = ?, content_type = ?, body = ? WHERE action_id = ?",
+                             (status, content_type, body, action_id))
+
+    def release_action(self, action_id: str) -> None:
+        """Forget a claim whose forwarding failed before the agent answered, so a retry can go through."""
+        with self._lock:
+            self._db.execute("DELETE FROM actions WHERE action_id = ? AND status IS NULL", (action_id,))

@@ -1,0 +1,239 @@
+"""The verifying gateway as a real process in front of agent-sim: the forgery matrix."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import uuid
+
+import pytest
+import requests
+
+from replicante_poller.agentsim import NodeSpec
+from replicante_poller.httpsig import COVERED, LABEL, TAG, SignatureParams, content_digest, sign_action, signature_base
+from replicante_poller.signing import generate_keypair, load_signing_key
+
+from process import PollerProcess
+
+KIND = "agent.replicante.io/test.ping"
+PATH = f"/api/unstable/actions/schedule/{KIND}"
+
+
+@pytest.fixture
+def keys(tmp_path):
+    made = {}
+    for name in ("old", "new", "stranger", "revoked"):
+        made[name] = {"kid": generate_keypair(str(tmp_path / name)), "key": load_signing_key(tmp_path / f"{name}.key"),
+                      "pub": tmp_path / f"{name}.pub"}
+    return made
+
+
+def gateway_config(tmp_path, sim_url, pki, keys, trusted=("old", "revoked"), revoked=("revoked",), extra="") -> str:
+    entries = ", ".join(str(keys[name]["pub"]) for name in trusted)
+    ids = ", ".join(keys[name]["kid"] for name in revoked)
+    return (f"[gateway]\nlisten = 127.0.0.1:0\nupstream = {sim_url}\nupstream_ca_file = {pki['ca']}\n"
+            f"keys = {entries}\nrevoked = {ids}\nreplay_store = {tmp_path / 'replay.db'}\n{extra}")
+
+
+@pytest.fixture
+def gateway(tmp_path, start_sim, pki, keys):
+    """A sim agent (cluster rs, node node-1) behind a real gateway process."""
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    url = sim.agents[0][1]
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, url, pki, keys))
+    started = []
+
+    def start() -> PollerProcess:
+        process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")
+        started.append(process)
+        return process
+
+    yield {"sim": sim, "url": url, "start": start, "config": config}
+    for process in started:
+        process.kill()
+
+
+def body_of(action_id: str | None = None, args=None) -> bytes:
+    return json.dumps({"action_id": action_id or str(uuid.uuid4()), "args": args,
+                       "created_ts": "2026-11-25T00:00:00Z", "requester": "CORE_API"}).encode()
+
+
+def signed(key, body: bytes, path: str = PATH, cluster: str = "rs", node: str = "node-1", now: int | None = None,
+           ttl: int = 60) -> dict[str, str]:
+    return sign_action(method="POST", path=path, body=body, cluster_id=cluster, node_id=node, key_id=key.key_id,
+                       sign=key.sign, now=int(time.time()) if now is None else now, ttl=ttl, nonce=os.urandom(16))
+
+
+def custom(key, body: bytes, components=COVERED, alg=None, tag=TAG, cluster="rs", node="node-1") -> dict[str, str]:
+    """A signature with chosen components and parameters, made by hand."""
+    now = int(time.time())
+    headers = {"content-type": "application/json", "content-digest": content_digest(body),
+               "replicante-cluster": cluster, "replicante-node": node}
+    nonce = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    params = SignatureParams(tuple(components), now, now + 60, nonce, key.key_id, alg, tag)
+    base = signature_base("POST", PATH, None, headers, params)
+    signature = base64.b64encode(key.sign(base)).decode()
+    return {**headers, "signature-input": f"{LABEL}={params.serialize()}", "signature": f"{LABEL}=:{signature}:"}
+
+
+def send(process, body: bytes, headers: dict[str, str], path: str = PATH) -> requests.Response:
+    return requests.post(f"http://{process.address}{path}", data=body, headers=headers, timeout=10)
+
+
+def forged_requests(keys):
+    old = keys["old"]["key"]
+    now = int(time.time())
+    yield "unsigned", body_of(), {"content-type": "application/json"}, PATH
+    body = body_of()
+    yield "unknown key", body, signed(keys["stranger"]["key"], body), PATH
+    body = body_of()
+    yield "revoked key", body, signed(keys["revoked"]["key"], body), PATH
+    body = body_of()
+    yield "tampered body", body.replace(b"null", b'{"rm": "-rf"}'), signed(old, body), PATH
+    body = body_of()
+    tampered = body.replace(b"null", b"1")
+    yield "tampered body, digest recomputed", tampered, {**signed(old, body), "content-digest": content_digest(tampered)}, PATH
+    body = body_of()
+    yield "tampered path", body, signed(old, body), "/api/unstable/actions/schedule/agent.replicante.io/test.stop"
+    body = body_of()
+    yield "another node", body, signed(old, body, node="node-2"), PATH
+    body = body_of()
+    yield "another cluster", body, signed(old, body, cluster="other"), PATH
+    body = body_of()
+    yield "expired", body, signed(old, body, now=now - 200, ttl=60), PATH
+    body = body_of()
+    yield "created in the future", body, signed(old, body, now=now + 120, ttl=60), PATH
+    body = body_of(args="x" * (70 * 1024))
+    yield "oversize body", body, signed(old, body), PATH
+    body = body_of()
+    yield "malformed Signature-Input", body, {**signed(old, body), "signature-input": 'replicante=("@method" created=1'}, PATH
+    body = body_of()
+    yield "alg other than ed25519", body, custom(old, body, alg="rsa-pss-sha512"), PATH
+    body = body_of()
+    yield "missing covered component", body, custom(old, body, components=COVERED[:-1]), PATH
+    body = body_of()
+    yield "wrong tag", body, custom(old, body, tag="something-else"), PATH
+    body = body_of()
+    yield "wrong label", body, {k: v.replace("replicante=", "other=", 1) if k.lower().startswith("signature") else v
+                                for k, v in signed(old, body).items()}, PATH
+    body = body_of()
+    yield "flipped signature bit", body, {**signed(old, body), "signature": "replicante=:" + base64.b64encode(
+        bytes(64)).decode() + ":"}, PATH
+
+
+def test_every_forgery_is_refused_with_401_and_nothing_reaches_the_agent(gateway, keys):
+    process = gateway["start"]()
+    sim, url = gateway["sim"], gateway["url"]
+    for name, body, headers, path in forged_requests(keys):
+        reply = send(process, body, headers, path)
+        assert reply.status_code == 401, (name, reply.status_code, reply.text)
+        assert reply.json() == {"error": "unauthorized"}, name
+    assert sim.schedule_posts(url) == 0 and sim.actions(url) == []
+    text = requests.get(f"http://{process.address}/gateway/metrics", timeout=5).text
+    for reason in ("malformed", "unknown_key", "revoked_key", "digest_mismatch", "bad_signature", "wrong_audience",
+                   "expired", "not_yet_valid", "too_large", "bad_alg", "missing_component", "bad_tag", "bad_label"):
+        assert f'replicante_gateway_rejections_total{{reason="{reason}"}}' in text, reason
+    assert process.stop() == 0
+
+
+def test_valid_action_reaches_the_agent_once_and_replays_are_refused_even_after_restart(gateway, keys):
+    sim, url = gateway["sim"], gateway["url"]
+    process = gateway["start"]()
+    action_id = str(uuid.uuid4())
+    body = body_of(action_id)
+    headers = signed(keys["old"]["key"], body)
+    first = send(process, body, headers)
+    assert (first.status_code, first.json()) == (200, {"id": action_id})
+    assert send(process, body, headers).status_code == 401  # replayed: same nonce
+    retry = send(process, body, signed(keys["old"]["key"], body))  # a retry: new nonce, same action
+    assert (retry.status_code, retry.json()) == (200, {"id": action_id})
+    conflicting = body_of(action_id, args={"other": "content"})
+    assert send(process, conflicting, signed(keys["old"]["key"], conflicting)).status_code == 401
+    assert process.stop() == 0
+
+    again = gateway["start"]()
+    assert send(again, body, headers).status_code == 401  # replayed after a restart
+    assert sim.wait_for_state(url, action_id, "DONE", timeout=10)
+    assert sim.schedule_posts(url) == 1 and sim.executions(url) == {action_id: 1}
+    assert again.stop() == 0
+
+
+def test_gets_are_forwarded_unchanged_and_other_methods_refused(gateway, keys):
+    process = gateway["start"]()
+    via_gateway = requests.get(f"http://{process.address}/api/unstable/info/datastore", timeout=5)
+    assert via_gateway.status_code == 200 and via_gateway.json()["node_id"] == "node-1"
+    assert requests.get(f"http://{process.address}/api/unstable/actions/info/{uuid.uuid4()}",
+                        timeout=5).status_code == 404
+    assert requests.delete(f"http://{process.address}/api/unstable/shards", timeout=5).status_code == 405
+    assert requests.post(f"http://{process.address}/api/unstable/shards", data=b"{}", timeout=5).status_code == 405
+    assert gateway["sim"].schedule_posts(gateway["url"]) == 0
+    assert process.stop() == 0
+
+
+def test_key_rotation_old_and_new_then_old_revoked_drops_no_action(gateway, keys, tmp_path, pki):
+    sim, url = gateway["sim"], gateway["url"]
+    config = gateway["config"]
+    config.write_text(gateway_config(tmp_path, url, pki, keys, trusted=("old", "new"), revoked=()))
+    process = gateway["start"]()
+    delivered = []
+    for name in ("old", "new"):  # both valid during the rotation
+        body = body_of()
+        assert send(process, body, signed(keys[name]["key"], body)).status_code == 200, name
+        delivered.append(json.loads(body)["action_id"])
+    assert process.stop() == 0
+
+    config.write_text(gateway_config(tmp_path, url, pki, keys, trusted=("old", "new"), revoked=("old",)))
+    process = gateway["start"]()
+    body = body_of()
+    assert send(process, body, signed(keys["new"]["key"], body)).status_code == 200
+    delivered.append(json.loads(body)["action_id"])
+    refused = body_of()
+    assert send(process, refused, signed(keys["old"]["key"], refused)).status_code == 401
+    assert sorted(a["id"] for a in sim.actions(url)) == sorted(delivered)
+    assert process.stop() == 0
+
+
+def test_keyring_entry_with_a_wrong_kid_is_refused_at_start(gateway, keys, tmp_path, pki):
+    config = gateway["config"]
+    config.write_text(gateway_config(tmp_path, gateway["url"], pki, keys, trusted=(), revoked=()).replace(
+        "keys = \n", f"keys = {keys['old']['pub']};kid={keys['new']['kid']}\n"))
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "gateway", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "is not this key's id" in done.stderr
+
+
+def test_poller_to_nginx_to_gateway_to_agent_action_reaches_done(tmp_path, start_sim, start_nginx, start_service,
+                                                                 pki, keys):
+    """The whole chain as deployed: the poller polls and sends a signed action through a
+    TLS-terminating nginx to the gateway (plain HTTP behind it), which verifies it and
+    forwards it to the agent."""
+    from harness import all_polled, config_text
+    from replicante_poller.journal import ActionState
+
+    sim = start_sim([NodeSpec("rs", "node-1")])
+    agent = sim.agents[0][1]
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, agent, pki, keys, trusted=("old",), revoked=()))
+    process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")
+    try:
+        front = start_nginx(f"http://{process.address}")
+        token = tmp_path / "token"
+        token.write_text("a-long-enough-api-token")
+        os.chmod(token, 0o600)
+        actions = (f"[actions]\nenabled = true\nsigning_key = {tmp_path / 'old.key'}\n"
+                   f"journal = {tmp_path / 'actions.db'}\ntrack_interval = 200ms\n")
+        service = start_service(config_text([("rs", front)], pki["ca"], interval="1s", timeout="800ms", extra=actions))
+        view, = all_polled(service)
+        assert view.result.ok, view.result.message
+        action = service.journal.submit(front, KIND, {"via": "nginx and gateway"})
+        done = service.journal.wait_for(action.id, lambda a: a.state.final, 15)
+        assert done.state is ActionState.DONE, done
+        assert sim.executions(agent) == {action.id: 1}
+        stored, = sim.actions(agent)
+        assert stored["headers"]["replicante-node"] == "node-1"  # the signed headers travelled to the agent
+    finally:
+        assert process.stop() == 0
