@@ -133,7 +133,9 @@ class TlsServer:
             sockets, threads = list(self._sockets), list(self._threads)
         for sock in sockets:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                # The plain socket's shutdown, also for an SSLSocket: its own would drop
+                # the TLS object under the feet of the thread still using it.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
         if self._acceptor.is_alive():
@@ -196,10 +198,13 @@ class TlsServer:
                 # into a reset that the client could see before the alert.
                 self._silent(socket.socket(fileno=sock.detach()), conn)
                 return
-            conn.tls_version = sock.version()
-            conn.client_cert = sock.getpeercert(binary_form=True)
-            conn.handshake_done.set()
-            self._http(sock, conn)
+            try:
+                conn.tls_version = sock.version()
+                conn.client_cert = sock.getpeercert(binary_form=True)
+                conn.handshake_done.set()
+                self._http(sock, conn)
+            finally:
+                sock.close()
         finally:
             conn.finished.set()
 
