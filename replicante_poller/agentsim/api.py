@@ -1,0 +1,33 @@
+"""The agent API ("unstable"): its paths, JSON encoding and the error answers routes share."""
+from __future__ import annotations
+
+import json
+
+from .wire import Response, response
+
+API = "/api/unstable"
+AGENT_INFO = API + "/info/agent"
+DATASTORE_INFO = API + "/info/datastore"
+SHARDS = API + "/shards"
+ACTIONS_PREFIX = API + "/actions/"
+SCHEDULE_PREFIX = ACTIONS_PREFIX + "schedule/"
+ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"
+ACTIONS_FINISHED = ACTIONS_PREFIX + "finished"
+ACTION_INFO_PREFIX = ACTIONS_PREFIX + "info/"
+
+
+def dumps(value: object) -> bytes:
+    """Compact JSON, as agents send it."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def error(status: int, message: str, variant: str | None = None, extra: str = "") -> Response:
+    """An agent error answer: the message, its layers, and the error variant."""
+    body = {"error": message, "layers": [message], "trace": None, "variant": variant}
+    return response(status, dumps(body), extra=extra)
+
+
+EMPTY_404 = response(404, content_type=None)
+NOT_FOUND = error(404, "path not found", "NotFound")
+NOT_ALLOWED = error(405, "method not allowed", "MethodNotAllowed", "Allow: GET\r\n")
+BAD_REQUEST = error(400, "malformed HTTP request", "BadRequest")
