@@ -5,18 +5,28 @@ Everything runs on loopback in one process and in a temporary folder removed at 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
+import os
+import ssl
 import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .actions_api import submit
 from .agentsim import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
 from .cli_signals import install_stop_handlers
 from .config import load_config, to_duration, to_listen
+from .dispatcher import SCHEDULE
 from .durations import format_duration
+from .httpsig import sign_action
 from .service import Service
-from .signing import generate_keypair
+from .signing import generate_keypair, signer_from_seed
 from .status_api import targets_document
+from .verifier import Keyring
 
 DEMO_KIND = "agent.replicante.io/test.ping"
 DEMO_FAULTS = {
@@ -66,8 +76,9 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="replicante-demo-") as tmp:
         folder = Path(tmp)
         ca_file, server_context = throwaway_ca(folder)
-        with AgentSim(nodes, server_context) as sim:
-            key_id = generate_keypair(str(folder / "core"))
+        key_id = generate_keypair(str(folder / "core"))
+        keyring = Keyring.from_entries([str(folder / "core.pub")])
+        with AgentSim(nodes, server_context, keyring=keyring) as sim:
             (folder / "discovery.ini").write_text(discovery_ini(sim.agents))
             (folder / "poller.ini").write_text(demo_config(folder, ca_file, args))
             service = Service(load_config(folder / "poller.ini"))
@@ -78,7 +89,7 @@ def main(args: argparse.Namespace) -> int:
                 print(f"status page: http://{host}:{port}/")
                 print(f"targets:     http://{host}:{port}/api/v1/targets")
                 print(f"metrics:     http://{host}:{port}/metrics")
-                print(f"actions are signed with the throw-away key {key_id}")
+                print(f"actions are signed with the throw-away key {key_id}; the agents enforce signatures")
                 print("Ctrl-C to stop.", flush=True)
                 _report(service, args, sim)
             finally:
@@ -100,10 +111,35 @@ def _report(service: Service, args: argparse.Namespace, sim: AgentSim) -> None:
     print(table(service), flush=True)
     if _demo_action(service, sim, stop):
         return
+    _demo_forgery(sim, service.config.tls.ca_file)
     while not stop.wait(args.interval):
         views = service.snapshot()
         up = sum(1 for v in views if v.result and v.result.ok)
         print(f"{up}/{len(views)} agents UP", flush=True)
+
+
+def _demo_forgery(sim: AgentSim, ca_file: "str | None") -> None:
+    """Send an action signed by a key the agents do not trust, and show it refused."""
+    spec, url = next((s, u) for s, u in sim.agents if s.fault is Fault.HEALTHY)
+    forger = signer_from_seed(os.urandom(32))
+    body = json.dumps({"action_id": str(uuid.uuid4()), "args": None, "created_ts": "2026-01-01T00:00:00Z",
+                       "requester": "CORE_API"}).encode()
+    path = SCHEDULE + DEMO_KIND
+    headers = sign_action(method="POST", path=path, body=body, cluster_id=spec.cluster_id, node_id=spec.node_id,
+                          key_id=forger.key_id, sign=forger.sign, now=int(time.time()), nonce=os.urandom(16))
+    parts = urlsplit(url)
+    conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=5,
+                                       context=ssl.create_default_context(cafile=ca_file))
+    try:
+        conn.request("POST", path, body, headers)
+        status = conn.getresponse().status
+    except OSError as exc:
+        print(f"forged action: could not send ({exc})")
+        return
+    finally:
+        conn.close()
+    print(f"forged action signed by untrusted key {forger.key_id}: HTTP {status} "
+          f"({'refused' if status == 401 else 'NOT refused'})", flush=True)
 
 
 def _demo_action(service: Service, sim: AgentSim, stop: threading.Event) -> bool:

@@ -229,3 +229,34 @@ def test_sigkill_during_dispatch_loses_nothing_and_runs_nothing_twice(tmp_path, 
     journal.close()
     assert sorted(states) == sorted(submitted)
     assert not [s for s in states.values() if s in (ActionState.PENDING, ActionState.ABANDONED, ActionState.LOST)]
+
+
+def test_enforcing_agent_sim_accepts_the_pollers_signed_action_and_refuses_a_forgery(
+        tmp_path, start_sim, start_service, pki, keys):
+    import time
+    import uuid
+
+    from replicante_poller.httpsig import sign_action
+    from replicante_poller.signing import load_signing_key
+    from replicante_poller.verifier import Keyring
+
+    sim = start_sim([NodeSpec("rs", "node-1")], keyring=Keyring.from_entries([str(keys["pub"])]))
+    url = sim.agents[0][1]
+    service = start_service(actions_config([("rs", url)], pki, keys))
+    all_polled(service)
+    action_id = post(service, {"agent": url, "kind": PING}).json()["id"]
+    assert final(service.journal, action_id).state is ActionState.DONE
+
+    generate_keypair(str(tmp_path / "forger"))
+    forger = load_signing_key(tmp_path / "forger.key")
+    body = json.dumps({"action_id": str(uuid.uuid4()), "args": None, "created_ts": "2026-11-25T00:00:00Z",
+                       "requester": "CORE_API"}).encode()
+    path = f"/api/unstable/actions/schedule/{PING}"
+    headers = sign_action(method="POST", path=path, body=body, cluster_id="rs", node_id="node-1",
+                          key_id=forger.key_id, sign=forger.sign, now=int(time.time()), nonce=os.urandom(16))
+    forged = requests.post(url + path, data=body, headers=headers, verify=str(pki["ca"]), timeout=5)
+    assert forged.status_code == 401
+    unsigned = requests.post(url + path, data=body, headers={"Content-Type": "application/json"},
+                             verify=str(pki["ca"]), timeout=5)
+    assert unsigned.status_code == 401
+    assert [a["id"] for a in sim.actions(url)] == [action_id]

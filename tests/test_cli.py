@@ -100,6 +100,7 @@ def test_demo_shows_agents_up_and_down():
     for expected in ("UP", "AGENT_DOWN", "NODE_DOWN", "cluster_mismatch", "timeout", "too_large", "invalid_json"):
         assert expected in done.stdout, expected
     assert re.search(r"action \S+: DONE \(agent reports DONE\)", done.stdout), done.stdout
+    assert re.search(r"forged action signed by untrusted key \S+: HTTP 401 \(refused\)", done.stdout), done.stdout
 
 
 def test_shipped_example_configuration_is_valid():

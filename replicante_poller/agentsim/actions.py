@@ -15,8 +15,17 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
-from .api import (ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, EMPTY_404, NOT_ALLOWED,
-                  NOT_FOUND, SCHEDULE_PREFIX, dumps, error)
+from .api import (
+    ACTION_INFO_PREFIX,
+    ACTIONS_FINISHED,
+    ACTIONS_QUEUE,
+    EMPTY_404,
+    NOT_ALLOWED,
+    NOT_FOUND,
+    SCHEDULE_PREFIX,
+    dumps,
+    error,
+)
 from .schedule import InvalidArgs, parse_schedule, rfc3339
 from .wire import Request, Response, response
 
@@ -68,6 +77,7 @@ class Action:
 class ActionBook:
     """One node's actions, and the record tests read (posts, executions, states reached)."""
 
+    verifier: Verifier | None = None  # this node's own (enforcing mode); else the engine's
     stored: dict[str, Action] = dataclasses.field(default_factory=dict)  # in scheduling order
     finished: list[str] = dataclasses.field(default_factory=list)  # DONE/FAILED ids, finishing order
     posts: int = 0
@@ -148,7 +158,8 @@ class ActionEngine:
             return _TOO_LARGE
         if request.body_length < 0:  # Expect: 100-continue, the body was not read
             return _EXPECTATION_FAILED
-        if self._verifier is not None and not self._verified(request, body):
+        verifier = book.verifier or self._verifier
+        if verifier is not None and not self._verified(verifier, request, body):
             return _UNAUTHORIZED
         try:
             schedule = parse_schedule(request.headers.get("content-type", ""), body)
@@ -165,10 +176,10 @@ class ActionEngine:
             self._next_step(book, action.id)
         return response(200, dumps({"id": schedule.action_id}))
 
-    def _verified(self, request: Request, body: bytes) -> bool:
-        assert self._verifier is not None
+    @staticmethod
+    def _verified(verifier: Verifier, request: Request, body: bytes) -> bool:
         try:
-            verdict = self._verifier(request.method, request.path, dict(request.headers), body)
+            verdict = verifier(request.method, request.path, dict(request.headers), body)
         except Exception as exc:  # fail closed: a verifier may refuse by raising
             verdict = f"verifier raised {exc!r}"
         if verdict is True:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 import trustme
 
+from ..verifier import Keyring
 from .faults import Fault, NodeSpec, fleet
 from .server import AgentSim
 
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="agents with actions disabled: 404 with an empty body on /actions/*")
     parser.add_argument("--action-seconds", type=float, default=0.2,
                         help="seconds per action step, NEW -> RUNNING -> DONE (default 0.2)")
+    parser.add_argument("--enforce-keys", default=None, metavar="PUB[,PUB...]",
+                        help="enforcing mode: refuse schedule requests not signed by one of these public keys")
 
 
 def _parse_faults(values: Iterable[str]) -> dict[Fault, int]:
@@ -83,13 +86,16 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("--drip-seconds must be positive")
         if args.action_seconds < 0:
             raise ValueError("--action-seconds must not be negative")
+        keyring = None
+        if args.enforce_keys:
+            keyring = Keyring.from_entries(k for k in args.enforce_keys.split(",") if k.strip())
     except ValueError as exc:
         print(f"agent-sim: {exc}", file=sys.stderr)
         return 2
     try:
         ca_pem, context = throwaway_ca(args.out)
         sim = AgentSim(nodes, context, host=args.host, drip_seconds=args.drip_seconds,
-                       actions=args.actions, action_seconds=args.action_seconds).start()
+                       actions=args.actions, action_seconds=args.action_seconds, keyring=keyring).start()
     except OSError as exc:
         print(f"agent-sim: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -10,9 +10,12 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
+from ..replay import ReplayStore
+from ..verifier import Keyring
+from ..verifier import Verifier as SignatureVerifier
 from .actions import ActionBook, ActionEngine, Verifier
 from .api import ACTIONS_PREFIX, BAD_REQUEST, NOT_ALLOWED, NOT_FOUND
 from .bodies import routes
@@ -45,12 +48,15 @@ class AgentSim:
 
     def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext | None,
                  host: str = "127.0.0.1", drip_seconds: float = 1.0, actions: bool = True,
-                 action_seconds: float = 0.2, verifier: Verifier | None = None) -> None:
+                 action_seconds: float = 0.2, verifier: Verifier | None = None,
+                 keyring: Keyring | None = None) -> None:
         """`ssl_context` None serves plain HTTP, as an agent behind a TLS-terminating nginx.
 
         `actions` False: every /actions/* path answers 404 with an empty body. Actions take
         `action_seconds` per step (NEW -> RUNNING -> final). `verifier(method, path, headers,
         body)` is asked before a schedule request is stored: anything but True refuses it (401).
+        `keyring` turns on the enforcing mode: each node checks signatures with the package's
+        own Verifier, for its own cluster and node id (replays remembered in memory).
         """
         if action_seconds < 0:
             raise ValueError("action_seconds must not be negative")
@@ -68,6 +74,20 @@ class AgentSim:
         self._acceptor: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._engine = ActionEngine(actions, action_seconds, verifier, self._stop)
+        self._keyring = keyring
+        self._replay = ReplayStore(":memory:") if keyring is not None else None
+
+    def _enforcing(self, spec: NodeSpec) -> Verifier | None:
+        """The node's signature check in enforcing mode: True, or the refusal reason."""
+        if self._keyring is None or self._replay is None:
+            return None
+        check = SignatureVerifier(self._keyring, spec.cluster_id, spec.node_id, self._replay)
+
+        def verify(method: str, path: str, headers: Mapping[str, str], body: bytes) -> bool | str:
+            verdict = check.verify(method, path, headers, body)
+            return True if verdict.accepted else f"{verdict.reason.value if verdict.reason else '?'}: {verdict.detail}"
+
+        return verify
 
     def start(self) -> AgentSim:
         """Bind one ephemeral port per node and start the acceptor thread."""
@@ -89,6 +109,7 @@ class AgentSim:
                 scheme = "http" if self._context is None else "https"
                 agent.url = f"{scheme}://{url_host}:{listener.getsockname()[1]}"
                 agent.routes = routes(spec, spec.cluster_id not in primaries)
+                agent.book.verifier = self._enforcing(spec)
                 primaries.add(spec.cluster_id)
                 self._by_url[agent.url] = agent
         except BaseException:
