@@ -12,7 +12,16 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents, to_cluster_id
+from .config import (
+    ClusterConfig,
+    Config,
+    PollSettings,
+    TlsSettings,
+    read_cluster,
+    sections,
+    to_agents,
+    to_cluster_id,
+)
 from .errors import ConfigError
 
 

@@ -14,7 +14,13 @@ from .discovery import Target
 from .models import AgentInfo, DatastoreInfo, Shard
 from .reasons import Reason, Status
 from .transport import AgentClient, Failure
-from .validation import Invalid, parse, validate_agent_info, validate_datastore_info, validate_shards
+from .validation import (
+    Invalid,
+    parse,
+    validate_agent_info,
+    validate_datastore_info,
+    validate_shards,
+)
 
 AGENT_INFO = "/api/unstable/info/agent"
 DATASTORE_INFO = "/api/unstable/info/datastore"

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 from .actions_api import ActionsApi, read_token
 from .config import Config, load_config
 from .deadlines import DeadlineReaper
-from .dispatcher import Dispatcher
 from .discovery import Target, discover, discovery_stamp
+from .dispatcher import Dispatcher
 from .errors import ConfigError
 from .journal import Journal
 from .metrics import PollerMetrics, new_registry, render

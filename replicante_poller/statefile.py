@@ -19,7 +19,12 @@ from .health import Health, HealthState
 from .poll import PollResult
 from .reasons import Reason, Status
 from .state import TargetView
-from .validation import Invalid, validate_agent_info, validate_datastore_info, validate_shards
+from .validation import (
+    Invalid,
+    validate_agent_info,
+    validate_datastore_info,
+    validate_shards,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = 1

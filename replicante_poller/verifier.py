@@ -15,8 +15,18 @@ import re
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
-from .httpsig import (CLOCK_SKEW, COVERED, LABEL, MAX_TTL, TAG, SignatureFormatError, content_digest,
-                      parse_signature, parse_signature_input, signature_base)
+from .httpsig import (
+    CLOCK_SKEW,
+    COVERED,
+    LABEL,
+    MAX_TTL,
+    TAG,
+    SignatureFormatError,
+    content_digest,
+    parse_signature,
+    parse_signature_input,
+    signature_base,
+)
 from .replay import Outcome, ReplayStore
 from .signing import KeyFileError, PublicKey, load_public_key
 
