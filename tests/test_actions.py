@@ -14,6 +14,7 @@ from replicante_poller.agentsim import Fault, NodeSpec
 from replicante_poller.httpsig import parse_signature, parse_signature_input, signature_base, content_digest
 from replicante_poller.dispatcher import schedule_body
 from replicante_poller.journal import ActionState
+from replicante_poller.metrics import sample
 from replicante_poller.signing import generate_keypair, load_public_key
 
 from harness import all_polled, config_text
@@ -85,6 +86,13 @@ def test_action_is_signed_delivered_once_and_tracked_to_done(start_sim, start_se
     assert [(a["id"], a["state"]) for a in listed] == [(action_id, "DONE")]
     shown = requests.get("http://%s:%d/api/v1/actions/%s" % (*service.api_address, action_id), timeout=5).json()
     assert [a["outcome"] for a in shown["attempts_log"]] == ["accepted"]
+
+    registry = service.registry
+    assert sample(registry, "replicante_poller_actions_total", {"result": "delivered"}) == 1.0
+    assert sample(registry, "replicante_poller_actions_total", {"result": "done"}) == 1.0
+    assert sample(registry, "replicante_poller_actions_total", {"result": "retry"}) == 0.0
+    assert sample(registry, "replicante_poller_actions_pending") == 0.0
+    assert sample(registry, "replicante_poller_action_dispatch_seconds_count") == 1.0
 
 
 def test_failed_and_lost_actions_are_tracked_to_their_final_state(start_sim, start_service, pki, keys):

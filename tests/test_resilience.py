@@ -1,0 +1,110 @@
+"""Threads survive the unexpected, stuck polls are visible, TLS material is reloaded."""
+from __future__ import annotations
+
+import queue
+import threading
+
+import trustme
+
+from replicante_poller.config import PollSettings, TlsSettings
+from replicante_poller.deadlines import DeadlineReaper
+from replicante_poller.discovery import Target
+from replicante_poller.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.pool import WorkerPool
+from replicante_poller.reasons import Reason, Status
+from replicante_poller.scheduler import Due
+from replicante_poller.tls import TlsContexts
+
+TARGET = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=0.05), TlsSettings())
+
+
+class ExplodingContexts(TlsContexts):
+    """The first lookup raises like a bug would; later ones work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get(self, tls):
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("boom")
+        return super().get(tls)
+
+
+class BlockingContexts(TlsContexts):
+    """Lookups block until released: a poll that hangs where no deadline reaches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def get(self, tls):
+        self.entered.set()
+        self.release.wait(10)
+        return super().get(tls)
+
+
+def pool_with(contexts: TlsContexts, registry):
+    results: "queue.Queue[object]" = queue.Queue()
+    reaper = DeadlineReaper().start()
+    metrics = PollerMetrics(registry, lambda: [])
+    pool = WorkerPool(1, contexts, reaper, results, metrics)
+    pool.start()
+    return pool, results, reaper
+
+
+def test_a_worker_survives_an_unexpected_exception_and_counts_it():
+    registry = new_registry()
+    pool, results, reaper = pool_with(ExplodingContexts(), registry)
+    try:
+        pool.submit(Due(TARGET, 0.0))
+        first = results.get(timeout=10)
+        assert (first.status, first.reason) == (Status.AGENT_DOWN, Reason.INTERNAL)
+        assert "boom" in first.message
+        pool.submit(Due(TARGET, 0.0))  # the same worker goes on: the next poll is a real one
+        second = results.get(timeout=10)
+        assert second.reason is Reason.CONNECT
+        assert sample(registry, "replicante_poller_thread_errors_total", {"thread": "worker"}) == 1.0
+    finally:
+        pool.stop()
+        reaper.stop()
+
+
+def test_watchdog_counts_polls_in_flight_past_twice_their_deadline():
+    registry = new_registry()
+    contexts = BlockingContexts()
+    pool, results, reaper = pool_with(contexts, registry)
+    try:
+        pool.submit(Due(TARGET, 0.0))
+        assert contexts.entered.wait(10)
+        assert sample(registry, "replicante_poller_workers_busy") == 1.0
+        threading.Event().wait(3 * TARGET.poll.timeout)  # let it pass twice its 50 ms deadline
+        assert sample(registry, "replicante_poller_polls_stuck") == 1.0
+        contexts.release.set()
+        results.get(timeout=10)
+        assert sample(registry, "replicante_poller_polls_stuck") == 0.0
+    finally:
+        contexts.release.set()
+        pool.stop()
+        reaper.stop()
+
+
+def test_tls_contexts_are_shared_and_rebuilt_only_when_their_files_change(tmp_path):
+    first, second = trustme.CA(), trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    first.cert_pem.write_to_path(str(ca_file))
+    contexts = TlsContexts()
+    tls = TlsSettings(ca_file=str(ca_file))
+    context = contexts.get(tls)
+    assert contexts.get(TlsSettings(ca_file=str(ca_file), pins=frozenset({"sha256//" + "A" * 43 + "="}))) is context
+    assert contexts.refresh() == [] and contexts.get(tls) is context  # unchanged: no rebuild
+    second.cert_pem.write_to_path(str(ca_file))
+    ca_file.write_bytes(ca_file.read_bytes() + b"\n")  # a new size, whatever the clock's resolution
+    assert contexts.refresh() == []
+    rebuilt = contexts.get(tls)
+    assert rebuilt is not context
+    ca_file.write_text("not a certificate")
+    problems = contexts.refresh()
+    assert problems and "cannot load TLS material" in problems[0]
+    assert contexts.get(tls) is rebuilt  # a broken file keeps the last good context
