@@ -25,6 +25,7 @@ from .tls import TlsContexts
 from .transport import AgentClient, Failure, Reply
 from .validation import Invalid, parse, validate_datastore_info
 from .verifier import Keyring, Rejection, Verdict, Verifier
+from .webserver import CountingServer, send
 
 log = logging.getLogger(__name__)
 SCHEDULE = "/api/unstable/actions/schedule/"
@@ -110,19 +111,19 @@ class Gateway:
     def handle_get(self, request: BaseHTTPRequestHandler) -> None:
         if request.path == METRICS_PATH:
             body, content_type = render(self.registry)
-            return _send(request, 200, content_type, body)
+            return send(request, 200, content_type, body)
         reply = self.forward("GET", request.path)
         if isinstance(reply, Failure):
             self.metrics.request("upstream_error")
-            return _send(request, 502, "application/json", json.dumps({"error": "upstream: " + reply.message}).encode())
+            return send(request, 502, "application/json", json.dumps({"error": "upstream: " + reply.message}).encode())
         self.metrics.request("forwarded")
-        _send(request, reply.status, reply.content_type or "application/json", reply.body)
+        send(request, reply.status, reply.content_type or "application/json", reply.body)
 
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
         if not request.path.startswith(SCHEDULE):
             request.close_connection = True
             self.metrics.request("refused")
-            return _send(request, 405, "application/json", b'{"error":"only signed action schedules are accepted"}')
+            return send(request, 405, "application/json", b'{"error":"only signed action schedules are accepted"}')
         assert self.verifier is not None
         length = request.headers.get("Content-Length", "")
         if not length.isdigit() or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
@@ -142,11 +143,11 @@ class Gateway:
         if verdict.duplicate:
             self.metrics.request("duplicate")
             if verdict.previous is None:  # the first request for this id is still on its way
-                return _send(request, 409, "application/json", json.dumps(
+                return send(request, 409, "application/json", json.dumps(
                     {"error": "action already exists", "layers": [], "trace": None,
                      "variant": "ActionAlreadyExists"}).encode())
             previous = verdict.previous
-            return _send(request, previous.status or 502, previous.content_type or "application/json",
+            return send(request, previous.status or 502, previous.content_type or "application/json",
                          previous.body or b"")
         assert verdict.action_id is not None
         reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
@@ -155,26 +156,18 @@ class Gateway:
             store.release_action(verdict.action_id)  # not answered: a retry may go through
             self.metrics.request("upstream_error")
             detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
-            return _send(request, 502, "application/json", json.dumps({"error": "upstream: " + detail}).encode())
+            return send(request, 502, "application/json", json.dumps({"error": "upstream: " + detail}).encode())
         store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body)
         self.metrics.request("forwarded")
         log.info("action %s verified (key %s) and forwarded: HTTP %d", verdict.action_id, verdict.key_id, reply.status)
-        _send(request, reply.status, reply.content_type or "application/json", reply.body)
+        send(request, reply.status, reply.content_type or "application/json", reply.body)
 
     def _reject(self, request: BaseHTTPRequestHandler, verdict: Verdict) -> None:
         assert verdict.reason is not None
         self.metrics.rejected(verdict.reason.value)
         log.warning("refused %s %s from %s: %s (%s)", request.command, request.path, request.client_address[0],
                     verdict.reason.value, verdict.detail)
-        _send(request, 401, "application/json", UNAUTHORIZED)
-
-
-def _send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes) -> None:
-    request.send_response(status)
-    request.send_header("Content-Type", content_type)
-    request.send_header("Content-Length", str(len(body)))
-    request.end_headers()
-    request.wfile.write(body)
+        send(request, 401, "application/json", UNAUTHORIZED)
 
 
 def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
@@ -190,7 +183,7 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
 
         def _refuse(self) -> None:
             self.close_connection = True
-            _send(self, 405, "application/json", b'{"error":"method not allowed"}')
+            send(self, 405, "application/json", b'{"error":"method not allowed"}')
 
         do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
 
@@ -203,8 +196,8 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(settings.server_cert, settings.server_key)
 
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
+    class Server(CountingServer):
+        on_error = staticmethod(lambda: gateway.metrics.request("error"))
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             """TLS handshakes happen here, on the connection's thread, never in the accept loop."""
@@ -216,9 +209,5 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
                     self.shutdown_request(request)
                     return
             super().process_request_thread(request, client_address)
-
-        def handle_error(self, request: Any, client_address: Any) -> None:
-            log.exception("gateway request from %s failed", client_address)
-            gateway.metrics.request("error")
 
     return Server(settings.listen, Handler)

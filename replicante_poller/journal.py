@@ -7,6 +7,7 @@ action is re-sent with the SAME action_id, which the agent's idempotency turns i
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -133,24 +134,29 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._lock:
-            self._db.executescript(SCHEMA)
+            self._db.executescript(SCHEMA)  # executescript commits on its own
         os.chmod(path, 0o600)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def _write(self, sql: str, *params: Any) -> int:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the lock; waiters are told after it commits."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._db.execute(sql, params).rowcount
+                yield self._db
                 self._db.execute("COMMIT")
-                self._changed.notify_all()
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            return count
+            self._changed.notify_all()
+
+    def _write(self, sql: str, *params: Any) -> int:
+        with self._transaction() as db:
+            return db.execute(sql, params).rowcount
 
     def submit(self, agent: str, kind: str, args: Any, requester: str = "CORE_API") -> Action:
         """Durably queue a new action; its id is the action_id the agent will see."""
@@ -222,19 +228,11 @@ class Journal:
         """Commit that attempt n is about to be sent (before it is); returns n."""
         n = action.attempts + 1
         now = self._clock()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
-                                 " message = ? WHERE id = ?",
-                                 (n, cluster_id, node_id, now, f"sending attempt {n}", action.id))
-                self._db.execute("INSERT INTO attempts (action_id, n, ts, outcome, detail) VALUES (?, ?, ?, 'sending', '')",
-                                 (action.id, n, now))
-                self._db.execute("COMMIT")
-                self._changed.notify_all()
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
+                       " message = ? WHERE id = ?", (n, cluster_id, node_id, now, f"sending attempt {n}", action.id))
+            db.execute("INSERT INTO attempts (action_id, n, ts, outcome, detail) VALUES (?, ?, ?, 'sending', '')",
+                       (action.id, n, now))
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
@@ -243,19 +241,12 @@ class Journal:
         now = self._clock()
         delivered = now if state is ActionState.SCHEDULED else None
         finished = now if state.final else None
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("UPDATE attempts SET outcome = ?, detail = ? WHERE action_id = ? AND n = ?",
-                                 (outcome, detail, action_id, n))
-                self._db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
-                                 " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
-                                 " WHERE id = ?", (state.value, next_ts, message, now, delivered, finished, action_id))
-                self._db.execute("COMMIT")
-                self._changed.notify_all()
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction() as db:
+            db.execute("UPDATE attempts SET outcome = ?, detail = ? WHERE action_id = ? AND n = ?",
+                       (outcome, detail, action_id, n))
+            db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                       " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
+                       " WHERE id = ?", (state.value, next_ts, message, now, delivered, finished, action_id))
 
     def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
                agent_history: Optional[list] = None) -> None:

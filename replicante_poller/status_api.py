@@ -9,11 +9,12 @@ import html
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Optional
 
 from .actions_api import MAX_SUBMISSION, ActionsApi
 from .state import TargetView
+from .webserver import CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,10 @@ class StatusServer:
         self._snapshot, self._metrics, self._actions = snapshot, metrics, actions
         outer = self
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
+        class Server(CountingServer):
+            pass
 
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                log.exception("status API request from %s failed", client_address)
-                on_error("status_api")
+        Server.on_error = staticmethod(lambda: on_error("status_api"))
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "replicante-poller"
@@ -135,34 +134,22 @@ class StatusServer:
             body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
-                return _send_json(request, 404, {"error": "actions are not enabled"})
-            return _send_json(request, *self._actions.get(path))
+                return send_json(request, 404, {"error": "actions are not enabled"})
+            return send_json(request, *self._actions.get(path))
         else:
             body, content_type = b'{"error":"not found"}', "application/json"
-            return _send(request, 404, body, content_type)
-        _send(request, 200, body, content_type)
+            return send(request, 404, content_type, body)
+        send(request, 200, content_type, body)
 
     def _post(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
         if path != "/api/v1/actions" or self._actions is None:
-            return _send_json(request, 404, {"error": "not found"})
+            return send_json(request, 404, {"error": "not found"})
         length = request.headers.get("Content-Length", "")
         if not length.isdigit():
-            return _send_json(request, 411, {"error": "Content-Length required"})
+            return send_json(request, 411, {"error": "Content-Length required"})
         if int(length) > MAX_SUBMISSION:
             request.close_connection = True
-            return _send_json(request, 413, {"error": f"body over {MAX_SUBMISSION} bytes"})
+            return send_json(request, 413, {"error": f"body over {MAX_SUBMISSION} bytes"})
         body = request.rfile.read(int(length))
-        _send_json(request, *self._actions.post(request.headers.get("Authorization"), body))
-
-
-def _send_json(request: BaseHTTPRequestHandler, status: int, document: Any) -> None:
-    _send(request, status, json.dumps(document, indent=1).encode(), "application/json")
-
-
-def _send(request: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
-    request.send_response(status)
-    request.send_header("Content-Type", content_type)
-    request.send_header("Content-Length", str(len(body)))
-    request.end_headers()
-    request.wfile.write(body)
+        send_json(request, *self._actions.post(request.headers.get("Authorization"), body))

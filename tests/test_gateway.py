@@ -237,3 +237,23 @@ def test_poller_to_nginx_to_gateway_to_agent_action_reaches_done(tmp_path, start
         assert stored["headers"]["replicante-node"] == "node-1"  # the signed headers travelled to the agent
     finally:
         assert process.stop() == 0
+
+
+def test_https_gateway_serves_while_a_client_stalls_its_handshake(gateway, keys, pki):
+    import socket
+
+    config = gateway["config"]
+    config.write_text(config.read_text() + f"server_cert = {pki['cert']}\nserver_key = {pki['key']}\n")
+    process = gateway["start"]()
+    host, port = process.address.rsplit(":", 1)
+    staller = socket.create_connection((host, int(port)))  # connects, never says hello
+    try:
+        reply = requests.get(f"https://localhost:{port}/api/unstable/info/agent", verify=str(pki["ca"]), timeout=5)
+        assert reply.status_code == 200 and "version" in reply.json()
+        body = body_of()
+        signed_reply = requests.post(f"https://localhost:{port}{PATH}", data=body,
+                                     headers=signed(keys["old"]["key"], body), verify=str(pki["ca"]), timeout=5)
+        assert signed_reply.status_code == 200
+    finally:
+        staller.close()
+    assert process.stop() == 0
