@@ -25,7 +25,7 @@ from .gateway_config import load_gateway_config
 from .health import Health
 from .journal import Journal
 from .poll import poll_target
-from .service import Service
+from .service import Service, check_resources
 from .signing import add_keygen_arguments, keygen_command
 from .state import TargetView
 from .status_api import rfc3339, target_json
@@ -64,7 +64,7 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    print(summary(config, discover(config)))
+    print(summary(config, check_resources(config)))
     return 0
 
 
@@ -93,19 +93,19 @@ def cmd_poll(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     service = Service(load_config(args.config), config_path=args.config)
+    install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
     service.start()
     try:
-        install_stop_handlers(service.stopping, reload=service.request_reload)
         service.stopping.wait()
     finally:
         service.stop()
     return 0
 
 
-def _journal(config: Config) -> Journal:
+def _journal(config: Config, readonly: bool = False) -> Journal:
     if not config.actions.enabled or config.actions.journal is None:
         raise ConfigError(config.source, "actions", "enabled", "actions are not enabled in this configuration")
-    return Journal(config.actions.journal)
+    return Journal(config.actions.journal, readonly=readonly)
 
 
 def cmd_action_submit(args: argparse.Namespace) -> int:
@@ -127,7 +127,7 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_action_list(args: argparse.Namespace) -> int:
-    journal = _journal(load_config(args.config))
+    journal = _journal(load_config(args.config), readonly=True)
     try:
         actions = journal.list(args.limit)
     finally:
@@ -140,7 +140,7 @@ def cmd_action_list(args: argparse.Namespace) -> int:
 
 
 def cmd_action_show(args: argparse.Namespace) -> int:
-    journal = _journal(load_config(args.config))
+    journal = _journal(load_config(args.config), readonly=True)
     try:
         action = journal.get(args.id)
         if action is None:
@@ -154,10 +154,10 @@ def cmd_action_show(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = Gateway(load_gateway_config(args.config))
-    gateway.start()
     stop = threading.Event()
+    install_stop_handlers(stop, reload=lambda: log.warning("SIGHUP ignored: restart the gateway to reload its keys"))
+    gateway.start()
     try:
-        install_stop_handlers(stop)
         stop.wait()
     finally:
         gateway.stop()

@@ -22,6 +22,7 @@ from .cli_signals import install_stop_handlers
 from .config import load_config, to_duration, to_listen
 from .dispatcher import SCHEDULE
 from .durations import format_duration
+from .errors import ConfigError
 from .httpsig import sign_action
 from .service import Service
 from .signing import generate_keypair, signer_from_seed
@@ -72,6 +73,10 @@ def table(service: Service) -> str:
 
 def main(args: argparse.Namespace) -> int:
     faults = {} if args.healthy_only else DEMO_FAULTS
+    needed = sum(faults.values()) + 1
+    if args.clusters < 1 or args.nodes_per_cluster < 1 or args.clusters * args.nodes_per_cluster < needed:
+        raise ConfigError("command line", None, "--clusters", f"the demo needs at least {needed} agents "
+                          f"({sum(faults.values())} faulty and a healthy one); use more clusters or --healthy-only")
     nodes = fleet(args.clusters, args.nodes_per_cluster, faults)
     with tempfile.TemporaryDirectory(prefix="replicante-demo-") as tmp:
         folder = Path(tmp)
@@ -120,7 +125,10 @@ def _report(service: Service, args: argparse.Namespace, sim: AgentSim) -> None:
 
 def _demo_forgery(sim: AgentSim, ca_file: "str | None") -> None:
     """Send an action signed by a key the agents do not trust, and show it refused."""
-    spec, url = next((s, u) for s, u in sim.agents if s.fault is Fault.HEALTHY)
+    healthy = [(s, u) for s, u in sim.agents if s.fault is Fault.HEALTHY]
+    if not healthy:
+        return
+    spec, url = healthy[0]
     forger = signer_from_seed(os.urandom(32))
     body = json.dumps({"action_id": str(uuid.uuid4()), "args": None, "created_ts": "2026-01-01T00:00:00Z",
                        "requester": "CORE_API"}).encode()

@@ -23,6 +23,7 @@ from .discovery import Target
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
 from .metrics import PollerMetrics
+from .reasons import transient_status
 from .signing import Signer
 from .status_api import rfc3339
 from .tls import TlsContexts
@@ -49,6 +50,17 @@ def _json(reply: Reply) -> Any:
         return json.loads(reply.body)
     except ValueError:
         return None
+
+
+def retryable_status(status: int) -> bool:
+    """Worth another signed attempt: overload, server errors, and 401 (a gateway's answer to an
+    identity or clock that may be right on the next attempt); other 4xx are final."""
+    return status == 401 or transient_status(status)
+
+
+def _header_safe(value: str) -> bool:
+    """Printable ASCII without surrounding spaces: what a signed header can carry."""
+    return bool(value) and value == value.strip() and all(" " <= ch <= "~" for ch in value)
 
 
 def _entries(body: Any) -> list[dict]:
@@ -97,7 +109,7 @@ class Dispatcher:
                     for action in self._journal.due(self._clock()):
                         if self._stopping.is_set():
                             break
-                        self.step(client, action)
+                        self._isolated_step(client, action)
                     next_due = self._journal.next_due()
                     wait = IDLE_WAIT if next_due is None else min(IDLE_WAIT, max(0.0, next_due - self._clock()))
                 except Exception:  # the top of the dispatcher loop: log, count, keep going
@@ -108,6 +120,22 @@ class Dispatcher:
                 self._wake.clear()
         finally:
             client.close()
+
+    def _isolated_step(self, client: AgentClient, action: Action) -> None:
+        """One action's step; a bug it triggers delays that action only, never the others."""
+        try:
+            self.step(client, action)
+        except Exception as exc:
+            log.exception("action %s: unexpected error, retrying it later", action.id)
+            self._metrics.thread_error("dispatcher")
+            current = self._journal.get(action.id) or action
+            if current.state is ActionState.PENDING and current.attempts >= self._settings.max_attempts:
+                self._journal.update(action.id, ActionState.ABANDONED, self._clock(),
+                                     f"not delivered after {current.attempts} attempts: internal error {exc!r}")
+                self._metrics.action_result("abandoned")
+                return
+            delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** min(current.attempts, 10))
+            self._journal.update(action.id, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
 
     def step(self, client: AgentClient, action: Action) -> None:
         """Deliver a PENDING action, or follow a delivered one."""
@@ -130,6 +158,10 @@ class Dispatcher:
                                  "waiting for a successful poll to learn the agent's cluster and node ids")
             return
         cluster_id, node_id = identity
+        if not all(_header_safe(v) for v in identity):
+            self._journal.update(action.id, ActionState.PENDING, self._clock() + self._settings.track_interval * 5,
+                                 f"the agent reports ids that cannot be signed: {identity!r} (waiting)")
+            return
         n = self._journal.begin_attempt(action, cluster_id, node_id)
         body = schedule_body(action)
         path = SCHEDULE + action.kind
@@ -152,7 +184,7 @@ class Dispatcher:
             self._metrics.action_delivered(now - action.created_ts)
             log.info("action %s (%s) delivered to %s", action.id, action.kind, action.agent)
             return
-        if isinstance(reply, Reply) and 400 <= reply.status < 500 and reply.status != 429:
+        if isinstance(reply, Reply) and not retryable_status(reply.status):
             error = _json(reply)
             detail = error.get("error") if isinstance(error, dict) else reply.body[:200].decode("utf-8", "replace")
             self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}", ActionState.REJECTED,
@@ -199,7 +231,7 @@ class Dispatcher:
         if any(isinstance(item, Failure) for item in lists or ()):
             self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
             return
-        listed = {entry.get("id") for item in lists or () for entry in _entries(item)}
+        listed = {entry.get("id") for item in lists or () for entry in _entries(item) if isinstance(entry.get("id"), str)}
         if action.id in listed:
             self._journal.update(action.id, action.state, later, "listed by the agent")
             return
@@ -209,12 +241,13 @@ class Dispatcher:
 
     def _follow(self, action: Action, document: Any, later: float) -> None:
         info = document.get("action") if isinstance(document, dict) else None
-        state = AGENT_STATES.get(info.get("state")) if isinstance(info, dict) else None
+        agent_state = info.get("state") if isinstance(info, dict) else None
+        state = AGENT_STATES.get(agent_state) if isinstance(agent_state, str) else None
         if state is None:
             self._journal.update(action.id, action.state, later, "the agent's action info is not understood, will retry")
             return
         history = document.get("history") if isinstance(document.get("history"), list) else None
-        self._journal.update(action.id, state, later, f"agent reports {info['state']}", history)
+        self._journal.update(action.id, state, later, f"agent reports {agent_state}", history)
         if state.final:
             self._metrics.action_result(state.value.lower())
             log.info("action %s finished on %s: %s", action.id, action.agent, state.value)

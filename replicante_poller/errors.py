@@ -17,3 +17,11 @@ class ConfigError(PollerError, ValueError):
         if key is not None:
             where += f" {key}"
         super().__init__(f"{where}: {message}")
+
+
+class StoreError(PollerError):
+    """A SQLite store (action journal, replay store) that cannot be opened or used."""
+
+    def __init__(self, path: str, what: str, problem: object):
+        self.path = path
+        super().__init__(f"{path}: {what}: {problem}")

@@ -7,8 +7,8 @@ before it is read. A retry of an action already forwarded gets the first answer 
 """
 from __future__ import annotations
 
-import json
 import logging
+import re
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,12 +20,13 @@ from .discovery import Target
 from .errors import ConfigError
 from .gateway_config import GatewaySettings
 from .metrics import GatewayMetrics, new_registry, render
+from .reasons import transient_status
 from .replay import ReplayStore
 from .tls import TlsContexts
 from .transport import AgentClient, Failure, Reply
 from .validation import Invalid, parse, validate_datastore_info
 from .verifier import Keyring, Rejection, Verdict, Verifier
-from .webserver import CountingServer, send
+from .webserver import IDLE_TIMEOUT, CountingServer, send
 
 log = logging.getLogger(__name__)
 SCHEDULE = "/api/unstable/actions/schedule/"
@@ -35,6 +36,12 @@ SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed req
 UPSTREAM_MAX_BODY = 4 * 1024 * 1024
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 METRICS_PATH = "/gateway/metrics"
+DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _has_body(request: BaseHTTPRequestHandler) -> bool:
+    length = request.headers.get("Content-Length", "0").strip()
+    return "Transfer-Encoding" in request.headers or length not in ("", "0")
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -67,7 +74,8 @@ class Gateway:
         if cluster_id is None or node_id is None:
             cluster_id, node_id = self._identity()
         store = ReplayStore(settings.replay_store)
-        self.verifier = Verifier(keyring, cluster_id, node_id, store, max_body=settings.max_body)
+        self.verifier = Verifier(keyring, cluster_id, node_id, store, max_body=settings.max_body,
+                                 claim_stale_after=2 * settings.timeout)
         self._server = _server(self, settings)
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
         log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",
@@ -109,24 +117,23 @@ class Gateway:
     # -- request handling (on the server's threads) ----------------------------
 
     def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        if _has_body(request):  # never leave unread bytes to be parsed as the next request
+            return self._refuse(request, 400, b'{"error":"a GET carries no body"}')
         if request.path == METRICS_PATH:
             body, content_type = render(self.registry)
             return send(request, 200, content_type, body)
         reply = self.forward("GET", request.path)
         if isinstance(reply, Failure):
-            self.metrics.request("upstream_error")
-            return send(request, 502, "application/json", json.dumps({"error": "upstream: " + reply.message}).encode())
+            return self._upstream_failed(request, reply.message)
         self.metrics.request("forwarded")
         send(request, reply.status, reply.content_type or "application/json", reply.body)
 
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
         if not request.path.startswith(SCHEDULE):
-            request.close_connection = True
-            self.metrics.request("refused")
-            return send(request, 405, "application/json", b'{"error":"only signed action schedules are accepted"}')
+            return self._refuse(request, 405, b'{"error":"only signed action schedules are accepted"}')
         assert self.verifier is not None
         length = request.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
+        if not DIGITS.fullmatch(length) or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
             request.close_connection = True  # the body is never read
             return self._reject(request, Verdict(False, Rejection.TOO_LARGE, f"Content-Length {length or 'missing'}"))
         body = request.rfile.read(int(length))
@@ -141,26 +148,47 @@ class Gateway:
         if not verdict.accepted:
             return self._reject(request, verdict)
         if verdict.duplicate:
-            self.metrics.request("duplicate")
-            if verdict.previous is None:  # the first request for this id is still on its way
-                return send(request, 409, "application/json", json.dumps(
-                    {"error": "action already exists", "layers": [], "trace": None,
-                     "variant": "ActionAlreadyExists"}).encode())
-            previous = verdict.previous
-            return send(request, previous.status or 502, previous.content_type or "application/json",
-                         previous.body or b"")
+            return self._answer_duplicate(request, verdict)
         assert verdict.action_id is not None
-        reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
-        store = self.verifier.store
-        if isinstance(reply, Failure) or reply.status >= 500:
-            store.release_action(verdict.action_id)  # not answered: a retry may go through
-            self.metrics.request("upstream_error")
-            detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
-            return send(request, 502, "application/json", json.dumps({"error": "upstream: " + detail}).encode())
-        store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body)
+        store, answered = self.verifier.store, False
+        try:
+            reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
+            if isinstance(reply, Failure) or transient_status(reply.status):
+                detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
+                return self._upstream_failed(request, detail)  # not an answer to keep: a retry may go through
+            store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body)
+            answered = True
+        finally:
+            if not answered:
+                store.release_action(verdict.action_id)
         self.metrics.request("forwarded")
         log.info("action %s verified (key %s) and forwarded: HTTP %d", verdict.action_id, verdict.key_id, reply.status)
         send(request, reply.status, reply.content_type or "application/json", reply.body)
+
+    def _answer_duplicate(self, request: BaseHTTPRequestHandler, verdict: Verdict) -> None:
+        """A retry of an action already forwarded: the first answer, or 'try again' while in flight."""
+        self.metrics.request("duplicate")
+        previous = verdict.previous
+        if previous is None:
+            request.send_response(503)
+            request.send_header("Retry-After", "1")
+            body = b'{"error":"this action is being forwarded, retry"}'
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+            return
+        send(request, previous.status or 502, previous.content_type or "application/json", previous.body or b"")
+
+    def _upstream_failed(self, request: BaseHTTPRequestHandler, detail: str) -> None:
+        self.metrics.request("upstream_error")
+        log.warning("upstream %s failed for %s %s: %s", self.settings.upstream, request.command, request.path, detail)
+        send(request, 502, "application/json", b'{"error":"upstream unavailable"}')
+
+    def _refuse(self, request: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        request.close_connection = True
+        self.metrics.request("refused")
+        send(request, status, "application/json", body)
 
     def _reject(self, request: BaseHTTPRequestHandler, verdict: Verdict) -> None:
         assert verdict.reason is not None
@@ -182,8 +210,7 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
             gateway.handle_post(self)
 
         def _refuse(self) -> None:
-            self.close_connection = True
-            send(self, 405, "application/json", b'{"error":"method not allowed"}')
+            gateway._refuse(self, 405, b'{"error":"method not allowed"}')
 
         do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
 
@@ -199,15 +226,17 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
     class Server(CountingServer):
         on_error = staticmethod(lambda: gateway.metrics.request("error"))
 
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
+        def prepare(self, request: Any) -> Any:
             """TLS handshakes happen here, on the connection's thread, never in the accept loop."""
-            if context is not None:
-                request.settimeout(HANDSHAKE_TIMEOUT)
-                try:
-                    request = context.wrap_socket(request, server_side=True)
-                except OSError:
-                    self.shutdown_request(request)
-                    return
-            super().process_request_thread(request, client_address)
+            request = super().prepare(request)
+            if context is None:
+                return request
+            request.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                wrapped = context.wrap_socket(request, server_side=True)
+            except OSError:
+                return None
+            wrapped.settimeout(IDLE_TIMEOUT)
+            return wrapped
 
     return Server(settings.listen, Handler)

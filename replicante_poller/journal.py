@@ -17,6 +17,8 @@ import threading
 import time
 import uuid
 from pathlib import Path
+
+from .errors import StoreError
 from typing import Any, Callable, Iterator, Optional
 
 SCHEMA = """
@@ -122,20 +124,34 @@ class Journal:
     def __str__(self) -> str:
         return self._path
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str, clock: Callable[[], float] = time.time, readonly: bool = False):
+        """Open (or create, mode 0600) the journal; StoreError when it cannot be used.
+
+        `readonly` opens an existing journal only (for `action list` and `show`)."""
         self._path = path
         self._clock = clock
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        with self._lock:
-            self._db.executescript(SCHEMA)  # executescript commits on its own
-        os.chmod(path, 0o600)
+        try:
+            if readonly:
+                if not os.path.isfile(path):
+                    raise StoreError(path, "action journal", "no such file (has the service run with actions enabled?)")
+                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, isolation_level=None,
+                                           check_same_thread=False)
+            else:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # WAL and SHM files inherit the mode
+                self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                with self._lock:
+                    self._db.executescript(SCHEMA)  # executescript commits on its own
+            self._db.execute("SELECT COUNT(*) FROM actions").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(path, "action journal", exc) from None
 
     def close(self) -> None:
         with self._lock:

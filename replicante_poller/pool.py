@@ -61,7 +61,8 @@ class WorkerPool:
                 break
         self.jobs.put(_STOP)
         for thread in self._threads:
-            thread.join(timeout)
+            if thread.ident is not None:  # started
+                thread.join(timeout)
 
     def stuck(self) -> int:
         """Polls in flight for longer than twice their deadline (the watchdog)."""

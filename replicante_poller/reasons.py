@@ -30,3 +30,8 @@ class Reason(str, enum.Enum):
     CLUSTER_MISMATCH = "cluster_mismatch"
     DUPLICATE_NODE = "duplicate_node"
     INTERNAL = "internal"
+
+
+def transient_status(status: int) -> bool:
+    """An HTTP status that may change on retry: 408, 425, 429 and every 5xx."""
+    return status in (408, 425, 429) or 500 <= status <= 599

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .errors import StoreError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
     keyid TEXT NOT NULL, nonce TEXT NOT NULL, keep_until REAL NOT NULL, PRIMARY KEY (keyid, nonce)
@@ -40,16 +42,18 @@ class ReplayStore:
     """Replay cache and idempotency records in one SQLite file."""
 
     def __init__(self, path: str, clock: Callable[[], float] = time.time):
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        if path != ":memory:":
-            os.chmod(path, 0o600)
+        try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # WAL and SHM files inherit the mode
+            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(path, "replay store", exc) from None
         self._next_purge = 0.0
 
     def close(self) -> None:
@@ -67,17 +71,26 @@ class ReplayStore:
                                       (keyid, nonce, keep_until))
             return cursor.rowcount == 1
 
-    def claim_action(self, action_id: str, fingerprint: str) -> tuple[bool, Optional[str], Optional[Outcome]]:
+    def claim_action(self, action_id: str, fingerprint: str,
+                     stale_after: float = 60.0) -> tuple[bool, Optional[str], Optional[Outcome]]:
         """Claim `action_id` for forwarding.
 
-        Returns (claimed, known fingerprint, first outcome): claimed is True only for the
-        first request with this id; otherwise the caller compares fingerprints and answers
-        with the first outcome (None while the first request is still in flight).
+        Returns (claimed, known fingerprint, first outcome): claimed is True for the first
+        request with this id, and again for a claim left unanswered for `stale_after`
+        seconds (its forwarder died: the agent's own idempotency decides); otherwise the
+        caller compares fingerprints and answers with the first outcome (None while the
+        first request is still in flight).
         """
+        now = self._clock()
         with self._lock:
             cursor = self._db.execute(
                 "INSERT OR IGNORE INTO actions (action_id, fingerprint, first_seen) VALUES (?, ?, ?)",
-                (action_id, fingerprint, self._clock()))
+                (action_id, fingerprint, now))
+            if cursor.rowcount == 1:
+                return True, fingerprint, None
+            cursor = self._db.execute(
+                "UPDATE actions SET first_seen = ? WHERE action_id = ? AND fingerprint = ? AND status IS NULL"
+                " AND first_seen < ?", (now, action_id, fingerprint, now - stale_after))
             if cursor.rowcount == 1:
                 return True, fingerprint, None
             row = self._db.execute("SELECT fingerprint, status, content_type, body FROM actions WHERE action_id = ?",

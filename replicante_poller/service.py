@@ -36,6 +36,29 @@ _WAKE, _RELOAD = object(), object()
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
 
 
+def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsContexts) -> None:
+    """Build every target's TLS context; an error names the configuration file and section."""
+    for target in targets:
+        try:
+            contexts.get(target.tls)
+        except ConfigError as exc:
+            section = "tls" if target.tls == config.tls else f"cluster:{target.cluster_id}"
+            raise ConfigError(config.source, section, None, exc.message + f" ({exc.source})") from None
+
+
+def check_resources(config: Config) -> tuple[Target, ...]:
+    """Everything `run` loads before it starts, loaded once: discovery, TLS material,
+    the signing key and the API token. Raises the error `run` would."""
+    targets = discover(config)
+    build_contexts(config, targets, TlsContexts())
+    actions = config.actions
+    if actions.enabled and actions.signing_key is not None:
+        load_signing_key(actions.signing_key)
+    if actions.enabled and actions.api_token_file is not None:
+        read_token(actions.api_token_file)
+    return targets
+
+
 class Service:
     """A running poller: `start()`, then `stop()`; `request_reload()` from any thread."""
 
@@ -59,6 +82,7 @@ class Service:
         self._stamp: object = None
         self._unpolled: set[tuple[str, str]] = set()  # targets without a result yet, for the progress log
         self._by_url: dict[str, Target] = {}
+        self._started = clock()
         self._api: Optional[StatusServer] = None
         self.journal: Optional[Journal] = None
         self._dispatcher: Optional[Dispatcher] = None
@@ -109,7 +133,8 @@ class Service:
         """(cluster id, node id) as a poll observed them, or None before any (any thread)."""
         view = self.state.view(target.key)
         result = view.result if view is not None else None
-        if result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY:
+        if (result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY
+                or result.started < self._started):  # restored from disk: the node may have changed since
             return None
         return result.datastore.cluster_id, result.datastore.node_id
 
@@ -226,8 +251,7 @@ class Service:
         """Targets of `config` with their TLS contexts built (ConfigError otherwise)."""
         self._stamp = discovery_stamp(config)  # a bad file is reported once, not at every check
         targets = discover(config)
-        for target in targets:
-            self.contexts.get(target.tls)
+        build_contexts(config, targets, self.contexts)
         return targets
 
     def _check_files(self) -> None:
@@ -271,7 +295,8 @@ class Service:
             return
         for name, old, new in (("[http] listen", self.config.http, config.http),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
-                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir)):
+                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
+                               ("[actions]", self.config.actions, config.actions)):
             if old != new:
                 log.warning("%s changed: takes effect at the next restart", name)
         p = config.poller

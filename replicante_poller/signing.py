@@ -13,6 +13,7 @@ import binascii
 import hashlib
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Union
 
@@ -221,9 +222,9 @@ def add_keygen_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def keygen_command(args: argparse.Namespace) -> int:
-    """`keygen --out PREFIX`: print the key id, then the two files written."""
+    """`keygen --out PREFIX`: the key id on stdout (for scripts), the files written on stderr."""
     kid = generate_keypair(args.out)
     print(kid)
-    print(f"private key: {args.out}.key (mode 0600, keep it on the poller)")
-    print(f"public key: {args.out}.pub (add it to each agent's gateway keys)")
+    print(f"private key: {args.out}.key (mode 0600, keep it on the poller)", file=sys.stderr)
+    print(f"public key: {args.out}.pub (add it to each agent's gateway keys)", file=sys.stderr)
     return 0

@@ -120,7 +120,8 @@ class StatusServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only when it runs
+            self._server.shutdown()
         self._server.server_close()
 
     def _get(self, request: BaseHTTPRequestHandler) -> None:

@@ -139,9 +139,11 @@ class Verifier:
     """Verifies schedule requests addressed to one agent (its cluster and node ids)."""
 
     def __init__(self, keyring: Keyring, cluster_id: str, node_id: str, store: ReplayStore,
-                 clock: Callable[[], float] = time.time, max_body: int = DEFAULT_MAX_BODY, skew: int = CLOCK_SKEW):
+                 clock: Callable[[], float] = time.time, max_body: int = DEFAULT_MAX_BODY, skew: int = CLOCK_SKEW,
+                 claim_stale_after: float = 60.0):
         self.keyring, self.cluster_id, self.node_id, self.store = keyring, cluster_id, node_id, store
         self._clock, self.max_body, self._skew = clock, max_body, skew
+        self._stale_after = claim_stale_after
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Verdict:
         """Check one request; header names may be in any case."""
@@ -156,6 +158,8 @@ class Verifier:
 
         if len(body) > self.max_body:
             return reject(Rejection.TOO_LARGE, f"body of {len(body)} bytes over {self.max_body}")
+        if "?" in path or "#" in path:
+            return reject(Rejection.MALFORMED, "a schedule request carries no query (it would not be signed)")
         if "signature-input" not in headers or "signature" not in headers:
             return reject(Rejection.MALFORMED, "Signature-Input or Signature missing")
         inputs = parse_signature_input(headers["signature-input"])
@@ -213,7 +217,7 @@ class Verifier:
             action_id = None
         if not isinstance(action_id, str) or not action_id:
             return Verdict(False, Rejection.MALFORMED, "body has no action_id", key_id)
-        claimed, known, previous = self.store.claim_action(action_id, fingerprint(path, body))
+        claimed, known, previous = self.store.claim_action(action_id, fingerprint(path, body), self._stale_after)
         if claimed:
             return Verdict(True, key_id=key_id, action_id=action_id)
         if known != fingerprint(path, body):

@@ -3,19 +3,60 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
+MAX_CONNECTIONS = 256
+IDLE_TIMEOUT = 30.0  # seconds an idle or stalled client may hold its thread
 
 
 class CountingServer(ThreadingHTTPServer):
-    """A threaded server whose request errors are logged with a traceback and counted."""
+    """A threaded server with bounded connections; request errors are logged and counted.
+
+    A client that goes away or stalls past its timeout is not an error."""
 
     daemon_threads = True
     on_error: Callable[[], None] = staticmethod(lambda: None)
 
+    def __init__(self, address: Any, handler: Any, max_connections: int = MAX_CONNECTIONS):
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            log.warning("%s: connection limit reached, refusing %s", type(self).__name__, client_address)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            prepared = self.prepare(request)
+            if prepared is None:
+                self.shutdown_request(request)
+            else:
+                super().process_request_thread(prepared, client_address)
+        finally:
+            self._slots.release()
+
+    def prepare(self, request: socket.socket) -> Optional[socket.socket]:
+        """Per-connection set-up on the connection's thread (e.g. TLS); None drops it."""
+        request.settimeout(IDLE_TIMEOUT)
+        return request
+
     def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError, socket.timeout)):
+            log.debug("%s: client %s went away: %r", type(self).__name__, client_address, error)
+            return
         log.exception("%s: request from %s failed", type(self).__name__, client_address)
         self.on_error()
 

@@ -268,3 +268,49 @@ def test_enforcing_agent_sim_accepts_the_pollers_signed_action_and_refuses_a_for
                              verify=str(pki["ca"]), timeout=5)
     assert unsigned.status_code == 401
     assert [a["id"] for a in sim.actions(url)] == [action_id]
+
+
+def test_unusable_journal_is_one_line_error_and_files_are_private(tmp_path, pki, keys):
+    path = tmp_path / "poller.ini"
+    cli = [sys.executable, "-m", "replicante_poller"]
+    (tmp_path / "not-a-db").write_text("this is not SQLite")
+    for journal in (tmp_path / "not-a-db", tmp_path):  # garbage, and a directory
+        path.write_text(actions_config([("rs", "https://127.0.0.1:9")], pki, keys).replace(
+            str(keys["journal"]), str(journal)))
+        for verb in (["action", "list"], ["action", "submit", "--agent", "https://127.0.0.1:9", "--kind", PING]):
+            done = subprocess.run(cli + verb + ["--config", str(path)], capture_output=True, text=True, timeout=30)
+            assert done.returncode == 2, (journal, verb, done.stderr)
+            assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+            assert "action journal" in done.stderr
+    missing = tmp_path / "absent" / "actions.db"
+    path.write_text(actions_config([("rs", "https://127.0.0.1:9")], pki, keys).replace(str(keys["journal"]), str(missing)))
+    done = subprocess.run(cli + ["action", "list", "--config", str(path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "no such file" in done.stderr and not missing.exists()
+
+    from replicante_poller.journal import Journal
+    journal = Journal(str(keys["journal"]))
+    journal.submit("https://127.0.0.1:9", PING, None)
+    for file in keys["journal"].parent.glob("actions.db*"):
+        assert file.stat().st_mode & 0o077 == 0, file
+    journal.close()
+
+
+def test_an_action_that_breaks_the_dispatcher_delays_only_itself(start_sim, start_service, pki, keys):
+    sim = start_sim([NodeSpec("rs", "node-1"), NodeSpec("rs", "node-2")])
+    (_, good), (_, broken) = sim.agents
+    service = start_service(actions_config([("rs", good), ("rs", broken)], pki, keys, max_attempts="2"))
+    all_polled(service)
+    real_find = service._dispatcher._find_target
+
+    def find_target(url):  # a bug that only this agent's actions trigger
+        if url == broken:
+            raise RuntimeError("simulated bug")
+        return real_find(url)
+
+    service._dispatcher._find_target = find_target
+    poisoned = post(service, {"agent": broken, "kind": PING}).json()["id"]
+    healthy = post(service, {"agent": good, "kind": PING}).json()["id"]
+    assert final(service.journal, healthy).state is ActionState.DONE
+    stuck = service.journal.get(poisoned)
+    assert stuck.state is ActionState.PENDING and "internal error" in stuck.message and stuck.next_ts > stuck.updated_ts
+    assert sample(service.registry, "replicante_poller_thread_errors_total", {"thread": "dispatcher"}) >= 1

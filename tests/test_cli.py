@@ -108,3 +108,22 @@ def test_shipped_example_configuration_is_valid():
     done = run("check-config", "--config", str(example))
     assert done.returncode == 0, done.stderr
     assert "10 agents in 4 clusters" in done.stdout
+
+
+def test_check_config_loads_what_run_loads(tmp_path, pki):
+    bad_ca = tmp_path / "ca.pem"
+    bad_ca.write_text("not a certificate")
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text([("rs", "https://127.0.0.1:9")], bad_ca))
+    done = run("check-config", "--config", str(path))
+    assert done.returncode == 2 and f"{path}: [tls]" in done.stderr and "cannot load TLS material" in done.stderr
+
+    from replicante_poller.signing import generate_keypair
+    generate_keypair(str(tmp_path / "core"))
+    (tmp_path / "core.key").chmod(0o644)
+    path.write_text(config_text([("rs", "https://127.0.0.1:9")], pki["ca"],
+                                extra=f"[actions]\nenabled = true\nsigning_key = {tmp_path / 'core.key'}\n"
+                                      f"journal = {tmp_path / 'a.db'}\n"))
+    done = run("check-config", "--config", str(path))
+    assert done.returncode == 2 and "chmod 600" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "a.db").exists()  # checking opens no journal

@@ -257,3 +257,22 @@ def test_https_gateway_serves_while_a_client_stalls_its_handshake(gateway, keys,
     finally:
         staller.close()
     assert process.stop() == 0
+
+
+def test_request_bodies_outside_signed_schedules_are_refused_not_parsed_as_requests(gateway):
+    import socket
+
+    process = gateway["start"]()
+    host, port = process.address.rsplit(":", 1)
+    smuggled = b"GET /gateway/metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        conn.sendall(b"GET /api/unstable/info/agent HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+                     + smuggled)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 400") and received.count(b"HTTP/1.1 ") == 1
+    with socket.create_connection((host, int(port)), timeout=5) as conn:  # "²" passes str.isdigit()
+        conn.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n{}")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 401")
+    assert process.stop() == 0

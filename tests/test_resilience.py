@@ -16,6 +16,7 @@ from replicante_poller.scheduler import Due
 from replicante_poller.tls import TlsContexts
 
 TARGET = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=0.05), TlsSettings())
+REFUSING = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=5), TlsSettings())
 
 
 class ExplodingContexts(TlsContexts):
@@ -58,11 +59,11 @@ def test_a_worker_survives_an_unexpected_exception_and_counts_it():
     registry = new_registry()
     pool, results, reaper = pool_with(ExplodingContexts(), registry)
     try:
-        pool.submit(Due(TARGET, 0.0))
+        pool.submit(Due(REFUSING, 0.0))
         first = results.get(timeout=10)
         assert (first.status, first.reason) == (Status.AGENT_DOWN, Reason.INTERNAL)
         assert "boom" in first.message
-        pool.submit(Due(TARGET, 0.0))  # the same worker goes on: the next poll is a real one
+        pool.submit(Due(REFUSING, 0.0))  # the same worker goes on: the next poll is a real one
         second = results.get(timeout=10)
         assert second.reason is Reason.CONNECT
         assert sample(registry, "replicante_poller_thread_errors_total", {"thread": "worker"}) == 1.0

@@ -141,3 +141,17 @@ def test_keyring_entries_check_the_stated_key_id_and_times(tmp_path):
         parse_key_entry(f"{pub};colour=blue")
     assert load_signing_key(tmp_path / "k.key").key_id == kid
     assert os.stat(tmp_path / "k.key").st_mode & 0o777 == 0o600
+
+
+def test_an_unanswered_claim_goes_stale_so_a_dead_forwarder_blocks_nothing():
+    now = [NOW]
+    store = ReplayStore(":memory:", clock=lambda: now[0])
+    assert store.claim_action("a-1", "fp", stale_after=20) == (True, "fp", None)
+    assert store.claim_action("a-1", "fp", stale_after=20) == (False, "fp", None)  # in flight
+    now[0] += 21
+    assert store.claim_action("a-1", "fp", stale_after=20)[0] is True  # its forwarder never answered
+    store.record_outcome("a-1", 200, "application/json", b"{}")
+    now[0] += 100
+    claimed, known, previous = store.claim_action("a-1", "fp", stale_after=20)
+    assert not claimed and previous.status == 200  # answered claims never go stale
+    assert store.claim_action("a-1", "other", stale_after=20) == (False, "fp", previous)
