@@ -36,6 +36,11 @@ class Watch:
         """Whether the reaper ended this poll."""
         return self._expired
 
+    @property
+    def done(self) -> bool:
+        """Whether the poll is over (`close` was called): its deadline no longer matters."""
+        return self._done
+
     def attach(self, sock: socket.socket) -> None:
         """Guard `sock` (the TCP connection is up); shut it at once if already expired."""
         dup = sock.dup()
@@ -112,7 +117,14 @@ class DeadlineReaper:
                         return
                     now = self._clock()
                     while self._heap and self._heap[0][0] <= now:
-                        due.append(heapq.heappop(self._heap)[2])
+                        watch = heapq.heappop(self._heap)[2]
+                        if not watch.done:
+                            due.append(watch)
+                    # Polls that ended need no wake-up at their deadline: drop them from
+                    # the front, so the reaper sleeps until the first poll still running
+                    # (one wake-up per `timeout` or so, not one per poll).
+                    while self._heap and self._heap[0][2].done:
+                        heapq.heappop(self._heap)
                     if not due:
                         wait = self._heap[0][0] - now if self._heap else None
                         self._cond.wait(wait)

@@ -6,11 +6,15 @@ from a state snapshot, so a removed target's series disappear with it.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+import weakref
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from .reasons import Reason, Status
 from .state import TargetView
@@ -20,43 +24,101 @@ ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed
 SKIP_REASONS = ("in_flight", "queue_full", "behind", "deferred")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# registry -> its TargetCollector, whose text render() writes itself (a side table, not a global registry)
+_RENDERED_APART: "weakref.WeakKeyDictionary[CollectorRegistry, TargetCollector]" = weakref.WeakKeyDictionary()
+
+
+# The per-target families: (key, name, help); their order is the order they are exposed in.
+TARGET_FAMILIES = (
+    ("up", PREFIX + "agent_up", "1 when the latest poll found the agent and its node UP."),
+    ("status", PREFIX + "agent_status", "Status of the latest poll, one-hot."),
+    ("healthy", PREFIX + "agent_healthy", "Debounced health: 1 healthy, 0 unhealthy (after fall/rise)."),
+    ("success", PREFIX + "last_poll_success_timestamp_seconds", "When the latest successful poll ended."),
+    ("expiry", PREFIX + "tls_cert_expiry_timestamp_seconds", "notAfter of the agent's TLS certificate."),
+    ("flapping", PREFIX + "agent_flapping", "1 when health changed too often within the flap window."),
+    ("deferred", PREFIX + "agent_deferred_until_timestamp_seconds",
+     "Polls deferred until then, as the agent asked with Retry-After."),
+)
+
+
+def _target_values(view: TargetView) -> Iterator[tuple[str, "str | None", float]]:
+    """(family key, status label or None, value) of every per-target sample of `view`."""
+    result = view.result
+    if result is not None:
+        yield "up", None, 1.0 if result.ok else 0.0
+        for candidate in Status:
+            yield "status", candidate.value, 1.0 if result.status is candidate else 0.0
+        yield "healthy", None, 1.0 if view.health.healthy else 0.0
+        yield "flapping", None, 1.0 if view.flapping else 0.0
+        if result.cert_not_after is not None:
+            yield "expiry", None, result.cert_not_after
+    if view.last_success is not None:
+        yield "success", None, view.last_success
+    if view.deferred_until is not None:
+        yield "deferred", None, view.deferred_until
+
+
+def _label_value(text: str) -> str:
+    """A label value escaped as the text format wants: backslash, newline, double quote."""
+    return text.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+
+def _help(text: str) -> str:
+    """A HELP text escaped as the text format wants: backslash and newline."""
+    return text.replace("\\", r"\\").replace("\n", r"\n")
 
 
 class TargetCollector:
-    """Per-target gauges, computed from a snapshot at scrape time."""
+    """Per-target gauges, computed from a snapshot at scrape time.
+
+    `collect()` gives them as metric families (for `get_sample_value` and any collector
+    consumer); `render()` writes their text directly, as `generate_latest` would, without
+    a Sample object per value: at 10,000 agents that is 80,000 samples a scrape.
+    """
 
     def __init__(self, snapshot: Callable[[], Iterable[TargetView]]):
         self._snapshot = snapshot
+        self._apart = threading.local()  # set while render() writes this collector's text itself
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
+        if getattr(self._apart, "active", False):
+            return iter(())
         labels = ["cluster", "agent"]
-        up = GaugeMetricFamily(PREFIX + "agent_up", "1 when the latest poll found the agent and its node UP.", labels=labels)
-        status = GaugeMetricFamily(PREFIX + "agent_status", "Status of the latest poll, one-hot.", labels=labels + ["status"])
-        healthy = GaugeMetricFamily(PREFIX + "agent_healthy", "Debounced health: 1 healthy, 0 unhealthy (after fall/rise).", labels=labels)
-        success = GaugeMetricFamily(PREFIX + "last_poll_success_timestamp_seconds", "When the latest successful poll ended.", labels=labels)
-        expiry = GaugeMetricFamily(PREFIX + "tls_cert_expiry_timestamp_seconds", "notAfter of the agent's TLS certificate.", labels=labels)
-        flapping = GaugeMetricFamily(PREFIX + "agent_flapping", "1 when health changed too often within the flap window.", labels=labels)
-        deferred = GaugeMetricFamily(PREFIX + "agent_deferred_until_timestamp_seconds",
-                                     "Polls deferred until then, as the agent asked with Retry-After.", labels=labels)
+        families = {key: GaugeMetricFamily(name, documentation, labels=labels + ["status"] if key == "status" else labels)
+                    for key, name, documentation in TARGET_FAMILIES}
         for view in self._snapshot():
             values = [view.target.cluster_id, view.target.url]
-            result = view.result
-            if result is not None:
-                up.add_metric(values, 1.0 if result.ok else 0.0)
-                for candidate in Status:
-                    status.add_metric(values + [candidate.value], 1.0 if result.status is candidate else 0.0)
-                healthy.add_metric(values, 1.0 if view.health.healthy else 0.0)
-                flapping.add_metric(values, 1.0 if view.flapping else 0.0)
-                if result.cert_not_after is not None:
-                    expiry.add_metric(values, result.cert_not_after)
-            if view.last_success is not None:
-                success.add_metric(values, view.last_success)
-            if view.deferred_until is not None:
-                deferred.add_metric(values, view.deferred_until)
-        return iter((up, status, healthy, success, expiry, flapping, deferred))
+            for key, status, value in _target_values(view):
+                families[key].add_metric(values + [status] if status else values, value)
+        return iter(families.values())
+
+    @contextlib.contextmanager
+    def rendered_apart(self) -> Iterator[None]:
+        """While in this block, `collect()` on this thread yields nothing."""
+        self._apart.active = True
+        try:
+            yield
+        finally:
+            self._apart.active = False
+
+    def render(self) -> str:
+        """The text exposition of the per-target families (labels sorted, as generate_latest)."""
+        lines: dict[str, list[str]] = {key: [] for key, _, _ in TARGET_FAMILIES}
+        names = {key: name for key, name, _ in TARGET_FAMILIES}
+        for view in self._snapshot():
+            labels = f'agent="{_label_value(view.target.url)}",cluster="{_label_value(view.target.cluster_id)}"'
+            for key, status, value in _target_values(view):
+                extra = f',status="{_label_value(status)}"' if status else ""
+                lines[key].append(f"{names[key]}{{{labels}{extra}}} {floatToGoString(value)}\n")
+        out = []
+        for key, name, documentation in TARGET_FAMILIES:
+            out.append(f"# HELP {name} {_help(documentation)}\n")
+            out.append(f"# TYPE {name} gauge\n")
+            out.extend(lines[key])
+        return "".join(out)
 
 
 class PollerMetrics:
@@ -90,7 +152,9 @@ class PollerMetrics:
                                    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=registry)
         errors = Counter(PREFIX + "thread_errors", "Unexpected exceptions survived by a thread loop.", ["thread"], registry=registry)
         self._errors = errors
-        registry.register(TargetCollector(snapshot))
+        collector = TargetCollector(snapshot)
+        registry.register(collector)
+        _RENDERED_APART[registry] = collector
 
     def poll_finished(self, ok: bool, reason: "Reason | None", duration: float) -> None:
         """Count one poll's result and time."""
@@ -132,8 +196,17 @@ def new_registry() -> CollectorRegistry:
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:
-    """The Prometheus text exposition of `registry` and its content type."""
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    """The Prometheus text exposition of `registry` and its content type.
+
+    A registry with a TargetCollector (registered last, by PollerMetrics) gets that
+    collector's text written directly after the rest: the same bytes, several times cheaper.
+    """
+    targets = _RENDERED_APART.get(registry)
+    if targets is None:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    with targets.rendered_apart():
+        head = generate_latest(registry)
+    return head + targets.render().encode("utf-8"), CONTENT_TYPE_LATEST
 
 
 def sample(registry: CollectorRegistry, name: str, labels: "dict[str, str] | None" = None) -> "float | None":

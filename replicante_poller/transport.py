@@ -1,26 +1,31 @@
-"""HTTPS transport to agents: the only module that speaks `requests` and `urllib3`.
+"""HTTPS transport to agents: the only module that speaks `urllib3`.
 
 Each poll opens ONE fresh TLS connection (shared SSLContext, no CA file re-read), carries
 its GETs on it and closes it. One wall-clock deadline covers connect, handshake, headers
 and bodies (enforced by the DeadlineReaper). Bodies are capped after decompression,
-`Content-Type` must be JSON, redirects are never followed, the environment is ignored
-(`trust_env=False`). Every library exception is translated here into a `Failure`.
+`Content-Type` must be JSON, redirects are never followed, the environment is ignored.
+Every library exception is translated here into a `Failure`.
+
+The connection is a urllib3 `HTTPSConnection` used directly: no requests Session,
+adapter or connection pool is built per poll and nothing reads the environment (proxies,
+`.netrc`, `REQUESTS_CA_BUNDLE`), which is most of what a poll cost beyond the TLS
+handshake (benchmarks/README.md has the figures).
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import email.utils
+import functools
 import socket
 import ssl
 import time
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
-import requests
 import urllib3
 from urllib3.connection import HTTPSConnection
-from urllib3.connectionpool import HTTPSConnectionPool
+from urllib3.util.request import ACCEPT_ENCODING
 
 from . import __version__
 from .deadlines import DeadlineReaper, Watch
@@ -29,6 +34,9 @@ from .reasons import Reason
 from .tls import PeerCertificate, TlsContexts, peer_certificate, pin_matches
 
 USER_AGENT = f"replicante-poller/{__version__}"
+# What every request carries.
+HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, "Accept": "application/json",
+           "Connection": "keep-alive"}
 READ_CHUNK = 16 * 1024
 
 
@@ -86,64 +94,58 @@ class _WatchedConnection(HTTPSConnection):
             raise urllib3.exceptions.SSLError("certificate matches no configured SPKI pin")
 
 
-class _WatchedPool(HTTPSConnectionPool):
-    ConnectionCls = _WatchedConnection
+@functools.lru_cache(maxsize=65536)
+def _endpoint(url: str) -> tuple[str, int, str]:
+    """Host, port and path of an agent URL (parsed once per URL, not per poll)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or 443, parts.path
 
 
-class _AgentAdapter(requests.adapters.HTTPAdapter):
-    """Routes every request to the current poll's own pool, verified by the shared context."""
-
-    def __init__(self) -> None:
-        super().__init__(pool_connections=1, pool_maxsize=1, max_retries=0)
-        self.pool: Optional[_WatchedPool] = None
-
-    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None) -> Any:
-        if self.pool is None:
-            raise RuntimeError("request outside a poll")
-        return self.pool
-
-    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
-        """Verification lives in the shared SSLContext: never set CA files per connection."""
+def _merge_headers(extra: Optional[Mapping[str, str]]) -> Mapping[str, str]:
+    """The client's headers, overridden (case-insensitively) by a request's own."""
+    if not extra:
+        return HEADERS
+    overridden = {name.lower() for name in extra}
+    merged = {name: value for name, value in HEADERS.items() if name.lower() not in overridden}
+    merged.update(extra)
+    return merged
 
 
 class AgentClient:
-    """Polls agents from one worker thread (a requests Session is not shared by threads)."""
+    """Polls agents from one worker thread (its connections are not shared by threads).
+
+    A poll is one urllib3 connection used directly: no pool, no requests Session, no
+    adapter, so nothing per request reads the environment, merges settings, or builds a
+    pool, and verification stays entirely in the shared SSLContext (no CA file is read).
+    """
 
     def __init__(self, contexts: TlsContexts, reaper: DeadlineReaper):
         self._contexts, self._reaper = contexts, reaper
-        self._adapter = _AgentAdapter()
-        self._session = requests.Session()
-        self._session.trust_env = False
-        self._session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
-        self._session.mount("https://", self._adapter)
-        self._session.mount("http://", self._adapter)
 
     @contextlib.contextmanager
     def connect(self, target: Target) -> Iterator["AgentConnection"]:
         """A fresh connection to `target` for one poll, closed when the block ends."""
         watch = self._reaper.watch(target.poll.timeout)
         state = _PollState(watch, target.tls.pins)
-        parts = urlsplit(target.url)
-        self._adapter.pool = _WatchedPool(
-            parts.hostname, parts.port or 443, maxsize=1, block=False, retries=False,
-            ssl_context=self._contexts.get(target.tls), poll=state,
-        )
+        host, port, prefix = _endpoint(target.url)
+        conn = _WatchedConnection(host, port, timeout=target.poll.timeout, ssl_context=self._contexts.get(target.tls),
+                                  poll=state)
         try:
-            yield AgentConnection(self._session, target, state)
+            yield AgentConnection(conn, prefix, target, state)
         finally:
-            self._adapter.pool.close()
-            self._adapter.pool = None
+            conn.close()
             watch.close()
 
     def close(self) -> None:
-        self._session.close()
+        """Nothing is kept between polls; here for symmetry with `connect`."""
 
 
 class AgentConnection:
-    """The GETs of one poll, on one connection."""
+    """The requests of one poll, on one connection."""
 
-    def __init__(self, session: requests.Session, target: Target, state: _PollState):
-        self._session, self._target, self._state = session, target, state
+    def __init__(self, conn: HTTPSConnection, prefix: str, target: Target, state: _PollState):
+        self._conn, self._prefix, self._target, self._state = conn, prefix, target, state
+        self._used = False
 
     @property
     def peer(self) -> Optional[PeerCertificate]:
@@ -171,11 +173,17 @@ class AgentConnection:
         if remaining <= 0:
             return self._deadline_failure()
         cap = self._target.poll.max_body
+        conn = self._conn
         try:
-            response = self._session.request(
-                method, self._target.url + path, data=body, headers=headers, stream=True,
-                allow_redirects=False, timeout=(remaining, remaining),
-            )
+            if self._used and conn.sock is not None and not conn.is_connected:
+                conn.close()  # the agent closed it between requests: reconnect, as a pool would
+            self._used = True
+            conn.timeout = remaining
+            if conn.sock is None:
+                conn.connect()
+            conn.request(method, self._prefix + path, body=body, headers=_merge_headers(headers),
+                         preload_content=False, decode_content=True)
+            response = conn.getresponse()
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
         try:
@@ -191,7 +199,7 @@ class AgentConnection:
             return self._deadline_failure()
         if isinstance(content, Failure):
             return content
-        status = response.status_code
+        status = response.status
         retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         return Reply(status, response.reason or "", response.headers.get("Content-Type", ""), content, retry_after)
 
@@ -211,7 +219,7 @@ class AgentConnection:
 
 
 def classify(exc: BaseException) -> Failure:
-    """Translate a requests/urllib3/socket/ssl exception into a Failure."""
+    """Translate a urllib3/socket/ssl exception into a Failure."""
     chain = list(_chain(exc))
 
     def find(*types: type) -> Optional[BaseException]:
@@ -223,15 +231,15 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Reason.TLS_VERIFY, f"certificate verification failed: {getattr(e, 'verify_message', None) or _short(e)}")
     if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
         return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")  # before: it subclasses ConnectTimeoutError
-    if (e := find(urllib3.exceptions.ConnectTimeoutError, requests.exceptions.ConnectTimeout)) is not None:
+    if (e := find(urllib3.exceptions.ConnectTimeoutError)) is not None:
         return Failure(Reason.CONNECT_TIMEOUT, "TCP connect timed out")
     if (e := find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)) is not None:
         return Failure(Reason.TIMEOUT, "read timed out")
     if (e := find(ssl.SSLError)) is not None:
         return Failure(Reason.TLS_HANDSHAKE, f"TLS failed: {_short(e)}")
-    if (e := find(urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError)) is not None:
+    if (e := find(urllib3.exceptions.DecodeError)) is not None:
         return Failure(Reason.INVALID_JSON, f"body could not be decoded: {_short(e)}")
-    if (e := find(OSError, urllib3.exceptions.HTTPError, requests.RequestException)) is not None:
+    if (e := find(OSError, urllib3.exceptions.HTTPError)) is not None:
         return Failure(Reason.CONNECT, f"connection broken: {_short(e)}")
     return Failure(Reason.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
 
@@ -256,9 +264,9 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _read_body(response: requests.Response, cap: int) -> Union[bytes, Failure]:
+def _read_body(response: urllib3.BaseHTTPResponse, cap: int) -> Union[bytes, Failure]:
     """Read the (decompressed) body, giving up as soon as it passes `cap` bytes."""
-    raw = response.raw
+    raw = response
     chunks: list[bytes] = []
     size = 0
     while True:
