@@ -215,7 +215,10 @@ class AgentConnection:
             return Failure(Reason.TLS_PIN, f"certificate key {pin} matches no configured pin")
         if self._state.watch.expired:
             return self._deadline_failure()
-        return classify(exc)
+        failure = classify(exc)
+        if failure.reason in (Reason.TIMEOUT, Reason.CONNECT_TIMEOUT) and time.monotonic() >= self._state.watch.deadline:
+            return self._deadline_failure()  # the socket's own timeout fired just before the reaper
+        return failure
 
 
 def classify(exc: BaseException) -> Failure:
