@@ -14,6 +14,9 @@ import trustme
 
 from replicante_poller.agentsim import AgentSim, NodeSpec
 from replicante_poller.config import parse_config
+from replicante_poller.deadlines import DeadlineReaper
+from replicante_poller.tls import TlsContexts
+from replicante_poller.transport import AgentClient
 from replicante_poller.service import Service
 
 from harness import NGINX_CONF
@@ -33,6 +36,22 @@ def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
     server.private_key_pem.write_to_path(str(folder / "server.key"))
     return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key", "server": server}
+
+
+@pytest.fixture
+def reaper() -> Iterator[DeadlineReaper]:
+    """A running deadline reaper."""
+    running = DeadlineReaper().start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def client(reaper: DeadlineReaper) -> Iterator[AgentClient]:
+    """The real transport client, with fresh TLS contexts."""
+    agent_client = AgentClient(TlsContexts(), reaper)
+    yield agent_client
+    agent_client.close()
 
 
 @pytest.fixture

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from typing import Iterator
 
 import pytest
 
 from replicante_poller.agentsim import AgentSim, Fault, NodeSpec
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.deadlines import DeadlineReaper
 from replicante_poller.discovery import Target
 from replicante_poller.poll import PollResult, poll_target
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.tls import TlsContexts
 from replicante_poller.transport import AgentClient
 
 from harness import EXPECTED
@@ -37,20 +34,6 @@ MEMORY_HOSTILE = {Fault.HUGE, Fault.ENDLESS_CHUNKED, Fault.GZIP_BOMB, Fault.DEEP
 
 def test_every_fault_has_an_expectation():
     assert set(EXPECTED) == set(Fault)
-
-
-@pytest.fixture(scope="module")
-def reaper() -> Iterator[DeadlineReaper]:
-    running = DeadlineReaper().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def client(reaper: DeadlineReaper) -> Iterator[AgentClient]:
-    agent_client = AgentClient(TlsContexts(), reaper)
-    yield agent_client
-    agent_client.close()
 
 
 def target_of(sim: AgentSim, pki: dict) -> Target:

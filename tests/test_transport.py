@@ -22,11 +22,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.deadlines import DeadlineReaper
 from replicante_poller.discovery import Target
 from replicante_poller.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.tls import TlsContexts
 from replicante_poller.transport import AgentClient, Failure
 
 from tls_servers import (
@@ -108,20 +106,6 @@ def spki_pin(cert: trustme.LeafCert) -> str:
 
 
 # -- the poller side ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def reaper() -> Iterator[DeadlineReaper]:
-    running = DeadlineReaper().start()
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def client(reaper: DeadlineReaper) -> Iterator[AgentClient]:
-    agent_client = AgentClient(TlsContexts(), reaper)
-    yield agent_client
-    agent_client.close()
 
 
 @pytest.fixture
