@@ -8,7 +8,6 @@ before it is read. A retry of an action already forwarded gets the first answer 
 from __future__ import annotations
 
 import logging
-import re
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +25,7 @@ from .tls import TlsContexts
 from .transport import AgentClient, Failure, Reply
 from .validation import Invalid, parse, validate_datastore_info
 from .verifier import Keyring, Rejection, Verdict, Verifier
-from .webserver import IDLE_TIMEOUT, CountingServer, send
+from .webserver import DIGITS, IDLE_TIMEOUT, CountingServer, send
 
 log = logging.getLogger(__name__)
 SCHEDULE = "/api/unstable/actions/schedule/"
@@ -36,7 +35,6 @@ SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed req
 UPSTREAM_MAX_BODY = 4 * 1024 * 1024
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 METRICS_PATH = "/gateway/metrics"
-DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 def _has_body(request: BaseHTTPRequestHandler) -> bool:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from .actions_api import MAX_SUBMISSION, ActionsApi
 from .state import TargetView
-from .webserver import CountingServer, send, send_json
+from .webserver import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
 
@@ -140,14 +140,14 @@ class StatusServer:
         else:
             body, content_type = b'{"error":"not found"}', "application/json"
             return send(request, 404, content_type, body)
-        send(request, 200, content_type, body)
+        send(request, 200, content_type, body, compressible=True)
 
     def _post(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
         if path != "/api/v1/actions" or self._actions is None:
             return send_json(request, 404, {"error": "not found"})
         length = request.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not DIGITS.fullmatch(length):
             return send_json(request, 411, {"error": "Content-Length required"})
         if int(length) > MAX_SUBMISSION:
             request.close_connection = True

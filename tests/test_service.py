@@ -64,6 +64,10 @@ def test_unknown_paths_are_404_and_metrics_have_fixed_reason_set(start_sim, star
     all_polled(service)
     host, port = service.api_address
     assert requests.get(f"http://{host}:{port}/nope", timeout=5).status_code == 404
+    zipped = requests.get(f"http://{host}:{port}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5)
+    plain = requests.get(f"http://{host}:{port}/metrics", headers={"Accept-Encoding": "identity"}, timeout=5)
+    assert zipped.headers["Content-Encoding"] == "gzip" and "Content-Encoding" not in plain.headers
+    assert "replicante_poller_polls_total" in zipped.text and "replicante_poller_polls_total" in plain.text
     metrics = scrape(host, port)
     reasons = {dict(labels)["reason"] for name, labels in metrics if name == "replicante_poller_poll_failures_total"}
     assert reasons == {"dns", "connect", "connect_timeout", "tls_handshake", "tls_verify", "tls_pin", "timeout",
