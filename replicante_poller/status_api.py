@@ -57,7 +57,8 @@ def targets_document(views: Iterable[TargetView]) -> dict[str, Any]:
 
 
 _STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-          "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left}"
+          "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}"
+          "td:last-child{white-space:normal}"
           ".UP{color:#176f2c}.AGENT_DOWN,.NODE_DOWN{color:#b00020;font-weight:bold}")
 
 
@@ -67,7 +68,9 @@ def status_page(views: Iterable[TargetView]) -> str:
     rows = []
     for item in targets_document(views)["targets"]:
         status = item["status"] or "PENDING"
-        cells = [item["cluster"], item["url"], status, item["reason"] or "", item["health"],
+        health = item["health"] + (" (flapping)" if item["flapping"] else "") + (
+            f" (deferred until {item['deferred_until']})" if item["deferred_until"] else "")
+        cells = [item["cluster"], item["url"], status, item["reason"] or "", health,
                  item["last_poll"] or "", item["message"]]
         rows.append("<tr>" + "".join(
             f'<td class="{html.escape(status)}">{html.escape(str(c))}</td>' if i == 2 else f"<td>{html.escape(str(c))}</td>"
