@@ -64,7 +64,7 @@ class ActionsApi:
 
     def __init__(self, journal: Journal, find_target: Callable[[str], Optional[Target]],
                  token: Optional[bytes], on_submit: Callable[[], None]):
-        self._journal, self._find_target, self._token, self._on_submit = journal, find_target, token, on_submit
+        self._journal, self._find_target, self.token, self._on_submit = journal, find_target, token, on_submit
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         if path == "/api/v1/actions":
@@ -75,10 +75,11 @@ class ActionsApi:
         return 200, action_json(self._journal, action)
 
     def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]:
-        if self._token is None:
+        token = self.token  # one read: a reload may replace it
+        if token is None:
             return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
         presented = (authorization or "").encode("utf-8", "replace")
-        if not hmac.compare_digest(presented, b"Bearer " + self._token):
+        if not hmac.compare_digest(presented, b"Bearer " + token):
             return 401, {"error": "unauthorized"}
         try:
             document = json.loads(body)

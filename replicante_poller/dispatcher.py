@@ -91,6 +91,10 @@ class Dispatcher:
     def start(self) -> None:
         self._thread.start()
 
+    def reconfigure(self, settings: ActionsSettings, signer: Signer) -> None:
+        """New settings and key (a reload): the next step uses them."""
+        self._settings, self._signer = settings, signer
+
     def wake(self) -> None:
         """Look at the journal now (a new action was submitted)."""
         self._wake.set()

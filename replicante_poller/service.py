@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .actions_api import ActionsApi, read_token
-from .config import Config, load_config
+from .config import ActionsSettings, Config, load_config
 from .deadlines import DeadlineReaper
 from .discovery import Target, discover, discovery_stamp
 from .dispatcher import Dispatcher
-from .errors import ConfigError
+from .errors import ConfigError, PollerError
 from .journal import Journal
 from .metrics import PollerMetrics, new_registry, render
 from .poll import PollResult
@@ -86,6 +86,7 @@ class Service:
         self._api: Optional[StatusServer] = None
         self.journal: Optional[Journal] = None
         self._dispatcher: Optional[Dispatcher] = None
+        self._actions_api: Optional[ActionsApi] = None
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
@@ -123,7 +124,8 @@ class Service:
                                       self.contexts, self._reaper, self.metrics, self._clock)
         self.metrics.actions_pending.set_function(self.journal.pending)
         log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
-        return ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
+        self._actions_api = ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
+        return self._actions_api
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""
@@ -290,13 +292,13 @@ class Service:
         """Adopt `config` and its discovery; on any error keep the last good ones."""
         try:
             targets = self._discover(config)
-        except ConfigError as exc:
+            self._reload_actions(config.actions)
+        except PollerError as exc:
             self._reload_failed(exc)
             return
         for name, old, new in (("[http] listen", self.config.http, config.http),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
-                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
-                               ("[actions]", self.config.actions, config.actions)):
+                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir)):
             if old != new:
                 log.warning("%s changed: takes effect at the next restart", name)
         p = config.poller
@@ -307,7 +309,25 @@ class Service:
             self._apply_targets(targets)
         self.metrics.config_loaded(True, self._clock())
 
-    def _reload_failed(self, exc: ConfigError) -> None:
+    def _reload_actions(self, new: ActionsSettings) -> None:
+        """Apply a changed `[actions]` live: signing key (rotation), token, ttl, retries.
+
+        Turning actions on or off, or moving the journal, needs a restart. Raises
+        KeyFileError/ConfigError for unusable files, before anything changes."""
+        old = self.config.actions
+        if new == old:
+            return
+        if new.enabled != old.enabled or new.journal != old.journal or self._dispatcher is None:
+            log.warning("[actions] enabled or journal changed: takes effect at the next restart")
+            return
+        assert new.signing_key is not None and self._actions_api is not None
+        signer = load_signing_key(new.signing_key)
+        token = read_token(new.api_token_file) if new.api_token_file else None
+        self._dispatcher.reconfigure(new, signer)
+        self._actions_api.token = token
+        log.info("[actions] reloaded: signing with key %s", signer.key_id)
+
+    def _reload_failed(self, exc: PollerError) -> None:
         log.error("configuration reload failed, still running the last good one: %s", exc)
         self.metrics.config_loaded(False, self._clock())
 

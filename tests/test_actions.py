@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -314,3 +315,40 @@ def test_an_action_that_breaks_the_dispatcher_delays_only_itself(start_sim, star
     stuck = service.journal.get(poisoned)
     assert stuck.state is ActionState.PENDING and "internal error" in stuck.message and stuck.next_ts > stuck.updated_ts
     assert sample(service.registry, "replicante_poller_thread_errors_total", {"thread": "dispatcher"}) >= 1
+
+
+def test_sighup_rotates_the_signing_key_without_a_restart(tmp_path, start_sim, pki, keys):
+    from process import PollerProcess
+    from replicante_poller.verifier import Keyring
+
+    new_kid = generate_keypair(str(tmp_path / "next"))
+    sim = start_sim([NodeSpec("rs", "node-1")], keyring=Keyring.from_entries([str(keys["pub"]), str(tmp_path / "next.pub")]))
+    url = sim.agents[0][1]
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", url)], pki, keys))
+    cli = [sys.executable, "-m", "replicante_poller", "action", "submit", "--config", str(path), "--agent", url,
+           "--kind", PING]
+
+    def signed_by(action_id: str) -> str:
+        assert sim.wait_for_state(url, action_id, "DONE", timeout=20), action_id
+        stored = next(a for a in sim.actions(url) if a["id"] == action_id)
+        (params, _), = parse_signature_input(stored["headers"]["signature-input"]).values()
+        return params.keyid
+
+    process = PollerProcess(path)
+    try:
+        process.expect(r"all 1 agents polled")
+        first = subprocess.run(cli, capture_output=True, text=True, timeout=30).stdout.strip()
+        assert signed_by(first) == keys["kid"]
+
+        os.chmod(tmp_path / "next.key", 0o644)  # a bad key file: the reload fails, the old key stays
+        path.write_text(path.read_text().replace(str(keys["key"]), str(tmp_path / "next.key")))
+        process.signal(signal.SIGHUP)
+        process.expect(r"configuration reload failed, still running the last good one: .*chmod 600")
+        os.chmod(tmp_path / "next.key", 0o600)
+        process.signal(signal.SIGHUP)
+        process.expect(r"\[actions\] reloaded: signing with key " + new_kid)
+        second = subprocess.run(cli, capture_output=True, text=True, timeout=30).stdout.strip()
+        assert signed_by(second) == new_kid
+    finally:
+        assert process.stop() == 0
