@@ -9,12 +9,11 @@ import argparse
 import json
 import logging
 import sys
-import threading
 from typing import Callable, Optional, Sequence
 
 from . import __version__, agentsim, demo
 from .actions_api import SubmissionError, action_json, submit
-from .cli_signals import install_stop_handlers
+from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
 from .deadlines import DeadlineReaper
 from .discovery import Target, discover
@@ -154,11 +153,11 @@ def cmd_action_show(args: argparse.Namespace) -> int:
 
 def cmd_gateway(args: argparse.Namespace) -> int:
     gateway = Gateway(load_gateway_config(args.config))
-    stop = threading.Event()
-    install_stop_handlers(stop, reload=lambda: log.warning("SIGHUP ignored: restart the gateway to reload its keys"))
+    commands = signal_commands()
     gateway.start()
     try:
-        stop.wait()
+        while commands.get() != STOP:  # SIGHUP: the keyring (keys, revoked) is re-read
+            gateway.reload(args.config)
     finally:
         gateway.stop()
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 from typing import Callable, Optional
@@ -24,3 +25,18 @@ def install_stop_handlers(stop: threading.Event, reload: Optional[Callable[[], N
     signal.signal(signal.SIGINT, handler)
     if reload is not None:
         signal.signal(signal.SIGHUP, hangup)
+
+
+STOP, RELOAD = "stop", "reload"
+
+
+def signal_commands() -> "queue.Queue[str]":
+    """A queue the signal handlers only put into: SIGTERM/SIGINT -> STOP, SIGHUP -> RELOAD."""
+    commands: "queue.Queue[str]" = queue.Queue()
+
+    def handler(signum: int, frame: object) -> None:
+        commands.put(RELOAD if signum == signal.SIGHUP else STOP)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, handler)
+    return commands

@@ -7,6 +7,7 @@ before it is read. A retry of an action already forwarded gets the first answer 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import ssl
 import threading
@@ -16,8 +17,8 @@ from typing import Any, Optional
 from .config import PollSettings, TlsSettings
 from .deadlines import DeadlineReaper
 from .discovery import Target
-from .errors import ConfigError
-from .gateway_config import GatewaySettings
+from .errors import ConfigError, PollerError
+from .gateway_config import GatewaySettings, load_gateway_config
 from .metrics import GatewayMetrics, new_registry, render
 from .reasons import transient_status
 from .replay import ReplayStore
@@ -78,6 +79,24 @@ class Gateway:
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
         log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",
                  settings.upstream, cluster_id, node_id, len(keyring), *self.address)
+
+    def reload(self, path: str) -> None:
+        """Re-read the configuration's keyring (`keys`, `revoked`); anything else needs a restart.
+
+        A bad file keeps the running keyring and logs one error."""
+        assert self.verifier is not None
+        try:
+            settings = load_gateway_config(path)
+            keyring = Keyring.from_entries(settings.keys, settings.revoked)
+        except PollerError as exc:
+            log.error("gateway reload failed, keeping the running keyring: %s", exc)
+            return
+        changed = dataclasses.replace(settings, keys=self.settings.keys, revoked=self.settings.revoked)
+        if changed != self.settings:
+            log.warning("gateway settings other than keys and revoked take effect at the next restart")
+        self.verifier.keyring = keyring
+        self.settings = dataclasses.replace(self.settings, keys=settings.keys, revoked=settings.revoked)
+        log.info("gateway keyring reloaded: %d keys, %d revoked", len(keyring), len(keyring.revoked))
 
     @property
     def address(self) -> tuple[str, int]:

@@ -276,3 +276,29 @@ def test_request_bodies_outside_signed_schedules_are_refused_not_parsed_as_reque
         conn.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n{}")
         assert conn.recv(65536).startswith(b"HTTP/1.1 401")
     assert process.stop() == 0
+
+
+def test_sighup_reloads_the_keyring_and_a_bad_file_keeps_the_running_one(gateway, keys, tmp_path, pki):
+    import signal
+
+    sim, url, config = gateway["sim"], gateway["url"], gateway["config"]
+    config.write_text(gateway_config(tmp_path, url, pki, keys, trusted=("old",), revoked=()))
+    process = gateway["start"]()
+    body = body_of()
+    assert send(process, body, signed(keys["new"]["key"], body)).status_code == 401
+
+    config.write_text("[gateway]\nlisten = nowhere\n")
+    process.signal(signal.SIGHUP)
+    process.expect(r"gateway reload failed, keeping the running keyring: .*listen")
+    body = body_of()
+    assert send(process, body, signed(keys["old"]["key"], body)).status_code == 200
+
+    config.write_text(gateway_config(tmp_path, url, pki, keys, trusted=("old", "new"), revoked=("old",)))
+    process.signal(signal.SIGHUP)
+    process.expect(r"gateway keyring reloaded: 2 keys, 1 revoked")
+    body = body_of()
+    assert send(process, body, signed(keys["new"]["key"], body)).status_code == 200
+    body = body_of()
+    assert send(process, body, signed(keys["old"]["key"], body)).status_code == 401
+    assert len(sim.actions(url)) == 2
+    assert process.stop() == 0
