@@ -30,9 +30,11 @@ def install_stop_handlers(stop: threading.Event, reload: Optional[Callable[[], N
 STOP, RELOAD = "stop", "reload"
 
 
-def signal_commands() -> "queue.Queue[str]":
-    """A queue the signal handlers only put into: SIGTERM/SIGINT -> STOP, SIGHUP -> RELOAD."""
-    commands: "queue.Queue[str]" = queue.Queue()
+def signal_commands() -> "queue.SimpleQueue[str]":
+    """A queue the signal handlers only put into: SIGTERM/SIGINT -> STOP, SIGHUP -> RELOAD.
+
+    SimpleQueue, whose put() is reentrant: a signal may arrive while the main thread is in get()."""
+    commands: "queue.SimpleQueue[str]" = queue.SimpleQueue()
 
     def handler(signum: int, frame: object) -> None:
         commands.put(RELOAD if signum == signal.SIGHUP else STOP)

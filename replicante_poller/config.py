@@ -219,6 +219,8 @@ def to_listen(text: str) -> tuple[str, int]:
 
 def to_agent_url(text: str) -> str:
     """An agent URL: https only (verification is never off), host required, no query."""
+    if not all("!" <= ch <= "~" for ch in text):
+        raise ValueError(f"agent URL {text!r} must be printable ASCII without spaces (percent-encode the rest)")
     parts = urlsplit(text)
     if parts.scheme != "https":
         raise ValueError(f"agent URL {text!r} must use https://")

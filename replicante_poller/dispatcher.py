@@ -23,7 +23,7 @@ from .discovery import Target
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
 from .metrics import PollerMetrics
-from .reasons import transient_status
+from .reasons import Reason, transient_status
 from .signing import Signer
 from .status_api import rfc3339
 from .tls import TlsContexts
@@ -58,6 +58,13 @@ def retryable_status(status: int) -> bool:
     return status == 401 or transient_status(status)
 
 
+def _ambiguous(reply: Union[Reply, Failure]) -> bool:
+    """A failure after which the request may have reached the agent anyway."""
+    if isinstance(reply, Failure):
+        return reply.reason in (Reason.TIMEOUT, Reason.CONNECT)
+    return reply.status in (502, 503, 504)
+
+
 def _header_safe(value: str) -> bool:
     """Printable ASCII without surrounding spaces: what a signed header can carry."""
     return bool(value) and value == value.strip() and all(" " <= ch <= "~" for ch in value)
@@ -80,7 +87,9 @@ class Dispatcher:
                  identity: Callable[[Target], Optional[tuple[str, str]]],
                  contexts: TlsContexts, reaper: DeadlineReaper, metrics: PollerMetrics,
                  clock: Callable[[], float] = time.time, randbytes: Callable[[int], bytes] = os.urandom):
-        self._journal, self._settings, self._signer = journal, settings, signer
+        self._journal = journal
+        self._config = (settings, signer)  # replaced whole by reconfigure(): never read half-old
+        self._errors: dict[str, int] = {}  # unexpected errors per action (dispatcher thread only)
         self._find_target, self._identity = find_target, identity
         self._contexts, self._reaper, self._metrics = contexts, reaper, metrics
         self._clock, self._randbytes = clock, randbytes
@@ -92,8 +101,16 @@ class Dispatcher:
         self._thread.start()
 
     def reconfigure(self, settings: ActionsSettings, signer: Signer) -> None:
-        """New settings and key (a reload): the next step uses them."""
-        self._settings, self._signer = settings, signer
+        """New settings and key (a reload): the next attempt uses them."""
+        self._config = (settings, signer)
+
+    @property
+    def signer(self) -> Signer:
+        return self._config[1]
+
+    @property
+    def _settings(self) -> ActionsSettings:
+        return self._config[0]
 
     def wake(self) -> None:
         """Look at the journal now (a new action was submitted)."""
@@ -132,13 +149,15 @@ class Dispatcher:
         except Exception as exc:
             log.exception("action %s: unexpected error, retrying it later", action.id)
             self._metrics.thread_error("dispatcher")
+            errors = self._errors[action.id] = self._errors.get(action.id, 0) + 1
             current = self._journal.get(action.id) or action
-            if current.state is ActionState.PENDING and current.attempts >= self._settings.max_attempts:
+            if current.state is ActionState.PENDING and current.attempts + errors > self._settings.max_attempts:
                 self._journal.update(action.id, ActionState.ABANDONED, self._clock(),
-                                     f"not delivered after {current.attempts} attempts: internal error {exc!r}")
+                                     f"not delivered: {errors} internal errors ({exc!r})")
                 self._metrics.action_result("abandoned")
+                self._errors.pop(action.id, None)
                 return
-            delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** min(current.attempts, 10))
+            delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** min(current.attempts + errors, 10))
             self._journal.update(action.id, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
 
     def step(self, client: AgentClient, action: Action) -> None:
@@ -169,14 +188,23 @@ class Dispatcher:
         n = self._journal.begin_attempt(action, cluster_id, node_id)
         body = schedule_body(action)
         path = SCHEDULE + action.kind
+        settings, signer = self._config
         headers = sign_action(
             method="POST", path=urlsplit(target.url).path + path, body=body, cluster_id=cluster_id,
-            node_id=node_id, key_id=self._signer.key_id, sign=self._signer.sign, now=int(self._clock()),
-            ttl=int(self._settings.ttl), nonce=self._randbytes(16),
+            node_id=node_id, key_id=signer.key_id, sign=signer.sign, now=int(self._clock()),
+            ttl=int(settings.ttl), nonce=self._randbytes(16),
         )
         with client.connect(target) as conn:
             reply = conn.request("POST", path, body, headers)
+        if n >= settings.max_attempts and _ambiguous(reply) and self._agent_knows(client, target, action):
+            reply = Reply(200, "OK", "application/json", b"{}")  # it arrived: the answer was what got lost
         self._delivered(action, n, reply)
+
+    def _agent_knows(self, client: AgentClient, target: Target, action: Action) -> bool:
+        """Whether the agent has the action (before a last, ambiguous failure becomes ABANDONED)."""
+        with client.connect(target) as conn:
+            reply = conn.request("GET", INFO + action.id)
+        return isinstance(reply, Reply) and reply.status == 200
 
     def _delivered(self, action: Action, n: int, reply: Union[Reply, Failure]) -> None:
         now = self._clock()

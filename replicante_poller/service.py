@@ -6,6 +6,7 @@ it needs no sleeps: results, reloads and stop all wake it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -308,6 +309,7 @@ class Service:
             log.info("now polling %d agents (was %d)", len(targets), len(self._targets))
             self._apply_targets(targets)
         self.metrics.config_loaded(True, self._clock())
+        log.info("configuration reloaded")
 
     def _reload_actions(self, new: ActionsSettings) -> None:
         """Apply a changed `[actions]` live: signing key (rotation), token, ttl, retries.
@@ -315,17 +317,20 @@ class Service:
         Turning actions on or off, or moving the journal, needs a restart. Raises
         KeyFileError/ConfigError for unusable files, before anything changes."""
         old = self.config.actions
-        if new == old:
+        if self._dispatcher is None or self._actions_api is None or not new.enabled:
+            if new.enabled != old.enabled:
+                log.warning("[actions] enabled changed: takes effect at the next restart")
             return
-        if new.enabled != old.enabled or new.journal != old.journal or self._dispatcher is None:
-            log.warning("[actions] enabled or journal changed: takes effect at the next restart")
-            return
-        assert new.signing_key is not None and self._actions_api is not None
-        signer = load_signing_key(new.signing_key)
+        if new.journal != old.journal:
+            log.warning("[actions] journal changed: takes effect at the next restart")
+        assert new.signing_key is not None
+        signer = load_signing_key(new.signing_key)  # files are re-read: a key replaced in place counts
         token = read_token(new.api_token_file) if new.api_token_file else None
-        self._dispatcher.reconfigure(new, signer)
+        previous = self._dispatcher.signer
+        self._dispatcher.reconfigure(dataclasses.replace(new, journal=old.journal), signer)
         self._actions_api.token = token
-        log.info("[actions] reloaded: signing with key %s", signer.key_id)
+        if signer.key_id != previous.key_id:
+            log.info("[actions] reloaded: signing with key %s", signer.key_id)
 
     def _reload_failed(self, exc: PollerError) -> None:
         log.error("configuration reload failed, still running the last good one: %s", exc)

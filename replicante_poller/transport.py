@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
+import re
 import functools
 import socket
 import ssl
@@ -38,6 +39,7 @@ USER_AGENT = f"replicante-poller/{__version__}"
 HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, "Accept": "application/json",
            "Connection": "keep-alive"}
 READ_CHUNK = 16 * 1024
+_LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +190,7 @@ class AgentConnection:
             return self._classify(exc)
         try:
             length = response.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) > cap:
+            if _LENGTH.fullmatch(length) and int(length) > cap:
                 return Failure(Reason.TOO_LARGE, f"{method} {path} body of {length} bytes is over the {cap} byte cap")
             content = _read_body(response, cap)
         except Exception as exc:
@@ -287,7 +289,7 @@ def _retry_after(value: Optional[str]) -> Optional[float]:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _LENGTH.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)

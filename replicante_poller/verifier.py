@@ -170,9 +170,10 @@ class Verifier:
         key_id = params.keyid
         if key_id is None:
             return reject(Rejection.MALFORMED, "no keyid")
-        if key_id in self.keyring.revoked:
+        keyring = self.keyring  # one read: a reload may replace it
+        if key_id in keyring.revoked:
             return reject(Rejection.REVOKED_KEY, f"key {key_id} is revoked", key_id)
-        trusted = self.keyring.get(key_id)
+        trusted = keyring.get(key_id)
         if trusted is None:
             return reject(Rejection.UNKNOWN_KEY, f"key {key_id} is not in the keyring", key_id)
         now = self._clock()

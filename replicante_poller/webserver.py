@@ -13,9 +13,9 @@ from typing import Any, Callable, Optional
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 256
-IDLE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 30.0  # seconds an idle or stalled client may hold its thread (per read)
 GZIP_MIN = 4096
-DIGITS = re.compile(r"[0-9]{1,12}")  # a Content-Length (str.isdigit() also takes "²")  # seconds an idle or stalled client may hold its thread
+DIGITS = re.compile(r"[0-9]{1,12}")  # a Content-Length (str.isdigit() also takes "²")
 
 
 class CountingServer(ThreadingHTTPServer):
@@ -65,6 +65,15 @@ class CountingServer(ThreadingHTTPServer):
         self.on_error()
 
 
+def _accepts_gzip(header: str) -> bool:
+    """`gzip` listed in Accept-Encoding and not refused with q=0."""
+    for item in header.lower().split(","):
+        name, _, params = item.strip().partition(";")
+        if name.strip() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
 def send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: bytes,
          compressible: bool = False) -> None:
     """A complete response with Content-Type and Content-Length; a `compressible` body of
@@ -73,7 +82,7 @@ def send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: 
     request.send_header("Content-Type", content_type)
     if compressible:
         request.send_header("Vary", "Accept-Encoding")
-        if len(body) >= GZIP_MIN and "gzip" in request.headers.get("Accept-Encoding", "").lower():
+        if len(body) >= GZIP_MIN and _accepts_gzip(request.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=5)
             request.send_header("Content-Encoding", "gzip")
     request.send_header("Content-Length", str(len(body)))

@@ -350,5 +350,14 @@ def test_sighup_rotates_the_signing_key_without_a_restart(tmp_path, start_sim, p
         process.expect(r"\[actions\] reloaded: signing with key " + new_kid)
         second = subprocess.run(cli, capture_output=True, text=True, timeout=30).stdout.strip()
         assert signed_by(second) == new_kid
+
+        keys["token"].write_text("a-replaced-token-0123456789")  # rotated in place: same path
+        process.signal(signal.SIGHUP)
+        process.expect(r"configuration reloaded")
+        api = f"http://{process.address}/api/v1/actions"
+        old = requests.post(api, json={"agent": url, "kind": PING}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        new = requests.post(api, json={"agent": url, "kind": PING},
+                            headers={"Authorization": "Bearer a-replaced-token-0123456789"}, timeout=5)
+        assert (old.status_code, new.status_code) == (401, 202)
     finally:
         assert process.stop() == 0
