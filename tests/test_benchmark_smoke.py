@@ -23,7 +23,7 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH), "--agents", "3", "--duration", "1.5", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)
 
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     for heading in ("polls/s", "CPU ms/poll", "lag p50 ms", "lag p99 ms", "peak RSS MB", "errors",
                     "service/floor", "peer/service", "signing"):
         assert heading in done.stdout, done.stdout
