@@ -201,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             transport = report.get("transport", {}).get("cpu_ms_per_poll")
             report["ratios"] = {
                 "service_over_floor": svc / floor if floor else None,
-                "peer_over_service": peer / svc if peer else None,
+                "peer_over_service": peer / svc if peer and svc else None,  # svc is 0 when a tiny run took < 1 tick
                 "transport_over_floor": transport / floor if floor and transport else None,
                 "targets": {"service_over_floor_max": TARGET_FLOOR_RATIO, "peer_over_service_min": TARGET_PEER_RATIO},
             }

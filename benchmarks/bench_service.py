@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -89,18 +88,11 @@ def service_config(folder: Path, agents: Agents, count: int, interval: float, ti
     return config
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def run_service(agents: Agents, count: int, interval: float, duration: float, workers: int,
                 cpu: Optional[int], profile: Optional[str] = None, tree: Optional[str] = None) -> dict:
     """The real service at steady state: CPU, polls, lag, RSS and errors over `duration`."""
     timeout = min(5.0, interval / 2)
-    port = free_tcp_port()
-    config = service_config(agents.folder, agents, count, interval, timeout, workers, port)
+    config = service_config(agents.folder, agents, count, interval, timeout, workers, 0)  # the log says which port
     command = [sys.executable, "-m", "replicante_poller", "run", "--config", str(config)]
     env = dict(os.environ)
     if tree:  # `python -m` puts the working directory first on sys.path
@@ -111,11 +103,15 @@ def run_service(agents: Agents, count: int, interval: float, duration: float, wo
         os.sched_setaffinity(process.pid, {cpu})  # before its threads start: they inherit it
     all_polled = threading.Event()
     log: list[str] = []
+    listening: list[int] = []
 
     def read_log() -> None:
         assert process.stderr is not None
         for line in process.stderr:
             log.append(line.rstrip())
+            found = re.search(r"status on http://[^:]+:(\d+)/", line)
+            if found:
+                listening.append(int(found.group(1)))
             if re.search(r"all \d+ agents polled", line):
                 all_polled.set()
 
@@ -125,11 +121,12 @@ def run_service(agents: Agents, count: int, interval: float, duration: float, wo
     spy = None
     try:
         give_up = time.monotonic() + interval + 60
-        while not all_polled.wait(0.25):  # the first cycle: every agent once
+        while not (all_polled.wait(0.25) and listening):  # the first cycle: every agent once
             if process.poll() is not None or time.monotonic() > give_up:
                 reader.join(5)
                 raise SystemExit("the service did not poll every agent:\n" + "\n".join(log[-20:]))
         warm = time.monotonic() - started
+        port = listening[0]
         # Polls are counted between the middles of two scrapes; CPU between their ends,
         # so the scrapes' own cost stays out of the per-poll figure (it is reported apart).
         t0 = time.monotonic()
