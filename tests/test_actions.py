@@ -348,6 +348,7 @@ def test_sighup_rotates_the_signing_key_without_a_restart(tmp_path, start_sim, p
         os.chmod(tmp_path / "next.key", 0o600)
         process.signal(signal.SIGHUP)
         process.expect(r"\[actions\] reloaded: signing with key " + new_kid)
+        process.expect(r"configuration reloaded")  # this reload's end: the next expect is the next reload
         second = subprocess.run(cli, capture_output=True, text=True, timeout=30).stdout.strip()
         assert signed_by(second) == new_kid
 
