@@ -161,13 +161,14 @@ def _demo_action(service: Service, sim: AgentSim, stop: threading.Event) -> bool
     action = submit(journal, service.find_target, healthy[0], DEMO_KIND, {"message": "hello from the demo"})
     print(f"submitted action {action.id} ({DEMO_KIND}) to {healthy[0]}", flush=True)
     seen = None
-    for _ in range(120):  # at most a minute
-        current = journal.get(action.id)
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
+        current = journal.wait_for(action.id, lambda a: a.state != seen, 0.5)  # wakes on each change
         if current is not None and current.state != seen:
             seen = current.state
             print(f"  action {action.id}: {seen.value} ({current.message})", flush=True)
             if seen.final:
-                break
-        if stop.wait(0.5):
+                return False
+        if stop.is_set():
             return True
     return False

@@ -29,9 +29,10 @@ class WorkerPool:
 
     def __init__(self, workers: int, contexts: TlsContexts, reaper: DeadlineReaper,
                  results: "queue.Queue[object]", metrics: PollerMetrics,
-                 clock: Callable[[], float] = time.time, queue_size: Optional[int] = None):
+                 clock: Callable[[], float] = time.time, queue_size: Optional[int] = None,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or workers * 4)
-        self._results, self._metrics, self._clock = results, metrics, clock
+        self._results, self._metrics, self._clock, self._monotonic = results, metrics, clock, monotonic
         self._contexts, self._reaper = contexts, reaper
         self._current: list[Optional[tuple[float, float]]] = [None] * workers  # (started, deadline)
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"poll-worker-{i}", daemon=True)
@@ -66,7 +67,7 @@ class WorkerPool:
 
     def stuck(self) -> int:
         """Polls in flight for longer than twice their deadline (the watchdog)."""
-        now = time.monotonic()
+        now = self._monotonic()
         return sum(1 for c in list(self._current) if c is not None and now - c[0] > 2 * c[1])
 
     def _run(self, index: int) -> None:
@@ -77,7 +78,7 @@ class WorkerPool:
                 if job is _STOP:
                     self.jobs.put(_STOP)
                     return
-                self._current[index] = (time.monotonic(), job.target.poll.timeout)
+                self._current[index] = (self._monotonic(), job.target.poll.timeout)
                 try:
                     self._results.put(self._poll(client, job))
                 finally:

@@ -46,11 +46,11 @@ class BlockingContexts(TlsContexts):
         return super().get(tls)
 
 
-def pool_with(contexts: TlsContexts, registry):
+def pool_with(contexts: TlsContexts, registry, monotonic=None):
     results: "queue.Queue[object]" = queue.Queue()
     reaper = DeadlineReaper().start()
     metrics = PollerMetrics(registry, lambda: [])
-    pool = WorkerPool(1, contexts, reaper, results, metrics)
+    pool = WorkerPool(1, contexts, reaper, results, metrics, **({"monotonic": monotonic} if monotonic else {}))
     pool.start()
     return pool, results, reaper
 
@@ -75,12 +75,14 @@ def test_a_worker_survives_an_unexpected_exception_and_counts_it():
 def test_watchdog_counts_polls_in_flight_past_twice_their_deadline():
     registry = new_registry()
     contexts = BlockingContexts()
-    pool, results, reaper = pool_with(contexts, registry)
+    now = [1000.0]
+    pool, results, reaper = pool_with(contexts, registry, monotonic=lambda: now[0])
     try:
         pool.submit(Due(TARGET, 0.0))
         assert contexts.entered.wait(10)
         assert sample(registry, "replicante_poller_workers_busy") == 1.0
-        threading.Event().wait(3 * TARGET.poll.timeout)  # let it pass twice its 50 ms deadline
+        assert sample(registry, "replicante_poller_polls_stuck") == 0.0
+        now[0] += 3 * TARGET.poll.timeout  # the watchdog's clock passes twice the 50 ms deadline
         assert sample(registry, "replicante_poller_polls_stuck") == 1.0
         contexts.release.set()
         results.get(timeout=10)
