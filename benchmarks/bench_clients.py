@@ -88,13 +88,12 @@ def peer_poller(ca_file: str) -> Callable[[int], None]:
 def transport_poller(ca_file: str, clusters: dict[str, str]) -> Callable[[int], None]:
     """poll_target() of the product in a loop: transport and validation, nothing else."""
     from replicante_poller.config import PollSettings, TlsSettings
-    from replicante_poller.deadlines import DeadlineReaper
     from replicante_poller.discovery import Target
     from replicante_poller.poll import poll_target
     from replicante_poller.tls import TlsContexts
-    from replicante_poller.transport import AgentClient
+    from replicante_poller.transport import Transport
 
-    client = AgentClient(TlsContexts(), DeadlineReaper().start())
+    client = Transport(TlsContexts()).start().client()
     poll_settings, tls = PollSettings(interval=30.0, timeout=5.0), TlsSettings(ca_file=ca_file)
     targets = {int(url.rsplit(":", 1)[1]): Target(cluster, url, None, poll_settings, tls)
                for url, cluster in clusters.items()}

@@ -15,7 +15,6 @@ from . import __version__, agentsim, demo
 from .actions_api import SubmissionError, action_json, submit
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
-from .deadlines import DeadlineReaper
 from .discovery import Target, discover
 from .durations import format_duration
 from .errors import ConfigError, PollerError
@@ -29,7 +28,7 @@ from .signing import add_keygen_arguments, keygen_command
 from .state import TargetView
 from .status_api import rfc3339, target_json
 from .tls import TlsContexts
-from .transport import AgentClient
+from .transport import Transport
 
 log = logging.getLogger("replicante_poller")
 
@@ -78,13 +77,13 @@ def cmd_poll(args: argparse.Namespace) -> int:
             target = Target(args.cluster, to_agent_url(url), None, config.poller.poll, config.tls)
         except ValueError as exc:
             raise ConfigError("command line", None, "url", str(exc)) from None
-    reaper = DeadlineReaper().start()
-    client = AgentClient(TlsContexts(), reaper)
+    transport = Transport(TlsContexts(), dialer_threads=1).start()
+    client = transport.client()
     try:
         result = poll_target(client, target)
     finally:
         client.close()
-        reaper.stop()
+        transport.stop()
     view = TargetView(target, result, Health().observe(result.ok, 1, 1), result.started if result.ok else None)
     print(json.dumps(target_json(view), indent=2))
     return 0 if result.ok else 1

@@ -18,7 +18,6 @@ from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
 from .config import ActionsSettings
-from .deadlines import DeadlineReaper
 from .discovery import Target
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
@@ -26,8 +25,7 @@ from .metrics import PollerMetrics
 from .reasons import Reason, transient_status
 from .signing import Signer
 from .status_api import rfc3339
-from .tls import TlsContexts
-from .transport import AgentClient, Failure, Reply
+from .transport import AgentClient, Failure, Reply, Transport
 
 log = logging.getLogger(__name__)
 SCHEDULE = "/api/unstable/actions/schedule/"
@@ -85,13 +83,13 @@ class Dispatcher:
     def __init__(self, journal: Journal, settings: ActionsSettings, signer: Signer,
                  find_target: Callable[[str], Optional[Target]],
                  identity: Callable[[Target], Optional[tuple[str, str]]],
-                 contexts: TlsContexts, reaper: DeadlineReaper, metrics: PollerMetrics,
+                 transport: Transport, metrics: PollerMetrics,
                  clock: Callable[[], float] = time.time, randbytes: Callable[[int], bytes] = os.urandom):
         self._journal = journal
         self._config = (settings, signer)  # replaced whole by reconfigure(): never read half-old
         self._errors: dict[str, int] = {}  # unexpected errors per action (dispatcher thread only)
         self._find_target, self._identity = find_target, identity
-        self._contexts, self._reaper, self._metrics = contexts, reaper, metrics
+        self._transport, self._metrics = transport, metrics
         self._clock, self._randbytes = clock, randbytes
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -123,7 +121,7 @@ class Dispatcher:
             self._thread.join()
 
     def _run(self) -> None:
-        client = AgentClient(self._contexts, self._reaper)
+        client = self._transport.client()
         try:
             while not self._stopping.is_set():
                 try:

@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
 from .config import PollSettings, TlsSettings
-from .deadlines import DeadlineReaper
 from .discovery import Target
 from .errors import ConfigError, PollerError
 from .gateway_config import GatewaySettings, load_gateway_config
@@ -23,7 +22,7 @@ from .metrics import GatewayMetrics, new_registry, render
 from .reasons import transient_status
 from .replay import ReplayStore
 from .tls import TlsContexts
-from .transport import AgentClient, Failure, Reply
+from .transport import AgentClient, Failure, Reply, Transport
 from .validation import Invalid, parse, validate_datastore_info
 from .verifier import Keyring, Rejection, Verdict, Verifier
 from .webserver import DIGITS, IDLE_TIMEOUT, CountingServer, send
@@ -51,8 +50,7 @@ class Gateway:
         self.settings = settings
         self.registry = registry or new_registry()
         self.metrics = GatewayMetrics(self.registry)
-        self._reaper = DeadlineReaper()
-        self._contexts = TlsContexts()
+        self._transport = Transport(TlsContexts())
         self._upstream = Target("upstream", settings.upstream, None,
                                 PollSettings(interval=settings.timeout * 2, timeout=settings.timeout,
                                              max_body=UPSTREAM_MAX_BODY),
@@ -67,8 +65,8 @@ class Gateway:
         Raises KeyFileError/ConfigError (bad keys, unreachable upstream without ids)."""
         settings = self.settings
         keyring = Keyring.from_entries(settings.keys, settings.revoked)
-        self._contexts.get(self._upstream.tls)
-        self._reaper.start()
+        self._transport.contexts.get(self._upstream.tls)
+        self._transport.start()
         cluster_id, node_id = settings.cluster_id, settings.node_id
         if cluster_id is None or node_id is None:
             cluster_id, node_id = self._identity()
@@ -108,12 +106,12 @@ class Gateway:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
-        self._reaper.stop()
+        self._transport.stop()
 
     def _client(self) -> AgentClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = AgentClient(self._contexts, self._reaper)
+            client = self._local.client = self._transport.client()
         return client
 
     def _identity(self) -> tuple[str, str]:

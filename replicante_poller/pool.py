@@ -12,13 +12,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .deadlines import DeadlineReaper
 from .metrics import PollerMetrics
 from .poll import PollResult, poll_target
 from .reasons import Reason, Status
 from .scheduler import Due
-from .tls import TlsContexts
-from .transport import AgentClient
+from .transport import AgentClient, Transport
 
 log = logging.getLogger(__name__)
 _STOP = None
@@ -27,13 +25,13 @@ _STOP = None
 class WorkerPool:
     """Polls what the scheduler queues; results go to `results`."""
 
-    def __init__(self, workers: int, contexts: TlsContexts, reaper: DeadlineReaper,
+    def __init__(self, workers: int, transport: Transport,
                  results: "queue.Queue[object]", metrics: PollerMetrics,
                  clock: Callable[[], float] = time.time, queue_size: Optional[int] = None,
                  monotonic: Callable[[], float] = time.monotonic):
         self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or workers * 4)
         self._results, self._metrics, self._clock, self._monotonic = results, metrics, clock, monotonic
-        self._contexts, self._reaper = contexts, reaper
+        self._transport = transport
         self._current: list[Optional[tuple[float, float]]] = [None] * workers  # (started, deadline)
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"poll-worker-{i}", daemon=True)
                          for i in range(workers)]
@@ -71,7 +69,7 @@ class WorkerPool:
         return sum(1 for c in list(self._current) if c is not None and now - c[0] > 2 * c[1])
 
     def _run(self, index: int) -> None:
-        client = AgentClient(self._contexts, self._reaper)
+        client = self._transport.client()
         try:
             while True:
                 job = self.jobs.get()

@@ -22,6 +22,7 @@ class Reason(str, enum.Enum):
     TLS_VERIFY = "tls_verify"
     TLS_PIN = "tls_pin"
     TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
     HTTP_STATUS = "http_status"
     TOO_LARGE = "too_large"
     CONTENT_TYPE = "content_type"

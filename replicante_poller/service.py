@@ -16,7 +16,6 @@ from typing import Callable, Optional
 
 from .actions_api import ActionsApi, read_token
 from .config import ActionsSettings, Config, load_config
-from .deadlines import DeadlineReaper
 from .discovery import Target, discover, discovery_stamp
 from .dispatcher import Dispatcher
 from .errors import ConfigError, PollerError
@@ -31,6 +30,7 @@ from .state import FleetState, TargetView
 from .statefile import load_state, save_state
 from .status_api import StatusServer
 from .tls import TlsContexts
+from .transport import Transport
 
 log = logging.getLogger(__name__)
 _WAKE, _RELOAD = object(), object()
@@ -75,8 +75,8 @@ class Service:
         self.contexts = TlsContexts()
         self.stopping = threading.Event()
         self._inbox: "queue.Queue[object]" = queue.Queue()
-        self._reaper = DeadlineReaper()
-        self._pool = WorkerPool(p.workers, self.contexts, self._reaper, self._inbox, self.metrics, clock)
+        self._transport = Transport(self.contexts, dialer_threads=p.workers)
+        self._pool = WorkerPool(p.workers, self._transport, self._inbox, self.metrics, clock)
         self._schedule = Schedule()
         self._in_flight: set[tuple[str, str]] = set()
         self._targets: tuple[Target, ...] = ()
@@ -106,7 +106,7 @@ class Service:
             restored = self.state.restore(load_state(self.config.poller.state_dir, targets))
             log.info("restored the state of %d of %d agents from %s", restored, len(targets), self.config.poller.state_dir)
         self.metrics.config_loaded(True, self._clock())
-        self._reaper.start()
+        self._transport.start()
         self._pool.start()
         self._api.start()
         self._thread.start()
@@ -122,7 +122,7 @@ class Service:
         token = read_token(settings.api_token_file) if settings.api_token_file else None
         self.journal = Journal(settings.journal, self._clock)
         self._dispatcher = Dispatcher(self.journal, settings, signer, self.find_target, self.identity,
-                                      self.contexts, self._reaper, self.metrics, self._clock)
+                                      self._transport, self.metrics, self._clock)
         self.metrics.actions_pending.set_function(self.journal.pending)
         log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
         self._actions_api = ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
@@ -161,7 +161,7 @@ class Service:
         self._pool.stop()
         self._drain()
         self._save()
-        self._reaper.stop()
+        self._transport.stop()
         if self._api is not None:
             self._api.stop()
         if self.journal is not None:

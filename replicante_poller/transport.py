@@ -1,35 +1,42 @@
-"""HTTPS transport to agents: the only module that speaks `urllib3`.
+"""HTTPS transport to agents on `requests`: the only module that speaks requests and urllib3.
 
-Each poll opens ONE fresh TLS connection (shared SSLContext, no CA file re-read), carries
-its GETs on it and closes it. One wall-clock deadline covers connect, handshake, headers
-and bodies (enforced by the DeadlineReaper). Bodies are capped after decompression,
-`Content-Type` must be JSON, redirects are never followed, the environment is ignored.
-Every library exception is translated here into a `Failure`.
-
-The connection is a urllib3 `HTTPSConnection` used directly: no requests Session,
-adapter or connection pool is built per poll and nothing reads the environment (proxies,
-`.netrc`, `REQUESTS_CA_BUNDLE`), which is most of what a poll cost beyond the TLS
-handshake (benchmarks/README.md has the figures).
+Each worker thread owns one `requests.Session` (sessions are not shared between threads)
+with `PollAdapter`, the project's `HTTPAdapter` subclass, mounted for `https://`. A poll
+binds ONE fresh urllib3 connection to the adapter, sends its requests on it through
+`Session.send` and closes it: the adapter never pools, never opens a second connection
+(an agent that closes between requests fails the poll), never follows redirects, and
+verifies with the shared SSLContext only (requests' per-request CA bundle handling,
+certifi and the environment are bypassed: `cert_verify` is a no-op by design and
+`trust_env` is off). One wall-clock deadline covers resolution and every address
+(`Dialer`), then handshake, headers and bodies (the DeadlineReaper). Bodies are capped
+after decompression and `Content-Type` must be JSON. Every library exception is
+translated here into a `Failure`; an exception this module does not know is a bug and
+is raised to the caller's loop, which logs and counts it.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import email.utils
-import re
 import functools
+import http.client
+import http.cookiejar
+import re
 import socket
 import ssl
 import time
 from typing import Any, Iterator, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
+import requests
+import requests.adapters
 import urllib3
 from urllib3.connection import HTTPSConnection
 from urllib3.util.request import ACCEPT_ENCODING
 
 from . import __version__
 from .deadlines import DeadlineReaper, Watch
+from .dialer import DialFailure, Dialer
 from .discovery import Target
 from .reasons import Reason
 from .tls import PeerCertificate, TlsContexts, peer_certificate, pin_matches
@@ -39,6 +46,7 @@ USER_AGENT = f"replicante-poller/{__version__}"
 HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, "Accept": "application/json",
            "Connection": "keep-alive"}
 READ_CHUNK = 16 * 1024
+NO_PROXIES: dict[str, str] = {}
 _LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
@@ -64,26 +72,33 @@ class Reply:
 
 
 class _PollState:
-    """What the connection learns during one poll: its watch, pins and peer certificate."""
+    """What the connection learns during one poll: its watch, pins, peer certificate."""
 
-    __slots__ = ("watch", "pins", "peer", "pin_failed")
+    __slots__ = ("watch", "timeout", "pins", "dialer", "peer", "pin_failed", "dialed")
 
-    def __init__(self, watch: Watch, pins: frozenset[str]):
-        self.watch, self.pins = watch, pins
+    def __init__(self, watch: Watch, timeout: float, pins: frozenset[str], dialer: Dialer):
+        self.watch, self.timeout, self.pins, self.dialer = watch, timeout, pins, dialer
         self.peer: Optional[PeerCertificate] = None
         self.pin_failed = False
+        self.dialed = False
 
 
-class _WatchedConnection(HTTPSConnection):
-    """An HTTPS connection whose socket the deadline reaper can cut, and that checks pins."""
+class _PollConnection(HTTPSConnection):
+    """The one connection of a poll: dialed within the deadline, watched by the reaper,
+    pins checked, and never dialed twice."""
 
     def __init__(self, *args: Any, poll: _PollState, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._poll = poll
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        self._poll.watch.attach(sock)
+        poll = self._poll
+        if poll.dialed:
+            raise DialFailure(Reason.CONNECT, "the agent closed the connection before this request "
+                                              "(one connection per poll: not reopened)")
+        poll.dialed = True
+        sock = poll.dialer.connect(self._dns_host, self.port, poll.watch.deadline, poll.timeout)
+        poll.watch.attach(sock)
         return sock
 
     def connect(self) -> None:
@@ -96,58 +111,164 @@ class _WatchedConnection(HTTPSConnection):
             raise urllib3.exceptions.SSLError("certificate matches no configured SPKI pin")
 
 
+class PollAdapter(requests.adapters.HTTPAdapter):
+    """requests' transport adapter for polls: each request goes on the connection bound
+    for the current poll (`bind`), never on a pooled or a new one.
+
+    Trust lives in the connection's SSLContext; `verify=False`, a client certificate path
+    or a proxy given per request are refused rather than ignored (fail closed).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(max_retries=0)
+        self._conn: Optional[_PollConnection] = None
+
+    @contextlib.contextmanager
+    def bind(self, conn: _PollConnection) -> Iterator[None]:
+        """Route this adapter's requests to `conn` for the length of the block."""
+        self._conn = conn
+        try:
+            yield
+        finally:
+            self._conn = None
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Nothing per request: verification is the shared SSLContext's (no CA file is read)."""
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Optional[Mapping[str, str]] = None) -> requests.Response:
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("PollAdapter.send outside of a poll: use AgentClient.connect")
+        if verify is not True or cert is not None or proxies:
+            raise ValueError("agent requests verify with the configured SSLContext, without proxy")
+        conn.timeout = timeout
+        if conn.sock is None:
+            conn.connect()  # the first request of the poll; a second dial is refused
+        elif not conn.is_connected:
+            raise DialFailure(Reason.CONNECT, "the agent closed the connection before this request "
+                                              "(one connection per poll: not reopened)")
+        conn.request(request.method or "GET", request.path_url, body=request.body, headers=request.headers,
+                     preload_content=False, decode_content=False)
+        return self.build_response(request, conn.getresponse())
+
+
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """Agents' cookies are neither kept nor sent."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+    def return_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class PollSession(requests.Session):
+    """A Session that never sees a redirect: a 3xx is an answer like any other (and its
+    body is never read by requests' redirect machinery, which would read it uncapped)."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
+def new_session() -> PollSession:
+    """A Session for one thread: PollAdapter for https://, nothing from the environment."""
+    session = PollSession()
+    session.trust_env = False
+    session.max_redirects = 0
+    session.cookies.set_policy(_NoCookies())
+    session.adapters.clear()
+    session.mount("https://", PollAdapter())
+    return session
+
+
+def _template(method: str) -> requests.PreparedRequest:
+    request = requests.PreparedRequest()
+    request.prepare(method=method, url="https://agent.invalid/", headers=HEADERS)
+    return request
+
+
 @functools.lru_cache(maxsize=65536)
-def _endpoint(url: str) -> tuple[str, int, str]:
-    """Host, port and path of an agent URL (parsed once per URL, not per poll)."""
+def _endpoint(url: str) -> tuple[str, int]:
+    """Host and port of an agent URL (parsed once per URL, not per poll)."""
     parts = urlsplit(url)
-    return parts.hostname or "", parts.port or 443, parts.path
+    return parts.hostname or "", parts.port or 443
 
 
-def _merge_headers(extra: Optional[Mapping[str, str]]) -> Mapping[str, str]:
-    """The client's headers, overridden (case-insensitively) by a request's own."""
-    if not extra:
-        return HEADERS
-    overridden = {name.lower() for name in extra}
-    merged = {name: value for name, value in HEADERS.items() if name.lower() not in overridden}
-    merged.update(extra)
-    return merged
+class Transport:
+    """What the AgentClients of a process share: TLS contexts, the deadline reaper (started
+    and stopped here) and the dialer. `client()` makes the client of one thread."""
+
+    def __init__(self, contexts: TlsContexts, dialer_threads: int = 8, reaper: Optional[DeadlineReaper] = None,
+                 dialer: Optional[Dialer] = None):
+        self.contexts = contexts
+        self.reaper = reaper or DeadlineReaper()
+        self.dialer = dialer or Dialer(dialer_threads)
+
+    def start(self) -> "Transport":
+        self.reaper.start()
+        return self
+
+    def stop(self) -> None:
+        self.reaper.stop()
+
+    def client(self) -> "AgentClient":
+        return AgentClient(self.contexts, self.reaper, self.dialer)
 
 
 class AgentClient:
-    """Polls agents from one worker thread (its connections are not shared by threads).
+    """Polls agents from one thread: its Session and adapter are not shared by threads."""
 
-    A poll is one urllib3 connection used directly: no pool, no requests Session, no
-    adapter, so nothing per request reads the environment, merges settings, or builds a
-    pool, and verification stays entirely in the shared SSLContext (no CA file is read).
-    """
-
-    def __init__(self, contexts: TlsContexts, reaper: DeadlineReaper):
-        self._contexts, self._reaper = contexts, reaper
+    def __init__(self, contexts: TlsContexts, reaper: DeadlineReaper, dialer: Dialer):
+        self._contexts, self._reaper, self._dialer = contexts, reaper, dialer
+        self._session = new_session()
+        self._adapter: PollAdapter = self._session.get_adapter("https://")  # type: ignore[assignment]
+        self._templates = {"GET": _template("GET")}
 
     @contextlib.contextmanager
     def connect(self, target: Target) -> Iterator["AgentConnection"]:
         """A fresh connection to `target` for one poll, closed when the block ends."""
-        watch = self._reaper.watch(target.poll.timeout)
-        state = _PollState(watch, target.tls.pins)
-        host, port, prefix = _endpoint(target.url)
-        conn = _WatchedConnection(host, port, timeout=target.poll.timeout, ssl_context=self._contexts.get(target.tls),
-                                  poll=state)
+        timeout = target.poll.timeout
+        watch = self._reaper.watch(timeout)
+        state = _PollState(watch, timeout, target.tls.pins, self._dialer)
+        host, port = _endpoint(target.url)
+        conn = _PollConnection(host, port, timeout=timeout, ssl_context=self._contexts.get(target.tls), poll=state)
         try:
-            yield AgentConnection(conn, prefix, target, state)
+            with self._adapter.bind(conn):
+                yield AgentConnection(self, target, state)
         finally:
             conn.close()
             watch.close()
 
+    def prepare(self, method: str, url: str, body: Optional[bytes],
+                headers: Optional[Mapping[str, str]]) -> requests.PreparedRequest:
+        """A PreparedRequest sending exactly `url`, `body` and the client's headers (then `headers`)."""
+        template = self._templates.get(method)
+        if template is None:
+            template = self._templates[method] = _template(method)
+        request = template.copy()
+        request.url = url
+        if headers:
+            request.headers.update(headers)
+        if body is not None:
+            request.body = body
+            request.headers["Content-Length"] = str(len(body))
+        return request
+
+    def send(self, request: requests.PreparedRequest, timeout: float) -> requests.Response:
+        """`Session.send` on the bound connection: streamed, no redirects, no proxies."""
+        return self._session.send(request, stream=True, timeout=timeout, allow_redirects=False,
+                                  verify=True, cert=None, proxies=NO_PROXIES)
+
     def close(self) -> None:
-        """Nothing is kept between polls; here for symmetry with `connect`."""
+        self._session.close()
 
 
 class AgentConnection:
     """The requests of one poll, on one connection."""
 
-    def __init__(self, conn: HTTPSConnection, prefix: str, target: Target, state: _PollState):
-        self._conn, self._prefix, self._target, self._state = conn, prefix, target, state
-        self._used = False
+    def __init__(self, client: AgentClient, target: Target, state: _PollState):
+        self._client, self._target, self._state = client, target, state
 
     @property
     def peer(self) -> Optional[PeerCertificate]:
@@ -169,30 +290,22 @@ class AgentConnection:
         return reply.body
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[dict[str, str]] = None) -> Union["Reply", Failure]:
+                headers: Optional[Mapping[str, str]] = None) -> Union[Reply, Failure]:
         """Any answer at all (whatever its status) with its capped body, or a Failure."""
         remaining = self._state.watch.deadline - time.monotonic()
         if remaining <= 0:
             return self._deadline_failure()
-        cap = self._target.poll.max_body
-        conn = self._conn
+        client = self._client
         try:
-            if self._used and conn.sock is not None and not conn.is_connected:
-                conn.close()  # the agent closed it between requests: reconnect, as a pool would
-            self._used = True
-            conn.timeout = remaining
-            if conn.sock is None:
-                conn.connect()
-            conn.request(method, self._prefix + path, body=body, headers=_merge_headers(headers),
-                         preload_content=False, decode_content=True)
-            response = conn.getresponse()
+            response = client.send(client.prepare(method, self._target.url + path, body, headers), remaining)
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
+        cap = self._target.poll.max_body
         try:
             length = response.headers.get("Content-Length", "")
             if _LENGTH.fullmatch(length) and int(length) > cap:
                 return Failure(Reason.TOO_LARGE, f"{method} {path} body of {length} bytes is over the {cap} byte cap")
-            content = _read_body(response, cap)
+            content = _read_body(response.raw, cap)
         except Exception as exc:
             return self._classify(exc)
         finally:
@@ -201,7 +314,7 @@ class AgentConnection:
             return self._deadline_failure()
         if isinstance(content, Failure):
             return content
-        status = response.status
+        status = response.status_code
         retry_after = _retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
         return Reply(status, response.reason or "", response.headers.get("Content-Type", ""), content, retry_after)
 
@@ -211,42 +324,61 @@ class AgentConnection:
             return Failure(Reason.TIMEOUT, f"poll deadline of {timeout:g}s passed")
         return Failure(Reason.CONNECT_TIMEOUT, f"TCP connect did not complete within {timeout:g}s")
 
-    def _classify(self, exc: BaseException) -> Failure:
+    def _classify(self, exc: Exception) -> Failure:
+        if isinstance(exc, DialFailure):  # resolution and connect keep their own deadline
+            return Failure(exc.reason, exc.message)
         if self._state.pin_failed:
             pin = self._state.peer.spki_pin if self._state.peer else "unknown"
             return Failure(Reason.TLS_PIN, f"certificate key {pin} matches no configured pin")
         if self._state.watch.expired:
             return self._deadline_failure()
         failure = classify(exc)
-        if failure.reason in (Reason.TIMEOUT, Reason.CONNECT_TIMEOUT) and time.monotonic() >= self._state.watch.deadline:
+        if failure is None:
+            raise exc  # not the agent's doing: a bug of ours, for the caller's loop to log and count
+        if failure.reason is Reason.TIMEOUT and time.monotonic() >= self._state.watch.deadline:
             return self._deadline_failure()  # the socket's own timeout fired just before the reaper
         return failure
 
 
-def classify(exc: BaseException) -> Failure:
-    """Translate a urllib3/socket/ssl exception into a Failure."""
+def classify(exc: BaseException) -> Optional[Failure]:
+    """Translate a dialer/urllib3/http.client/socket/ssl exception into a Failure
+    (None: not a network or agent failure)."""
     chain = list(_chain(exc))
 
     def find(*types: type) -> Optional[BaseException]:
         return next((e for e in chain if isinstance(e, types)), None)
 
+    if (e := find(DialFailure)) is not None:
+        return Failure(e.reason, e.message)  # type: ignore[attr-defined]
     if (e := find(socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
         return Failure(Reason.DNS, f"name resolution failed: {_short(e)}")
     if (e := find(ssl.SSLCertVerificationError)) is not None:
         return Failure(Reason.TLS_VERIFY, f"certificate verification failed: {getattr(e, 'verify_message', None) or _short(e)}")
+    if find(http.client.RemoteDisconnected) is not None:
+        return Failure(Reason.CONNECT, "the agent closed the connection without answering")
+    if (e := find(urllib3.exceptions.InvalidChunkLength, urllib3.exceptions.ResponseNotChunked)) is not None:
+        return Failure(Reason.PROTOCOL, f"broken chunked encoding: {_short(e)}")
+    if find(http.client.IncompleteRead) is not None and (e := find(ValueError)) is not None:
+        return Failure(Reason.PROTOCOL, f"broken chunked encoding: {_short(e)}")  # http.client: bad chunk size
+    if (e := find(http.client.LineTooLong)) is not None:
+        return Failure(Reason.PROTOCOL, f"{_short(e)} (an answer line over 64 KiB)")
+    if (e := find(http.client.BadStatusLine)) is not None:
+        return Failure(Reason.PROTOCOL, f"not an HTTP/1.x answer (HTTP/0.9 or garbage): status line {_short(e)}")
+    if (e := find(http.client.HTTPException)) is not None and find(http.client.IncompleteRead) is None:
+        return Failure(Reason.PROTOCOL, f"broken HTTP answer: {_short(e)}")
     if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
         return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")  # before: it subclasses ConnectTimeoutError
-    if (e := find(urllib3.exceptions.ConnectTimeoutError)) is not None:
+    if find(urllib3.exceptions.ConnectTimeoutError) is not None:
         return Failure(Reason.CONNECT_TIMEOUT, "TCP connect timed out")
-    if (e := find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError)) is not None:
+    if find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError) is not None:
         return Failure(Reason.TIMEOUT, "read timed out")
     if (e := find(ssl.SSLError)) is not None:
         return Failure(Reason.TLS_HANDSHAKE, f"TLS failed: {_short(e)}")
     if (e := find(urllib3.exceptions.DecodeError)) is not None:
         return Failure(Reason.INVALID_JSON, f"body could not be decoded: {_short(e)}")
-    if (e := find(OSError, urllib3.exceptions.HTTPError)) is not None:
+    if (e := find(OSError, urllib3.exceptions.HTTPError, http.client.IncompleteRead)) is not None:
         return Failure(Reason.CONNECT, f"connection broken: {_short(e)}")
-    return Failure(Reason.INTERNAL, f"unexpected {type(exc).__name__}: {exc}")
+    return None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -269,9 +401,8 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _read_body(response: urllib3.BaseHTTPResponse, cap: int) -> Union[bytes, Failure]:
+def _read_body(raw: urllib3.BaseHTTPResponse, cap: int) -> Union[bytes, Failure]:
     """Read the (decompressed) body, giving up as soon as it passes `cap` bytes."""
-    raw = response
     chunks: list[bytes] = []
     size = 0
     while True:

@@ -16,7 +16,7 @@ from replicante_poller.agentsim import AgentSim, NodeSpec
 from replicante_poller.config import parse_config
 from replicante_poller.deadlines import DeadlineReaper
 from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import AgentClient
+from replicante_poller.transport import AgentClient, Transport
 from replicante_poller.service import Service
 
 from harness import NGINX_CONF
@@ -49,7 +49,7 @@ def reaper() -> Iterator[DeadlineReaper]:
 @pytest.fixture
 def client(reaper: DeadlineReaper) -> Iterator[AgentClient]:
     """The real transport client, with fresh TLS contexts."""
-    agent_client = AgentClient(TlsContexts(), reaper)
+    agent_client = Transport(TlsContexts(), reaper=reaper).client()
     yield agent_client
     agent_client.close()
 

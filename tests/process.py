@@ -8,17 +8,19 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 
 class PollerProcess:
-    """Starts `VERB --config PATH` (default `run`); `expect(regex)` waits for a log line."""
+    """Starts `VERB --config PATH` (default `run`), after `prefix` (a wrapper command) if
+    given; `expect(regex)` waits for a log line."""
 
-    def __init__(self, config: Path, verb: str = "run", ready: str = r"status on http://(\S+)/"):
-        self.proc = subprocess.Popen([sys.executable, "-m", "replicante_poller", verb, "--config", str(config)],
+    def __init__(self, config: Path, verb: str = "run", ready: str = r"status on http://(\S+)/",
+                 prefix: Sequence[str] = ()):
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "replicante_poller", verb, "--config", str(config)],
                                      stderr=subprocess.PIPE, text=True)
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.log: list[str] = []

@@ -14,6 +14,7 @@ from replicante_poller.pool import WorkerPool
 from replicante_poller.reasons import Reason, Status
 from replicante_poller.scheduler import Due
 from replicante_poller.tls import TlsContexts
+from replicante_poller.transport import Transport
 
 TARGET = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=0.05), TlsSettings())
 REFUSING = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=5), TlsSettings())
@@ -50,7 +51,7 @@ def pool_with(contexts: TlsContexts, registry, monotonic=None):
     results: "queue.Queue[object]" = queue.Queue()
     reaper = DeadlineReaper().start()
     metrics = PollerMetrics(registry, lambda: [])
-    pool = WorkerPool(1, contexts, reaper, results, metrics, **({"monotonic": monotonic} if monotonic else {}))
+    pool = WorkerPool(1, Transport(contexts, reaper=reaper), results, metrics, **({"monotonic": monotonic} if monotonic else {}))
     pool.start()
     return pool, results, reaper
 

@@ -38,6 +38,7 @@ from tls_servers import (
     json_response,
     respond,
     response_bytes,
+    send_then_close,
     send_then_hang,
     send_then_reset,
     server_context,
@@ -431,7 +432,7 @@ def test_tcp_connect_that_never_completes_is_connect_timeout(client, target):
 def test_unknown_host_is_dns(client, target):
     result = poll_target(client, target("https://nonexistent.invalid:8443"))
 
-    assert_down(result, Status.AGENT_DOWN, Reason.DNS, "name resolution failed", "nonexistent.invalid")
+    assert_down(result, Status.AGENT_DOWN, Reason.DNS, "name resolution of nonexistent.invalid failed")
 
 
 def test_reset_mid_body_is_connect(client, serve, target):
@@ -442,6 +443,43 @@ def test_reset_mid_body_is_connect(client, serve, target):
     result = poll_target(client, target(server.url))
 
     assert_down(result, Status.NODE_DOWN, Reason.CONNECT, DATASTORE_INFO, "connection broken")
+
+
+# -- one connection per poll, broken HTTP ----------------------------------------------------
+
+
+def test_agent_closing_between_gets_fails_the_poll_without_a_second_connection(client, serve, target):
+    server = serve(healthy(agent=send_then_close(response_bytes(200, json.dumps(AGENT_DOC).encode()))))
+
+    result = poll_target(client, target(server.url))
+
+    assert_down(result, Status.NODE_DOWN, Reason.CONNECT, DATASTORE_INFO, "closed the connection")
+    assert server.accepted == 1
+
+
+def test_connection_close_answer_fails_the_next_get_without_a_second_connection(client, serve, target):
+    server = serve(healthy(datastore=respond(200, json.dumps(DATASTORE_DOC).encode(), headers=[("Connection", "close")])))
+
+    result = poll_target(client, target(server.url))
+
+    assert_down(result, Status.NODE_DOWN, Reason.CONNECT, SHARDS, "closed the connection")
+    assert server.accepted == 1
+
+
+@pytest.mark.parametrize("answer, fragment", [
+    pytest.param(json.dumps(AGENT_DOC).encode(), "HTTP/0.9", id="http-0.9"),
+    pytest.param(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n", "over 64 KiB", id="100kb-header-line"),
+    pytest.param(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(10_000)) + b"\r\n",
+                 "more than 100 headers", id="10000-headers"),
+    pytest.param(head(200, [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])
+                 + b"zz\r\n{}\r\n0\r\n\r\n", "chunked", id="bad-chunk-size"),
+])
+def test_broken_http_is_protocol(client, serve, target, answer, fragment):
+    server = serve(healthy(agent=send_then_close(answer)))
+
+    result = poll_target(client, target(server.url))
+
+    assert_down(result, Status.AGENT_DOWN, Reason.PROTOCOL, AGENT_INFO, fragment)
 
 
 def test_environment_changes_nothing(client, serve, target, monkeypatch, tmp_path):

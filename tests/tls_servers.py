@@ -328,6 +328,17 @@ def send_then_hang(data: bytes) -> Handler:
     return handler
 
 
+def send_then_close(data: bytes) -> Handler:
+    """Send `data`, then close the connection cleanly (FIN, not a reset)."""
+
+    def handler(ex: Exchange) -> bool:
+        ex.send(data)
+        ex.aborted = True  # the serving loop closes the socket at once
+        return False
+
+    return handler
+
+
 def send_then_reset(data: bytes) -> Handler:
     """Send `data`, then reset the connection (SO_LINGER 0)."""
 
