@@ -1,6 +1,6 @@
 """The worker pool: N threads that take due polls from a bounded queue and poll.
 
-Each worker owns its AgentClient (a requests Session is not shared between threads) and
+Each worker owns its AgentClient (its requests Session is not shared between threads) and
 puts every PollResult, success or failure, on the results queue for the single writer.
 Shutdown is a sentinel passed from worker to worker.
 """
@@ -20,6 +20,7 @@ from .transport import AgentClient, Transport
 
 log = logging.getLogger(__name__)
 _STOP = None
+MIN_QUEUE = 256  # polls of one slot-grid step start together: room for a large fleet's step
 
 
 class WorkerPool:
@@ -29,7 +30,7 @@ class WorkerPool:
                  results: "queue.Queue[object]", metrics: PollerMetrics,
                  clock: Callable[[], float] = time.time, queue_size: Optional[int] = None,
                  monotonic: Callable[[], float] = time.monotonic):
-        self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or workers * 4)
+        self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or max(workers * 4, MIN_QUEUE))
         self._results, self._metrics, self._clock, self._monotonic = results, metrics, clock, monotonic
         self._transport = transport
         self._current: list[Optional[tuple[float, float]]] = [None] * workers  # (started, deadline)

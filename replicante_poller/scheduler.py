@@ -16,11 +16,20 @@ from typing import Iterable, Optional
 from .discovery import Target
 
 
+SLOT_GRID = 0.1  # seconds: slots fall on this grid, so polls due together start together
+
+
 def slot(target: Target) -> float:
-    """The target's phase in [0, interval): stable across restarts and instances."""
+    """The target's phase in [0, interval), on the slot grid: stable across restarts and instances.
+
+    The grid makes the targets of one grid step due at the same instant: one scheduler
+    wake-up starts them together instead of one wake-up per poll, and a poller that
+    idles between polls pays for cold caches once per step, not once per poll
+    (benchmarks/README.md: about a third of the CPU per poll at 100 polls/s).
+    """
     digest = hashlib.sha256(f"{target.cluster_id}\0{target.url}".encode()).digest()
     fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return fraction * target.poll.interval
+    return math.floor(fraction * target.poll.interval / SLOT_GRID) * SLOT_GRID
 
 
 def next_slot(target: Target, now: float) -> float:
@@ -28,7 +37,8 @@ def next_slot(target: Target, now: float) -> float:
     interval = target.poll.interval
     phase = slot(target)
     cycles = math.ceil((now - phase) / interval)
-    return phase + cycles * interval
+    earlier = phase + (cycles - 1) * interval  # the division may round up: `now` on a slot is that slot
+    return earlier if earlier >= now else phase + cycles * interval
 
 
 @dataclasses.dataclass(frozen=True)

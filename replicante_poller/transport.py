@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
+from requests.structures import CaseInsensitiveDict
 import urllib3
 from urllib3.connection import HTTPSConnection
 from urllib3.util.request import ACCEPT_ENCODING
@@ -135,6 +136,19 @@ class PollAdapter(requests.adapters.HTTPAdapter):
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
         """Nothing per request: verification is the shared SSLContext's (no CA file is read)."""
 
+    def build_response(self, req: requests.PreparedRequest, resp: Any) -> requests.Response:
+        """requests' Response around urllib3's, without filling a cookie jar (agents' cookies
+        are never kept) or guessing a charset (bodies are read as JSON bytes)."""
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = CaseInsensitiveDict(resp.headers)
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url or ""
+        response.request = req
+        response.connection = self
+        return response
+
     def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,
              verify: Any = True, cert: Any = None, proxies: Optional[Mapping[str, str]] = None) -> requests.Response:
         conn = self._conn
@@ -182,17 +196,21 @@ def new_session() -> PollSession:
     return session
 
 
-def _template(method: str) -> requests.PreparedRequest:
-    request = requests.PreparedRequest()
-    request.prepare(method=method, url="https://agent.invalid/", headers=HEADERS)
-    return request
+class AgentRequest(requests.PreparedRequest):
+    """A PreparedRequest to an agent, made from a checked agent URL and a path: its path is
+    kept as given (an attribute here, not re-parsed from the URL on every send)."""
+
+    path_url = ""  # shadows PreparedRequest.path_url, a property that parses the URL each time
+
+
+_HEADERS = CaseInsensitiveDict(HEADERS)
 
 
 @functools.lru_cache(maxsize=65536)
-def _endpoint(url: str) -> tuple[str, int]:
-    """Host and port of an agent URL (parsed once per URL, not per poll)."""
+def _endpoint(url: str) -> tuple[str, int, str]:
+    """Host, port and path prefix of an agent URL (parsed once per URL, not per poll)."""
     parts = urlsplit(url)
-    return parts.hostname or "", parts.port or 443
+    return parts.hostname or "", parts.port or 443, parts.path
 
 
 class Transport:
@@ -223,7 +241,6 @@ class AgentClient:
         self._contexts, self._reaper, self._dialer = contexts, reaper, dialer
         self._session = new_session()
         self._adapter: PollAdapter = self._session.get_adapter("https://")  # type: ignore[assignment]
-        self._templates = {"GET": _template("GET")}
 
     @contextlib.contextmanager
     def connect(self, target: Target) -> Iterator["AgentConnection"]:
@@ -231,7 +248,7 @@ class AgentClient:
         timeout = target.poll.timeout
         watch = self._reaper.watch(timeout)
         state = _PollState(watch, timeout, target.tls.pins, self._dialer)
-        host, port = _endpoint(target.url)
+        host, port, _ = _endpoint(target.url)
         conn = _PollConnection(host, port, timeout=timeout, ssl_context=self._contexts.get(target.tls), poll=state)
         try:
             with self._adapter.bind(conn):
@@ -240,14 +257,14 @@ class AgentClient:
             conn.close()
             watch.close()
 
-    def prepare(self, method: str, url: str, body: Optional[bytes],
-                headers: Optional[Mapping[str, str]]) -> requests.PreparedRequest:
-        """A PreparedRequest sending exactly `url`, `body` and the client's headers (then `headers`)."""
-        template = self._templates.get(method)
-        if template is None:
-            template = self._templates[method] = _template(method)
-        request = template.copy()
-        request.url = url
+    @staticmethod
+    def prepare(method: str, base: str, path: str, body: Optional[bytes],
+                headers: Optional[Mapping[str, str]]) -> AgentRequest:
+        """A request sending exactly `path` (after the agent URL `base`, already checked by
+        the configuration), `body`, and the client's headers overridden by `headers`."""
+        request = AgentRequest()
+        request.method, request.url, request.path_url = method, base + path, _endpoint(base)[2] + path
+        request.headers = _HEADERS.copy()
         if headers:
             request.headers.update(headers)
         if body is not None:
@@ -297,7 +314,7 @@ class AgentConnection:
             return self._deadline_failure()
         client = self._client
         try:
-            response = client.send(client.prepare(method, self._target.url + path, body, headers), remaining)
+            response = client.send(client.prepare(method, self._target.url, path, body, headers), remaining)
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
         cap = self._target.poll.max_body

@@ -15,6 +15,7 @@ of `--addresses` for `--name`, no AAAA record, NXDOMAIN for anything else.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -60,6 +61,11 @@ def serve_dns(sock: socket.socket, mode: str, name: str, addresses: list[str]) -
             sock.sendto(_answer(packet, name, addresses), peer)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the helper dies, so a killed test leaves nothing behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--etc", required=True, type=Path, help="folder with resolv.conf, hosts, nsswitch.conf")
@@ -79,7 +85,7 @@ def main() -> int:
     threading.Thread(target=serve_dns, args=(dns, args.dns, args.name, addresses), daemon=True).start()
     print(f"ns-helper: pid {os.getpid()}", file=sys.stderr, flush=True)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, preexec_fn=_die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _: child.send_signal(s))
     code = child.wait()

@@ -20,7 +20,7 @@ SERVICE_FIELDS = {"polls", "polls_per_s", "cpu_ms_per_poll", "lag_p50_ms", "lag_
 def test_benchmark_runs_at_a_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
 
-    done = subprocess.run([sys.executable, str(BENCH), "--agents", "3", "--duration", "1.5", "--json", str(out)],
+    done = subprocess.run([sys.executable, str(BENCH), "--agents", "3", "--duration", "1.0", "--repeat", "2", "--json", str(out)],
                           capture_output=True, text=True, timeout=120)
 
     assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"

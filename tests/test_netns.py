@@ -57,7 +57,7 @@ def config(tmp_path: Path) -> Path:
 
 
 def in_namespace(etc: Path, dns: str, *options: str) -> list[str]:
-    return ["unshare", "--net", "--mount", "--fork", sys.executable, str(HELPER), "--etc", str(etc), "--dns", dns,
+    return ["unshare", "--net", "--mount", "--fork", "--kill-child", sys.executable, str(HELPER), "--etc", str(etc), "--dns", dns,
             *options, "--"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.discovery import Target
-from replicante_poller.scheduler import Due, Schedule, next_slot, slot
+from replicante_poller.scheduler import SLOT_GRID, Due, Schedule, next_slot, slot
 
 
 def target(n: int | str, interval: float = 10.0, cluster: str = "c", timeout: float = 1.0) -> Target:
@@ -41,18 +41,20 @@ def test_slot_is_a_pure_function_of_identity_and_interval() -> None:
     renamed = Target(t.cluster_id, t.url, "display", PollSettings(10.0, 2.0, 1), TlsSettings(min_version="1.3"))
     assert slot(renamed) == slot(t)
     # same fraction of the interval whatever the interval
-    assert slot(target(1, interval=60.0)) == pytest.approx(slot(t) * 6)
+    assert slot(target(1, interval=60.0)) == pytest.approx(slot(t) * 6, abs=6 * SLOT_GRID)
     # the cluster is part of the identity
     assert slot(target(1, cluster="other")) != slot(t)
     assert slot(target(2)) != slot(t)
 
 
 def test_slot_known_value() -> None:
-    # sha256("c\0https://agent0:37017")[:8] / 2**64 * interval: a regression guard that the
-    # phase survives restarts and upgrades (operators see polls at the same second).
+    # sha256("c\0https://agent0:37017")[:8] / 2**64 * interval, down to the 100 ms grid: a
+    # regression guard that the phase survives restarts and upgrades.
     import hashlib
     digest = hashlib.sha256(b"c\x00https://agent0:37017").digest()
-    assert slot(target(0, interval=10.0)) == int.from_bytes(digest[:8], "big") / 2**64 * 10.0
+    phase = int.from_bytes(digest[:8], "big") / 2**64 * 10.0
+    assert slot(target(0, interval=10.0)) == math.floor(phase / 0.1) * 0.1
+    assert phase - 0.1 < slot(target(0, interval=10.0)) <= phase
 
 
 def test_slots_spread_uniformly() -> None:
@@ -62,7 +64,23 @@ def test_slots_spread_uniformly() -> None:
     assert set(buckets) == set(range(10))
     assert max(buckets.values()) <= 150, buckets
     assert min(buckets.values()) >= 50, buckets
-    assert len(set(slots)) == 1000
+    assert len(set(slots)) == 100  # every step of the 100 ms grid is used
+
+
+def test_slots_fall_on_the_grid_and_a_step_is_due_at_once() -> None:
+    targets = [target(n, 10.0) for n in range(200)]
+    for t in targets:
+        steps = slot(t) / SLOT_GRID
+        assert steps == pytest.approx(round(steps), abs=1e-9)
+    schedule = Schedule()
+    schedule.set_targets(targets, 1000.0)
+    first = schedule.next_due()
+    popped = schedule.pop_due(first)
+    same_step = [t for t in targets if next_slot(t, 1000.0) == first]
+
+    assert len(same_step) >= 2  # 200 targets on 100 steps: some share one
+    assert {d.target.key for d in popped} == {t.key for t in same_step}
+    assert schedule.next_due() >= first + SLOT_GRID - 1e-9
 
 
 def test_slots_spread_uniformly_over_clusters() -> None:
@@ -198,9 +216,9 @@ def test_next_due_is_the_earliest() -> None:
     schedule.set_targets(targets, now=5.0)
     expected = sorted(next_slot(t, 5.0) for t in targets)
     assert schedule.next_due() == expected[0]
-    for when in expected:
+    for when in sorted(set(expected)):  # targets on the same grid step are due together
         assert schedule.next_due() == when
-        assert len(schedule.pop_due(when)) >= 1
+        assert len(schedule.pop_due(when)) == expected.count(when)
 
 
 def test_set_targets_keeps_slots_of_unchanged_targets() -> None:

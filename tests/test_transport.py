@@ -16,7 +16,9 @@ import ssl
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+import certifi
 import pytest
+import requests
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -27,6 +29,7 @@ from replicante_poller.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResul
 from replicante_poller.reasons import Reason, Status
 from replicante_poller.transport import AgentClient, Failure
 
+from blackhole import Blackhole
 from tls_servers import (
     Handler,
     TlsServer,
@@ -176,6 +179,36 @@ def test_poll_uses_one_connection_and_closes_it(client, serve, target, server_ce
     assert all(r.headers["user-agent"].startswith("replicante-poller/") for r in conn.requests)
     assert conn.eof.wait(5), "the poll left its connection open"
     assert not conn.reset_by_peer
+
+
+def test_polls_go_through_session_send_one_connection_each_and_load_no_ca(client, serve, target, monkeypatch):
+    """requests carries every GET (Session.send, the PollAdapter), each poll dials once, and
+    once the shared SSLContext exists no CA file, default store or certifi bundle is read."""
+    server = serve()
+    agent = target(server.url)
+    assert poll_target(client, agent).ok  # builds the target's SSLContext: its one CA load
+    sends: list[dict[str, Any]] = []
+    real_send = requests.Session.send
+
+    def counting_send(session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> Any:
+        sends.append(dict(kwargs, url=request.url))
+        return real_send(session, request, **kwargs)
+
+    loads: list[str] = []
+    for name in ("load_verify_locations", "load_default_certs", "set_default_verify_paths"):
+        original = getattr(ssl.SSLContext, name)
+        monkeypatch.setattr(ssl.SSLContext, name,
+                            lambda self, *a, _name=name, _original=original, **k: (loads.append(_name), _original(self, *a, **k))[1])
+    monkeypatch.setattr(certifi, "where", lambda: loads.append("certifi") or pytest.fail("certifi read"))
+    monkeypatch.setattr(requests.Session, "send", counting_send)
+
+    results = [poll_target(client, agent) for _ in range(5)]
+
+    assert all(r.ok for r in results), [r.message for r in results if not r.ok]
+    assert loads == []
+    assert [s["url"] for s in sends] == [server.url + p for p in (AGENT_INFO, DATASTORE_INFO, SHARDS)] * 5
+    assert all(s["stream"] and not s["allow_redirects"] and s["proxies"] == {} for s in sends)
+    assert server.accepted == 6
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -403,29 +436,10 @@ def test_connection_refused_is_connect(client, target):
 
 def test_tcp_connect_that_never_completes_is_connect_timeout(client, target):
     """A listener whose accept queue is full drops SYNs: the TCP connect itself hangs."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        address = listener.getsockname()
-        fillers = []
-        try:
-            for _ in range(8):  # Linux queues backlog + 1; the first connect that hangs proves it full
-                filler = socket.socket()
-                fillers.append(filler)
-                filler.settimeout(0.2)
-                try:
-                    filler.connect(address)
-                except TimeoutError:
-                    break
-            else:
-                pytest.fail("could not fill the accept queue")
+    with Blackhole() as hole:
+        result, elapsed = timed_poll(client, target(f"https://127.0.0.1:{hole.port}", timeout=0.5))
 
-            result, elapsed = timed_poll(client, target(f"https://127.0.0.1:{address[1]}", timeout=0.5))
-        finally:
-            for filler in fillers:
-                filler.close()
-
-    assert_down(result, Status.AGENT_DOWN, Reason.CONNECT_TIMEOUT, "TCP connect")
+    assert_down(result, Status.AGENT_DOWN, Reason.CONNECT_TIMEOUT, "TCP connect", "1 of 1 address of 127.0.0.1 tried")
     assert elapsed < 0.5 + SLACK
 
 
