@@ -90,10 +90,14 @@ def transport_poller(ca_file: str, clusters: dict[str, str]) -> Callable[[int], 
     from replicante_poller.config import PollSettings, TlsSettings
     from replicante_poller.discovery import Target
     from replicante_poller.poll import poll_target
+    from replicante_poller import transport
     from replicante_poller.tls import TlsContexts
-    from replicante_poller.transport import Transport
 
-    client = Transport(TlsContexts()).start().client()
+    if hasattr(transport, "Transport"):
+        client = transport.Transport(TlsContexts()).start().client()
+    else:  # a tree from before the requests transport (--tree), for before/after runs
+        from replicante_poller.deadlines import DeadlineReaper
+        client = transport.AgentClient(TlsContexts(), DeadlineReaper().start())
     poll_settings, tls = PollSettings(interval=30.0, timeout=5.0), TlsSettings(ca_file=ca_file)
     targets = {int(url.rsplit(":", 1)[1]): Target(cluster, url, None, poll_settings, tls)
                for url, cluster in clusters.items()}

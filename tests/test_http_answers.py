@@ -29,7 +29,7 @@ from replicante_poller.pool import WorkerPool
 from replicante_poller.reasons import Reason, Status
 from replicante_poller.scheduler import Due
 from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import AgentClient, Transport
+from replicante_poller.transport import AgentClient, Transport, new_session
 
 URL = "https://mongo1.test:37017"
 CAP = 64 * 1024
@@ -266,3 +266,21 @@ def test_a_bug_is_internal_logged_with_its_traceback_and_counted(agent, transpor
     assert sample(registry, "replicante_poller_thread_errors_total", {"thread": "worker"}) == 1
     logged = [r for r in caplog.records if r.exc_info and "a bug in the product" in str(r.exc_info[1])]
     assert logged, caplog.text
+
+
+def test_the_adapter_refuses_what_would_weaken_or_bypass_the_configured_trust():
+    """Fail closed: the adapter never turns verification off, never reads a CA bundle or a
+    certificate given per request, never uses a proxy, and never sends outside a poll."""
+    session = new_session()
+    adapter = session.get_adapter("https://")
+    request = AgentClient.prepare("GET", URL, AGENT_INFO, None, None)
+
+    with pytest.raises(RuntimeError, match="outside of a poll"):
+        session.send(request)
+    with adapter.bind(object()):  # refused before the connection is touched
+        for weakening in ({"verify": False}, {"verify": "/etc/ssl/certs/ca-certificates.crt"},
+                          {"cert": "/etc/client.pem"}, {"proxies": {"https": "http://127.0.0.1:3128"}}):
+            with pytest.raises(ValueError, match="configured SSLContext"):
+                session.send(request, **weakening)
+    assert set(session.adapters) == {"https://"}  # plain http:// has no adapter at all
+    assert session.trust_env is False

@@ -30,7 +30,7 @@ from replicante_poller.signing import (
     signer_from_seed,
 )
 
-VECTOR = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "rfc9421-b26-ed25519.json"
+VECTOR = Path(__file__).resolve().parent / "vectors" / "rfc9421-b26-ed25519.json"  # copied from shared/vectors
 PATH = "/api/unstable/actions/schedule/agent.replicante.io/test.ping"
 BODY = b'{"action_id":"0b3c1c7e-6f1e-4a55-9d0e-5f1b9e0a8d11","args":{},"created_ts":"2024-05-01T00:00:00Z","requester":"CORE_API"}'
 NOW = 1_714_521_600
