@@ -1,8 +1,9 @@
-"""When each target is polled: a stable slot inside its interval, and the due-time heap.
+"""When each target is polled, and the scheduler thread that starts the polls.
 
 A target's slot is a hash of its identity, so every poller instance and every restart
 polls it at the same phase, and a fleet's polls spread evenly over the interval instead of
-firing at once. Pure and clock-free: the service loop passes `now` in.
+firing at once. `Schedule` (the due-time heap) is pure: `now` is passed in. `Scheduler`
+is the thread: the single writer of the fleet state (DESIGN section 3).
 """
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ import dataclasses
 import hashlib
 import heapq
 import itertools
+import logging
 import math
-from typing import Iterable, Optional
+import queue
+import threading
+import time
+from typing import Callable, Iterable, Optional, Union
 
 from .discovery import Target
+from .metrics import PollerMetrics
+from .poll import PollResult
+from .state import FleetState
+
+log = logging.getLogger(__name__)
 
 
 SLOT_GRID = 0.1  # seconds: slots fall on this grid, so polls due together start together
@@ -90,3 +100,142 @@ class Schedule:
 
     def __len__(self) -> int:
         return len(self._targets)
+
+
+Command = Callable[[], None]
+_WAKE = object()
+ERROR_PAUSE = 0.1  # after an unexpected error in the loop, so a persistent one cannot spin
+
+
+class Scheduler:
+    """The scheduler thread, single writer of the fleet state.
+
+    It starts the polls that are due (`dispatch`: never one whose target is already queued
+    or in flight, nor one its agent deferred with Retry-After), folds every result into the
+    state and the metrics (`record`), and runs the service's periodic tasks and commands
+    (a reload) on its own thread. It waits on one inbox (results, commands, wake-ups) with
+    a timeout until the next slot or task: results, commands and `stop` wake it.
+    """
+
+    def __init__(self, state: FleetState, metrics: PollerMetrics, submit: Callable[[Due], bool],
+                 inbox: "queue.Queue[object]", clock: Callable[[], float] = time.time):
+        self._state, self._metrics, self._submit, self._inbox, self._clock = state, metrics, submit, inbox, clock
+        self._schedule = Schedule()
+        self._in_flight: set[tuple[str, str]] = set()
+        self._unpolled: set[tuple[str, str]] = set()  # not polled since start or the last reload
+        self._tasks: list[tuple[Callable[[], float], Command, list[float]]] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    # -- what the service calls ---------------------------------------------------
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """Schedule exactly `targets` (unchanged ones keep slot and state) and report when
+        each has been polled once. From the scheduler thread, or before `start`."""
+        targets = tuple(targets)
+        self._schedule.set_targets(targets, self._clock())
+        self._state.set_targets(targets)
+        self._metrics.targets.set(len(targets))
+        self._unpolled = {t.key for t in targets}
+
+    def every(self, period: Callable[[], float], task: Command) -> None:
+        """Run `task` on the scheduler thread every `period()` seconds (read after each run)."""
+        self._tasks.append((period, task, [self._clock() + period()]))
+
+    def call(self, command: Command) -> None:
+        """Run `command` on the scheduler thread, soon (from any thread)."""
+        self._inbox.put(command)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop starting polls; results of polls still running are taken by `drain`."""
+        self._stopping.set()
+        self._inbox.put(_WAKE)
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def drain(self) -> None:
+        """Record the results already in the inbox (after the workers stopped)."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, PollResult):
+                self.record(item)
+
+    # -- the decisions --------------------------------------------------------------
+
+    def dispatch(self, now: float) -> None:
+        """Queue every poll due at `now`, except those of targets deferred, queued or in flight."""
+        for due in self._schedule.pop_due(now):
+            if due.missed:
+                self._metrics.poll_skipped("behind", due.missed)
+            key = due.target.key
+            view = self._state.view(key)
+            if view is not None and view.deferred_until is not None and due.due < view.deferred_until:
+                self._metrics.poll_skipped("deferred")
+            elif key in self._in_flight:
+                self._metrics.poll_skipped("in_flight")
+            elif self._submit(due):
+                self._in_flight.add(key)
+            else:
+                self._metrics.poll_skipped("queue_full")
+
+    def record(self, result: PollResult) -> None:
+        """Fold one result into the state and the metrics; log when every target was polled."""
+        self._in_flight.discard(result.target.key)
+        view = self._state.record(result)
+        if view is None or view.result is None:
+            return
+        final = view.result
+        self._metrics.poll_finished(final.ok, final.reason, final.duration)
+        if self._unpolled:
+            self._unpolled.discard(result.target.key)
+            if not self._unpolled:
+                views = self._state.snapshot()
+                up = sum(1 for v in views if v.result is not None and v.result.ok)
+                log.info("all %d agents polled: %d UP, %d down", len(views), up, len(views) - up)
+
+    def next_wake(self) -> Optional[float]:
+        """When the loop has something to do without being woken: a slot or a task."""
+        times = [t for t in [self._schedule.next_due()] + [due[0] for _, _, due in self._tasks] if t is not None]
+        return min(times) if times else None
+
+    # -- the thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._run_tasks(self._clock())
+                self.dispatch(self._clock())
+                wake = self.next_wake()
+                self._receive(None if wake is None else max(0.0, wake - self._clock()))
+            except Exception:  # the top of the scheduler loop: log, count, keep going
+                log.exception("scheduler loop error")
+                self._metrics.thread_error("scheduler")
+                self._stopping.wait(ERROR_PAUSE)
+
+    def _run_tasks(self, now: float) -> None:
+        for period, task, due in self._tasks:
+            if now >= due[0]:
+                due[0] = now + period()
+                task()
+
+    def _receive(self, timeout: Optional[float]) -> None:
+        """Wait up to `timeout` for the inbox, then take what else is there."""
+        try:
+            item: Union[object, PollResult, Command] = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, PollResult):
+                self.record(item)
+            elif callable(item):
+                item()
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return

@@ -1,8 +1,8 @@
-"""The poller service: wires discovery, scheduling, workers, state, metrics and the API.
+"""The poller service: wires discovery, the scheduler, workers, state, metrics and the API.
 
-One scheduler thread is the single writer of fleet state. Its loop waits on one inbox
-queue (poll results and commands such as reload) with a timeout until the next slot, so
-it needs no sleeps: results, reloads and stop all wake it.
+The `Scheduler` thread is the single writer of fleet state; the service gives it the
+targets, its periodic tasks (discovery and TLS file checks, state saves) and reloads as
+commands, all run on that thread.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .metrics import PollerMetrics, new_registry, render
 from .poll import PollResult
 from .pool import WorkerPool
 from .reasons import Reason
-from .scheduler import Schedule
+from .scheduler import Scheduler
 from .signing import load_signing_key
 from .state import FleetState, TargetView
 from .statefile import load_state, save_state
@@ -33,7 +33,6 @@ from .tls import TlsContexts
 from .transport import Transport
 
 log = logging.getLogger(__name__)
-_WAKE, _RELOAD = object(), object()
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
 
 
@@ -74,21 +73,18 @@ class Service:
         self.metrics = PollerMetrics(self.registry, self.state.snapshot)
         self.contexts = TlsContexts()
         self.stopping = threading.Event()
-        self._inbox: "queue.Queue[object]" = queue.Queue()
+        inbox: "queue.Queue[object]" = queue.Queue()  # poll results and commands, for the scheduler
         self._transport = Transport(self.contexts, dialer_threads=p.workers)
-        self._pool = WorkerPool(p.workers, self._transport, self._inbox, self.metrics, clock)
-        self._schedule = Schedule()
-        self._in_flight: set[tuple[str, str]] = set()
+        self._pool = WorkerPool(p.workers, self._transport, inbox, self.metrics, clock)
+        self._scheduler = Scheduler(self.state, self.metrics, self._pool.submit, inbox, clock)
         self._targets: tuple[Target, ...] = ()
         self._stamp: object = None
-        self._unpolled: set[tuple[str, str]] = set()  # targets without a result yet, for the progress log
         self._by_url: dict[str, Target] = {}
         self._started = clock()
         self._api: Optional[StatusServer] = None
         self.journal: Optional[Journal] = None
         self._dispatcher: Optional[Dispatcher] = None
         self._actions_api: Optional[ActionsApi] = None
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -109,7 +105,9 @@ class Service:
         self._transport.start()
         self._pool.start()
         self._api.start()
-        self._thread.start()
+        self._scheduler.every(lambda: self.config.discovery.refresh, self._check_files)
+        self._scheduler.every(self._save_period, self._save)
+        self._scheduler.start()
         if self._dispatcher is not None:
             self._dispatcher.start()
         log.info("polling %d agents; status on http://%s:%d/", len(targets), *self.api_address)
@@ -147,19 +145,17 @@ class Service:
         return self._api.address
 
     def request_reload(self) -> None:
-        """Ask the scheduler to re-read configuration and discovery (safe from a signal handler)."""
-        self._inbox.put(_RELOAD)
+        """Ask the scheduler to re-read configuration and discovery (from any thread)."""
+        self._scheduler.call(self._reload_from_file)
 
     def stop(self) -> None:
         """Stop scheduling, let in-flight polls end by their deadline, save state, close."""
         self.stopping.set()
-        self._inbox.put(_WAKE)
-        if self._thread.is_alive():
-            self._thread.join()
+        self._scheduler.stop()
         if self._dispatcher is not None:
             self._dispatcher.stop()
         self._pool.stop()
-        self._drain()
+        self._scheduler.drain()
         self._save()
         self._transport.stop()
         if self._api is not None:
@@ -169,84 +165,6 @@ class Service:
 
     def snapshot(self) -> list[TargetView]:
         return self.state.snapshot()
-
-    # -- the scheduler loop (single writer) -----------------------------------
-
-    def _loop(self) -> None:
-        now = self._clock()
-        next_check, next_save = now + self.config.discovery.refresh, now + self._save_period()
-        while not self.stopping.is_set():
-            try:
-                now = self._clock()
-                if now >= next_check:
-                    next_check = now + self.config.discovery.refresh
-                    self._check_files()
-                if now >= next_save:
-                    next_save = now + self._save_period()
-                    self._save()
-                self._dispatch(now)
-                due = self._schedule.next_due()
-                wake = min(t for t in (due, next_check, next_save) if t is not None)
-                if self._receive(max(0.0, wake - self._clock())):
-                    self._reload_from_file()
-            except Exception:  # the top of the scheduler loop: log, count, keep going
-                log.exception("scheduler loop error")
-                self.metrics.thread_error("scheduler")
-                self.stopping.wait(0.1)
-
-    def _dispatch(self, now: float) -> None:
-        for due in self._schedule.pop_due(now):
-            if due.missed:
-                self.metrics.poll_skipped("behind", due.missed)
-            key = due.target.key
-            view = self.state.view(key)
-            if view is not None and view.deferred_until is not None and due.due < view.deferred_until:
-                self.metrics.poll_skipped("deferred")
-            elif key in self._in_flight:
-                self.metrics.poll_skipped("in_flight")
-            elif self._pool.submit(due):
-                self._in_flight.add(key)
-            else:
-                self.metrics.poll_skipped("queue_full")
-
-    def _receive(self, timeout: float) -> bool:
-        """Wait up to `timeout` for the inbox, then take what else is there; True on reload."""
-        reload = False
-        try:
-            item = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            return False
-        while True:
-            if isinstance(item, PollResult):
-                self._record(item)
-            elif item is _RELOAD:
-                reload = True
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return reload
-
-    def _record(self, result: PollResult) -> None:
-        self._in_flight.discard(result.target.key)
-        view = self.state.record(result)
-        if view is not None and view.result is not None:
-            final = view.result
-            self.metrics.poll_finished(final.ok, final.reason, final.duration)
-            if self._unpolled:
-                self._unpolled.discard(result.target.key)
-                if not self._unpolled:
-                    views = self.state.snapshot()
-                    up = sum(1 for v in views if v.result is not None and v.result.ok)
-                    log.info("all %d agents polled: %d UP, %d down", len(views), up, len(views) - up)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(item, PollResult):
-                self._record(item)
 
     # -- configuration and discovery ------------------------------------------
 
@@ -271,10 +189,7 @@ class Service:
         for target in targets:
             by_url.setdefault(target.url, target)
         self._by_url = by_url
-        self._schedule.set_targets(targets, self._clock())
-        self.state.set_targets(targets)
-        self.metrics.targets.set(len(targets))
-        self._unpolled = {v.target.key for v in self.state.snapshot() if v.result is None}
+        self._scheduler.set_targets(targets)
 
     def _reload_from_file(self) -> None:
         log.info("reloading configuration")
@@ -307,7 +222,7 @@ class Service:
         self.config = config
         if targets != self._targets:
             log.info("now polling %d agents (was %d)", len(targets), len(self._targets))
-            self._apply_targets(targets)
+        self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
 

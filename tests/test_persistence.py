@@ -77,6 +77,25 @@ def test_state_file_round_trip_keeps_models_health_and_times(tmp_path):
     assert loaded == original
 
 
+def test_state_file_is_replaced_whole_never_rewritten_in_place(tmp_path):
+    """A crash mid-save must leave the previous file whole: the new state goes to a new
+    file renamed over the old one. A hard link to the old file sees the old bytes after
+    a save; a save that rewrote the file in place would change them."""
+    state = FleetState(fall=2, rise=1)
+    state.set_targets([TARGET, OTHER])
+    state.record(up(TARGET, 100.0))
+    first = save_state(str(tmp_path), state.snapshot(), clock=lambda: 1.0)
+    before = first.read_bytes()
+    os.link(first, tmp_path / "previous")
+
+    state.record(down(OTHER, 200.0))
+    second = save_state(str(tmp_path), state.snapshot(), clock=lambda: 2.0)
+
+    assert (tmp_path / "previous").read_bytes() == before
+    assert second.read_bytes() != before
+    assert os.stat(second).st_ino != os.stat(tmp_path / "previous").st_ino
+
+
 def test_saved_targets_no_longer_known_are_dropped(tmp_path):
     state = FleetState(fall=2, rise=1)
     state.set_targets([TARGET, OTHER])

@@ -1,15 +1,23 @@
 """The scheduler's stable slots and due-time heap, driven by a fake `now` (no clock, no sleeps)."""
 from __future__ import annotations
 
+import logging
 import math
+import queue
 import random
+import threading
 from collections import Counter
 
 import pytest
 
 from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.discovery import Target
-from replicante_poller.scheduler import SLOT_GRID, Due, Schedule, next_slot, slot
+from replicante_poller.models import DatastoreInfo
+from replicante_poller.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.poll import PollResult
+from replicante_poller.reasons import Reason, Status
+from replicante_poller.scheduler import SLOT_GRID, Due, Schedule, Scheduler, next_slot, slot
+from replicante_poller.state import FleetState
 
 
 def target(n: int | str, interval: float = 10.0, cluster: str = "c", timeout: float = 1.0) -> Target:
@@ -348,3 +356,136 @@ def test_pop_due_never_returns_a_target_twice_at_unix_times() -> None:
         keys = [d.target.key for d in popped]
         assert len(keys) == len(set(keys)), Counter(keys).most_common(3)
         assert schedule.next_due() > now
+
+
+# --- Scheduler: the decisions of the scheduler thread, driven by an explicit `now` -----------
+
+
+class Pool:
+    """Stands in for the worker pool's submit(): records what was queued; `full` refuses."""
+
+    def __init__(self) -> None:
+        self.queued: list[Due] = []
+        self.full = False
+
+    def submit(self, due: Due) -> bool:
+        if self.full:
+            return False
+        self.queued.append(due)
+        return True
+
+
+def scheduler_with(targets, now: float = 1000.0):
+    registry = new_registry()
+    state = FleetState(fall=1, rise=1)
+    pool = Pool()
+    clock = [now]
+    scheduler = Scheduler(state, PollerMetrics(registry, state.snapshot), pool.submit, queue.Queue(), lambda: clock[0])
+    scheduler.set_targets(targets)
+    return scheduler, pool, registry, clock
+
+
+def skipped(registry, reason: str) -> float:
+    return sample(registry, "replicante_poller_polls_skipped_total", {"reason": reason})
+
+
+def result_of(due: Due, ok: bool = True, retry_after=None) -> PollResult:
+    if not ok:
+        return PollResult(due.target, Status.AGENT_DOWN, Reason.HTTP_STATUS, "test", due.due, 0.01, retry_after=retry_after)
+    node = DatastoreInfo(None, due.target.cluster_id, "MongoDB", due.target.url, "6.0")
+    return PollResult(due.target, Status.UP, None, "test", due.due, 0.01, datastore=node)
+
+
+def test_a_target_is_never_queued_while_it_is_queued_or_in_flight() -> None:
+    t = target(1)
+    scheduler, pool, registry, _ = scheduler_with([t])
+    first = next_slot(t, 1000.0)
+
+    scheduler.dispatch(first)
+    scheduler.dispatch(first + 10.0)  # its next slot: the first poll has not ended
+    scheduler.dispatch(first + 20.0)
+
+    assert [d.due for d in pool.queued] == [first]
+    assert skipped(registry, "in_flight") == 2
+    scheduler.record(result_of(pool.queued[0]))
+    scheduler.dispatch(first + 30.0)
+    assert [d.due for d in pool.queued] == [first, first + 30.0]
+
+
+def test_a_full_queue_skips_the_poll_without_blocking_the_next_one() -> None:
+    t = target(2)
+    scheduler, pool, registry, _ = scheduler_with([t])
+    first = next_slot(t, 1000.0)
+    pool.full = True
+
+    scheduler.dispatch(first)
+    pool.full = False
+    scheduler.dispatch(first + 10.0)
+
+    assert skipped(registry, "queue_full") == 1 and skipped(registry, "in_flight") == 0
+    assert [d.due for d in pool.queued] == [first + 10.0]
+
+
+def test_a_deferred_target_is_skipped_until_its_deferral_ends() -> None:
+    t = target(3)
+    scheduler, pool, registry, _ = scheduler_with([t])
+    first = next_slot(t, 1000.0)
+    scheduler.dispatch(first)
+    scheduler.record(result_of(pool.queued[0], ok=False, retry_after=25.0))  # deferred until first + 25
+
+    scheduler.dispatch(first + 10.0)
+    scheduler.dispatch(first + 20.0)
+    scheduler.dispatch(first + 30.0)
+
+    assert skipped(registry, "deferred") == 2
+    assert [d.due for d in pool.queued] == [first, first + 30.0]
+
+
+def test_missed_slots_are_counted_as_behind() -> None:
+    t = target(4)
+    scheduler, pool, registry, _ = scheduler_with([t])
+    first = next_slot(t, 1000.0)
+
+    scheduler.dispatch(first + 35.0)  # the loop woke three slots late
+
+    assert skipped(registry, "behind") == 3
+    assert [d.due for d in pool.queued] == [first + 30.0]
+
+
+def test_progress_is_logged_when_every_target_was_polled_after_each_set_targets(caplog) -> None:
+    a, b = target("a"), target("b")
+    scheduler, pool, _, _ = scheduler_with([a, b])
+    scheduler.dispatch(1000.0 + 10.0)
+    with caplog.at_level(logging.INFO, logger="replicante_poller.scheduler"):
+        scheduler.record(result_of(pool.queued[0]))
+        assert "all 2 agents polled" not in caplog.text
+        scheduler.record(result_of(pool.queued[1], ok=False))
+        assert "all 2 agents polled: 1 UP, 1 down" in caplog.text
+        caplog.clear()
+        scheduler.set_targets([a, b])  # a reload with the same targets: progress is reported anew
+        scheduler.dispatch(1000.0 + 20.0)
+        for due in pool.queued[2:]:
+            scheduler.record(result_of(due))
+        assert "all 2 agents polled: 2 UP, 0 down" in caplog.text
+
+
+def test_commands_and_periodic_tasks_run_on_the_scheduler_thread() -> None:
+    scheduler, _, _, _ = scheduler_with([])
+    ran: dict[str, str] = {}
+    done = threading.Event()
+
+    def task() -> None:
+        ran.setdefault("task", threading.current_thread().name)
+
+    def command() -> None:
+        ran["command"] = threading.current_thread().name
+        done.set()
+
+    scheduler.every(lambda: 0.0, task)  # due at once
+    scheduler.start()
+    try:
+        scheduler.call(command)
+        assert done.wait(5)
+    finally:
+        scheduler.stop()
+    assert ran == {"task": "scheduler", "command": "scheduler"}

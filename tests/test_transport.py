@@ -8,12 +8,14 @@ that the message says what happened. Deadlines are 1 s, so slow servers cost abo
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import json
 import pathlib
 import socket
 import ssl
 import time
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import certifi
@@ -209,6 +211,26 @@ def test_polls_go_through_session_send_one_connection_each_and_load_no_ca(client
     assert [s["url"] for s in sends] == [server.url + p for p in (AGENT_INFO, DATASTORE_INFO, SHARDS)] * 5
     assert all(s["stream"] and not s["allow_redirects"] and s["proxies"] == {} for s in sends)
     assert server.accepted == 6
+
+
+@pytest.mark.parametrize("agent_handlers", ["healthy", "failing"])
+def test_every_poll_closes_its_connection_itself(client, serve, target, agent_handlers):
+    """Closed by the transport when the poll ends, success or failure, never left for the
+    garbage collector (which warns `unclosed socket`, and only closes when it gets to it)."""
+    handlers = healthy() if agent_handlers == "healthy" else healthy(datastore=respond(500))
+    server = serve(handlers)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.disable()  # nothing may rely on a collection happening
+        try:
+            result = poll_target(client, target(server.url))
+            unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+        finally:
+            gc.enable()
+
+    assert result.ok is (agent_handlers == "healthy"), result.message
+    assert unclosed == []
+    assert server.connection(0).eof.wait(5)
 
 
 # -- TLS -----------------------------------------------------------------------------------

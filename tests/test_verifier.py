@@ -2,13 +2,15 @@
 key validity windows, and the replay store's atomicity and persistence."""
 from __future__ import annotations
 
+import base64
 import json
 import os
+import stat
 import threading
 
 import pytest
 
-from replicante_poller.httpsig import sign_action
+from replicante_poller.httpsig import COVERED, LABEL, MAX_TTL, TAG, SignatureParams, content_digest, sign_action, signature_base
 from replicante_poller.replay import ReplayStore
 from replicante_poller.signing import KeyFileError, generate_keypair, load_signing_key, signer_from_seed
 from replicante_poller.verifier import Keyring, Rejection, TrustedKey, Verifier, parse_key_entry
@@ -155,3 +157,57 @@ def test_an_unanswered_claim_goes_stale_so_a_dead_forwarder_blocks_nothing():
     claimed, known, previous = store.claim_action("a-1", "fp", stale_after=20)
     assert not claimed and previous.status == 200  # answered claims never go stale
     assert store.claim_action("a-1", "other", stale_after=20) == (False, "fp", previous)
+
+
+def forged(params: SignatureParams, signer=KEY, body=None, path=PATH) -> tuple:
+    """A request signed correctly over `params`, whatever they say (sign_action would refuse
+    such parameters): what only the verifier's own checks can stop."""
+    body = body if body is not None else json.dumps({"action_id": "a-1", "args": None}).encode()
+    headers = {"Content-Type": "application/json", "Content-Digest": content_digest(body),
+               "Replicante-Cluster": "rs", "Replicante-Node": "node-1"}
+    signature = signer.sign(signature_base("POST", path, None, headers, params))
+    headers["Signature-Input"] = f"{LABEL}={params.serialize()}"
+    headers["Signature"] = f"{LABEL}=:{base64.b64encode(signature).decode()}:"
+    return "POST", path, headers, body
+
+
+def params(ttl: int = 60, nonce: str = "bm5ubm5ubm5ubm5ubm5ubg") -> SignatureParams:
+    return SignatureParams(components=COVERED, created=NOW, expires=NOW + ttl, nonce=nonce, keyid=KEY.key_id, tag=TAG)
+
+
+def test_the_forged_helper_makes_requests_the_verifier_accepts():
+    assert verifier().verify(*forged(params())).accepted
+
+
+@pytest.mark.parametrize("ttl", [MAX_TTL + 1, 3600, 10**9])
+def test_a_validity_window_over_300_seconds_is_refused(ttl):
+    verdict = verifier().verify(*forged(params(ttl=ttl)))
+
+    assert (verdict.accepted, verdict.reason) == (False, Rejection.BAD_WINDOW), verdict
+
+
+def test_a_validity_window_of_exactly_300_seconds_is_accepted():
+    assert verifier().verify(*forged(params(ttl=MAX_TTL))).accepted
+
+
+@pytest.mark.parametrize("nonce", ["short", "bm5ubm5ubm5ubm5ubm5ubgA", "bm5ubm5ubm5ubm5ubm5ub", "bm5ubm5ubm5ubm5ubm5u+g",
+                                   "bm5ubm5ubm5ubm5ubm5u/g", "bm5ubm5ubm5ubm5ubm5ub=", "bm5ubm5ubm5ubm5ubm5u g"])
+def test_a_nonce_that_is_not_22_base64url_characters_is_refused(nonce):
+    verdict = verifier().verify(*forged(params(nonce=nonce)))
+
+    assert (verdict.accepted, verdict.reason) == (False, Rejection.MALFORMED), verdict
+    assert "nonce" in verdict.detail
+
+
+def test_the_replay_store_and_its_journal_files_are_private(tmp_path):
+    old = os.umask(0o022)  # a usual umask: the store must not rely on a strict one
+    try:
+        store = ReplayStore(str(tmp_path / "gateway" / "replay.db"))
+        assert store.remember_nonce(KEY.key_id, "bm5ubm5ubm5ubm5ubm5ubg", NOW + 60)
+    finally:
+        os.umask(old)
+    files = sorted(tmp_path.joinpath("gateway").iterdir())
+    assert [f.name for f in files][:1] == ["replay.db"]
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) & 0o077 == 0, f"{file.name} is {oct(file.stat().st_mode)}"
+    store.close()

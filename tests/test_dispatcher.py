@@ -1,0 +1,153 @@
+"""The dispatcher's delivery rules, one step at a time, against a real TLS agent on loopback.
+
+The `Dispatcher` runs with a real journal, signer and transport; the agent is a scripted
+server that sees each schedule request as it arrives: what the journal held at that
+moment (through a separate read-only connection), and the exact signed headers.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import trustme
+
+from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
+from replicante_poller.discovery import Target
+from replicante_poller.dispatcher import SCHEDULE, Dispatcher
+from replicante_poller.httpsig import parse_signature_input
+from replicante_poller.journal import ActionState, Journal
+from replicante_poller.metrics import PollerMetrics, new_registry
+from replicante_poller.signing import generate_keypair, load_signing_key
+from replicante_poller.tls import TlsContexts
+from replicante_poller.transport import Transport
+
+from tls_servers import Exchange, TlsServer, response_bytes, server_context
+
+KIND = "agent.replicante.io/test.ping"
+
+
+class Clock:
+    """A clock the test moves: each attempt is signed at a later second."""
+
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Agent:
+    """Answers schedule requests from a script of (status, body) and records each one."""
+
+    def __init__(self, journal_path: str, answers: list[tuple[int, bytes]]):
+        self.journal_path, self.answers = journal_path, list(answers)
+        self.seen: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, ex: Exchange) -> bool:
+        body = ex.rfile.read(int(ex.request.headers.get("content-length", "0")))
+        action_id = json.loads(body)["action_id"]
+        reader = Journal(self.journal_path, readonly=True)
+        try:
+            journaled = [(a.n, a.outcome) for a in reader.attempts(action_id)]
+        finally:
+            reader.close()
+        with self.lock:
+            self.seen.append({"headers": dict(ex.request.headers), "body": body, "journaled": journaled})
+            status, answer = self.answers.pop(0) if self.answers else (200, json.dumps({"id": action_id}).encode())
+        return ex.send(response_bytes(status, answer))
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], tuple]]:
+    """Make (agent, journal, dispatcher, client, clock) for a script of answers."""
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    generate_keypair(str(tmp_path / "core"))
+    signer = load_signing_key(str(tmp_path / "core.key"))
+    journal_path = str(tmp_path / "actions.db")
+    servers: list[TlsServer] = []
+    closers: list[Callable[[], None]] = []
+
+    def make(answers: list[tuple[int, bytes]]) -> tuple:
+        agent = Agent(journal_path, answers)
+        server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {SCHEDULE + KIND: agent}).__enter__()
+        servers.append(server)
+        clock = Clock()
+        journal = Journal(journal_path, clock)
+        target = Target("rs", server.url, None, PollSettings(interval=10.0, timeout=2.0),
+                        TlsSettings(ca_file=str(tmp_path / "ca.pem")))
+        settings = ActionsSettings(enabled=True, max_attempts=5, backoff=1.0)
+        transport = Transport(TlsContexts(), reaper=reaper)
+        dispatcher = Dispatcher(journal, settings, signer, lambda url: target if url == target.url else None,
+                                lambda t: ("rs", "node-1"), transport, PollerMetrics(new_registry(), lambda: []), clock)
+        client = transport.client()
+        closers.extend([client.close, journal.close])
+        return agent, journal, dispatcher, client, clock, target
+
+    yield make
+    for close in closers:
+        close()
+    for server in servers:
+        server.stop()
+
+
+def step_until_final(journal: Journal, dispatcher: Dispatcher, client: Any, clock: Clock, action_id: str,
+                     steps: int = 10) -> Any:
+    for _ in range(steps):
+        action = journal.get(action_id)
+        if action.state is not ActionState.PENDING:
+            return action
+        clock.now = max(clock.now + 1, action.next_ts)
+        dispatcher.step(client, action)
+    return journal.get(action_id)
+
+
+def test_the_attempt_is_journaled_before_its_request_leaves(setup):
+    agent, journal, dispatcher, client, clock, target = setup([])
+    action = journal.submit(target.url, KIND, {"n": 1})
+
+    dispatcher.step(client, action)
+
+    (request,) = agent.seen
+    assert request["journaled"] == [(1, "sending")], "the agent got the request before the journal had the attempt"
+    assert [(a.n, a.outcome) for a in journal.attempts(action.id)] == [(1, "accepted")]
+
+
+def test_every_attempt_is_signed_anew_with_the_same_action_id(setup):
+    busy = (503, b'{"error":"busy","layers":[],"trace":null,"variant":null}')
+    agent, journal, dispatcher, client, clock, target = setup([busy, busy])
+    action = journal.submit(target.url, KIND, {"n": 1})
+
+    final = step_until_final(journal, dispatcher, client, clock, action.id)
+
+    assert final.state is ActionState.SCHEDULED and final.attempts == 3
+    params = [next(iter(parse_signature_input(s["headers"]["signature-input"]).values()))[0] for s in agent.seen]
+    assert len({p.nonce for p in params}) == 3, "a nonce was reused by a retry"
+    assert len({p.created for p in params}) == 3, "a retry reused the signing time"
+    assert {json.loads(s["body"])["action_id"] for s in agent.seen} == {action.id}
+    assert [s["journaled"][-1] for s in agent.seen] == [(1, "sending"), (2, "sending"), (3, "sending")]
+
+
+@pytest.mark.parametrize("answer, state", [
+    (b'{"error":"action exists","layers":[],"trace":null,"variant":"ActionAlreadyExists"}', ActionState.SCHEDULED),
+    (b'{"error":"conflict","layers":[],"trace":null,"variant":"StoreConflict"}', ActionState.REJECTED),
+    (b'{"error":"conflict","layers":[],"trace":null,"variant":null}', ActionState.REJECTED),
+    (b"", ActionState.REJECTED),
+])
+def test_only_the_agents_already_exists_answer_makes_a_409_delivered(setup, answer, state):
+    agent, journal, dispatcher, client, clock, target = setup([(409, answer)])
+    action = journal.submit(target.url, KIND, None)
+
+    dispatcher.step(client, action)
+
+    done = journal.get(action.id)
+    assert done.state is state, done.message
+    assert len(agent.seen) == 1
