@@ -6,12 +6,13 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
 from typing import Callable, Optional, Sequence
 
-from . import __version__, agentsim, demo
+from . import __version__
 from .actions_api import SubmissionError, action_json, submit
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
@@ -162,8 +163,20 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser of every verb."""
+# Tools, not the service: their modules (and trustme) are imported only when their verb runs.
+TOOL_VERBS = {"demo": (".demo", "simulated agents on loopback and the service polling them"),
+              "agent-sim": (".agentsim", "the reference agent simulator")}
+
+
+def _tool(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module, __package__).main(args))
+    return run
+
+
+def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The argument parser of every verb; a tool verb's own arguments are added (and its
+    module imported) only when `argv` names it."""
     root = argparse.ArgumentParser(prog="replicante-poller", description="Poll Replicante agents over HTTPS.")
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -193,13 +206,16 @@ def parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=50)
     verb(actions, "show", cmd_action_show, "one action with its attempts and agent history", config=True).add_argument("id")
     verb(verbs, "gateway", cmd_gateway, "verifying reverse proxy in front of an agent", config=True)
-    demo.add_arguments(verb(verbs, "demo", demo.main, "simulated agents on loopback and the service polling them"))
-    agentsim.add_arguments(verb(verbs, "agent-sim", agentsim.main, "the reference agent simulator"))
+    for name, (module, help) in TOOL_VERBS.items():
+        sub = verb(verbs, name, _tool(module), help)
+        if name in argv:
+            importlib.import_module(module, __package__).add_arguments(sub)
     return root
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(argv).parse_args(argv)
     _setup_logging(args.log_level)
     try:
         return args.func(args)

@@ -1,4 +1,10 @@
-"""Signal handling for long-running verbs: handlers only set an Event (gunicorn's way)."""
+"""Signal handling for long-running verbs: handlers do as little as gunicorn's do.
+
+`install_stop_handlers` (the service): SIGTERM/SIGINT log a line and set the stop Event,
+SIGHUP logs and calls `reload`, which only enqueues a command for the scheduler thread.
+`signal_commands` (the gateway): every handler only puts STOP or RELOAD on a SimpleQueue
+that the main thread reads.
+"""
 from __future__ import annotations
 
 import logging

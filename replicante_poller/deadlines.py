@@ -80,8 +80,9 @@ def _shutdown(sock: socket.socket) -> None:
 class DeadlineReaper:
     """A thread that expires watches whose deadline passed (monotonic clock)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
-        self._clock = clock
+    def __init__(self, clock: Callable[[], float] = time.monotonic, on_error: Callable[[], None] = lambda: None):
+        """`on_error` is called (after the log line) for each unexpected error the loop survives."""
+        self._clock, self._on_error = clock, on_error
         self._heap: list[tuple[float, int, Watch]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -133,3 +134,4 @@ class DeadlineReaper:
                     watch.expire()
                 except Exception:  # a reaper that dies would let every poll hang
                     log.exception("expiring a poll deadline failed")
+                    self._on_error()

@@ -16,10 +16,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from pathlib import Path
+
+from typing import Any, Callable, Iterator, Optional
 
 from .errors import StoreError
-from typing import Any, Callable, Iterator, Optional
+from .sqlitestore import BUSY_TIMEOUT, SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (
@@ -118,55 +119,36 @@ def _action(row: sqlite3.Row) -> Action:
     return Action(**values)
 
 
-class Journal:
+class Journal(SqliteStore):
     """SQLite journal shared by the service, the API and the CLI (several processes)."""
 
-    def __str__(self) -> str:
-        return self._path
+    what = "action journal"
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time, readonly: bool = False):
+    def __init__(self, path: str, clock: Callable[[], float] = time.time, readonly: bool = False,
+                 timeout: float = BUSY_TIMEOUT):
         """Open (or create, mode 0600) the journal; StoreError when it cannot be used.
 
         `readonly` opens an existing journal only (for `action list` and `show`)."""
-        self._path = path
+        if readonly and not os.path.isfile(path):
+            raise StoreError(path, self.what, "no such file (has the service run with actions enabled?)")
+        super().__init__(path, SCHEMA, timeout, readonly)
         self._clock = clock
-        self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        try:
-            if readonly:
-                if not os.path.isfile(path):
-                    raise StoreError(path, "action journal", "no such file (has the service run with actions enabled?)")
-                self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0, isolation_level=None,
-                                           check_same_thread=False)
-            else:
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # WAL and SHM files inherit the mode
-                self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            if not readonly:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                with self._lock:
-                    self._db.executescript(SCHEMA)  # executescript commits on its own
-            self._db.execute("SELECT COUNT(*) FROM actions").fetchone()
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(path, "action journal", exc) from None
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self.locked() as db:
+            db.row_factory = sqlite3.Row
+            db.execute("SELECT COUNT(*) FROM actions").fetchone()
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction under the lock; waiters are told after it commits."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self.locked() as db:
+            db.execute("BEGIN IMMEDIATE")
             try:
-                yield self._db
-                self._db.execute("COMMIT")
+                yield db
+                db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             self._changed.notify_all()
 
@@ -188,7 +170,7 @@ class Journal:
         return action
 
     def get(self, action_id: str) -> Optional[Action]:
-        with self._lock:
+        with self.locked():
             return self._get(action_id)
 
     def _get(self, action_id: str) -> Optional[Action]:
@@ -199,7 +181,7 @@ class Journal:
         """Block until the action satisfies `predicate` after a write by this process, or timeout.
 
         Returns the action as last read (check the predicate again to tell a timeout)."""
-        with self._changed:
+        with self._changed, self.translated():
             found: list[Optional[Action]] = [None]
 
             def check() -> bool:
@@ -211,34 +193,34 @@ class Journal:
 
     def list(self, limit: int = 200) -> list[Action]:
         """Newest first."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM actions ORDER BY created_ts DESC, id LIMIT ?", (limit,)).fetchall()
+        with self.locked() as db:
+            rows = db.execute("SELECT * FROM actions ORDER BY created_ts DESC, id LIMIT ?", (limit,)).fetchall()
         return [_action(r) for r in rows]
 
     def attempts(self, action_id: str) -> list[Attempt]:
-        with self._lock:
-            rows = self._db.execute("SELECT n, ts, outcome, detail FROM attempts WHERE action_id = ? ORDER BY n",
+        with self.locked() as db:
+            rows = db.execute("SELECT n, ts, outcome, detail FROM attempts WHERE action_id = ? ORDER BY n",
                                     (action_id,)).fetchall()
         return [Attempt(**dict(r)) for r in rows]
 
     def due(self, now: float, limit: int = 100) -> list[Action]:
         """Live actions whose next step is due: delivery of PENDING ones, tracking of the others."""
-        with self._lock:
-            rows = self._db.execute(
+        with self.locked() as db:
+            rows = db.execute(
                 "SELECT * FROM actions WHERE state IN ('PENDING', 'SCHEDULED', 'RUNNING') AND next_ts <= ?"
                 " ORDER BY next_ts LIMIT ?", (now, limit)).fetchall()
         return [_action(r) for r in rows]
 
     def next_due(self) -> Optional[float]:
-        with self._lock:
-            row = self._db.execute(
+        with self.locked() as db:
+            row = db.execute(
                 "SELECT MIN(next_ts) FROM actions WHERE state IN ('PENDING', 'SCHEDULED', 'RUNNING')").fetchone()
         return row[0]
 
     def pending(self) -> int:
         """Actions not delivered yet."""
-        with self._lock:
-            return self._db.execute("SELECT COUNT(*) FROM actions WHERE state = 'PENDING'").fetchone()[0]
+        with self.locked() as db:
+            return db.execute("SELECT COUNT(*) FROM actions WHERE state = 'PENDING'").fetchone()[0]
 
     def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
         """Commit that attempt n is about to be sent (before it is); returns n."""

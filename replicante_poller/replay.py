@@ -7,14 +7,10 @@ plus the clock skew, then purged.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sqlite3
-import threading
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import StoreError
+from .sqlitestore import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (
@@ -38,36 +34,24 @@ class Outcome:
     body: Optional[bytes]
 
 
-class ReplayStore:
+class ReplayStore(SqliteStore):
     """Replay cache and idempotency records in one SQLite file."""
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.time):
-        self._clock = clock
-        self._lock = threading.Lock()
-        try:
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # WAL and SHM files inherit the mode
-            self._db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise StoreError(path, "replay store", exc) from None
-        self._next_purge = 0.0
+    what = "replay store"
 
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+    def __init__(self, path: str, clock: Callable[[], float] = time.time):
+        super().__init__(path, SCHEMA)
+        self._clock = clock
+        self._next_purge = 0.0
 
     def remember_nonce(self, keyid: str, nonce: str, keep_until: float) -> bool:
         """Insert (keyid, nonce) unless present: True the first time, False for a replay."""
         now = self._clock()
-        with self._lock:
+        with self.locked() as db:
             if now >= self._next_purge:
-                self._db.execute("DELETE FROM nonces WHERE keep_until < ?", (now,))
+                db.execute("DELETE FROM nonces WHERE keep_until < ?", (now,))
                 self._next_purge = now + PURGE_EVERY
-            cursor = self._db.execute("INSERT OR IGNORE INTO nonces (keyid, nonce, keep_until) VALUES (?, ?, ?)",
+            cursor = db.execute("INSERT OR IGNORE INTO nonces (keyid, nonce, keep_until) VALUES (?, ?, ?)",
                                       (keyid, nonce, keep_until))
             return cursor.rowcount == 1
 
@@ -82,29 +66,29 @@ class ReplayStore:
         first request is still in flight).
         """
         now = self._clock()
-        with self._lock:
-            cursor = self._db.execute(
+        with self.locked() as db:
+            cursor = db.execute(
                 "INSERT OR IGNORE INTO actions (action_id, fingerprint, first_seen) VALUES (?, ?, ?)",
                 (action_id, fingerprint, now))
             if cursor.rowcount == 1:
                 return True, fingerprint, None
-            cursor = self._db.execute(
+            cursor = db.execute(
                 "UPDATE actions SET first_seen = ? WHERE action_id = ? AND fingerprint = ? AND status IS NULL"
                 " AND first_seen < ?", (now, action_id, fingerprint, now - stale_after))
             if cursor.rowcount == 1:
                 return True, fingerprint, None
-            row = self._db.execute("SELECT fingerprint, status, content_type, body FROM actions WHERE action_id = ?",
+            row = db.execute("SELECT fingerprint, status, content_type, body FROM actions WHERE action_id = ?",
                                    (action_id,)).fetchone()
         known, status, content_type, body = row
         return False, known, (Outcome(status, content_type, body) if status is not None else None)
 
     def record_outcome(self, action_id: str, status: int, content_type: str, body: bytes) -> None:
         """Keep the agent's first answer for later retries of the same action."""
-        with self._lock:
-            self._db.execute("UPDATE actions SET status = ?, content_type = ?, body = ? WHERE action_id = ?",
+        with self.locked() as db:
+            db.execute("UPDATE actions SET status = ?, content_type = ?, body = ? WHERE action_id = ?",
                              (status, content_type, body, action_id))
 
     def release_action(self, action_id: str) -> None:
         """Forget a claim whose forwarding failed before the agent answered, so a retry can go through."""
-        with self._lock:
-            self._db.execute("DELETE FROM actions WHERE action_id = ? AND status IS NULL", (action_id,))
+        with self.locked() as db:
+            db.execute("DELETE FROM actions WHERE action_id = ? AND status IS NULL", (action_id,))

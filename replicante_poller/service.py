@@ -16,12 +16,12 @@ from typing import Callable, Optional
 
 from .actions_api import ActionsApi, read_token
 from .config import ActionsSettings, Config, load_config
+from .deadlines import DeadlineReaper
 from .discovery import Target, discover, discovery_stamp
 from .dispatcher import Dispatcher
 from .errors import ConfigError, PollerError
 from .journal import Journal
 from .metrics import PollerMetrics, new_registry, render
-from .poll import PollResult
 from .pool import WorkerPool
 from .reasons import Reason
 from .scheduler import Scheduler
@@ -74,7 +74,8 @@ class Service:
         self.contexts = TlsContexts()
         self.stopping = threading.Event()
         inbox: "queue.Queue[object]" = queue.Queue()  # poll results and commands, for the scheduler
-        self._transport = Transport(self.contexts, dialer_threads=p.workers)
+        self._transport = Transport(self.contexts, dialer_threads=p.workers,
+                                    reaper=DeadlineReaper(on_error=lambda: self.metrics.thread_error("reaper")))
         self._pool = WorkerPool(p.workers, self._transport, inbox, self.metrics, clock)
         self._scheduler = Scheduler(self.state, self.metrics, self._pool.submit, inbox, clock)
         self._targets: tuple[Target, ...] = ()

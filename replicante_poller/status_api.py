@@ -1,6 +1,8 @@
-"""The status listener: `/metrics`, `/api/v1/targets` and an HTML page at `/`.
+"""The status listener: `/metrics`, `/api/v1/targets`, an HTML page at `/`, and the
+actions API (`/api/v1/actions`, handed to `ActionsApi`).
 
-Read-only views over state snapshots; nothing here writes state.
+Metrics, targets and the page are read-only views over state snapshots; the only writes
+are action submissions, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 

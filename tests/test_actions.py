@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 
@@ -294,6 +295,27 @@ def test_unusable_journal_is_one_line_error_and_files_are_private(tmp_path, pki,
     for file in keys["journal"].parent.glob("actions.db*"):
         assert file.stat().st_mode & 0o077 == 0, file
     journal.close()
+
+
+def test_a_locked_journal_is_a_one_line_error_not_a_traceback(tmp_path, pki, keys):
+    """Another process holds the journal's write lock past the busy timeout (10 s)."""
+    from replicante_poller.journal import Journal
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", "https://127.0.0.1:9")], pki, keys))
+    Journal(str(keys["journal"])).close()
+    holder = sqlite3.connect(str(keys["journal"]), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        done = subprocess.run([sys.executable, "-m", "replicante_poller", "action", "submit", "--config", str(path),
+                               "--agent", "https://127.0.0.1:9", "--kind", PING], capture_output=True, text=True,
+                              timeout=60)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "action journal" in done.stderr and "locked" in done.stderr
 
 
 def test_an_action_that_breaks_the_dispatcher_delays_only_itself(start_sim, start_service, pki, keys):

@@ -127,3 +127,14 @@ def test_check_config_loads_what_run_loads(tmp_path, pki):
     done = run("check-config", "--config", str(path))
     assert done.returncode == 2 and "chmod 600" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "a.db").exists()  # checking opens no journal
+
+
+def test_the_service_verbs_import_no_tool_module():
+    """trustme, the demo and the simulator are tools: a service start never imports them."""
+    probe = ("import sys; from replicante_poller import cli; cli.parser(['run', '--config', 'x']); "
+             "tools = [m for m in ('trustme', 'replicante_poller.demo', 'replicante_poller.agentsim') if m in sys.modules]; "
+             "print(tools)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 
 import trustme
@@ -112,3 +113,32 @@ def test_tls_contexts_are_shared_and_rebuilt_only_when_their_files_change(tmp_pa
     problems = contexts.refresh()
     assert problems and "cannot load TLS material" in problems[0]
     assert contexts.get(tls) is rebuilt  # a broken file keeps the last good context
+
+
+def test_the_reaper_reports_an_unexpected_error_and_goes_on(caplog):
+    """README: every thread loop, the deadline reaper too, logs and counts what it survives."""
+
+    class FailingSocket:  # stands in for a watched socket whose shutdown fails unexpectedly
+        def shutdown(self, how: int) -> None:
+            raise RuntimeError("shutdown exploded")
+
+        def close(self) -> None:
+            pass
+
+    reported = threading.Event()
+    reaper = DeadlineReaper(on_error=reported.set).start()
+    left, right = socket.socketpair()
+    try:
+        broken = reaper.watch(0.05)
+        broken._sock = FailingSocket()  # type: ignore[assignment]
+        assert reported.wait(5), "the error was not reported"
+        healthy = reaper.watch(0.05)
+        healthy.attach(left)
+        left.settimeout(10)
+        assert left.recv(1) == b"" and healthy.expired  # the reaper still works
+        healthy.close()
+    finally:
+        left.close()
+        right.close()
+        reaper.stop()
+    assert "expiring a poll deadline failed" in caplog.text and "shutdown exploded" in caplog.text

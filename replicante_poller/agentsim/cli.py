@@ -9,7 +9,6 @@ import sys
 import threading
 from collections.abc import Iterable
 
-import trustme
 
 from ..verifier import Keyring
 from .faults import Fault, NodeSpec, fleet
@@ -20,6 +19,8 @@ def throwaway_ca(directory: pathlib.Path) -> tuple[pathlib.Path, ssl.SSLContext]
     """A fresh trustme CA: writes directory/ca.pem, returns it and a server context for loopback."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    import trustme  # a test-certificate tool: only the simulator and the demo need it
+
     ca = trustme.CA()
     ca_pem = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_pem))
