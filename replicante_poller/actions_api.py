@@ -12,12 +12,13 @@ import os
 import re
 from typing import Any, Callable, Optional
 
+from .limits import MAX_BODY
 from .discovery import Target
 from .errors import ConfigError
 from .journal import Action, Journal
 
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
-MAX_SUBMISSION = 64 * 1024
+MAX_SUBMISSION = MAX_BODY
 
 
 class SubmissionError(ValueError):

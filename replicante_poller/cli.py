@@ -17,7 +17,7 @@ from .actions_api import SubmissionError, action_json, submit
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
 from .discovery import Target, discover
-from .durations import format_duration
+from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError
 from .gateway import Gateway
 from .gateway_config import load_gateway_config
@@ -27,7 +27,7 @@ from .poll import poll_target
 from .service import Service, check_resources
 from .signing import add_keygen_arguments, keygen_command
 from .state import TargetView
-from .status_api import rfc3339, target_json
+from .status_api import target_json
 from .tls import TlsContexts
 from .transport import Transport
 

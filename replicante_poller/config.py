@@ -15,11 +15,11 @@ from urllib.parse import urlsplit
 
 from .durations import parse_duration
 from .errors import ConfigError
+from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER
 
 T = TypeVar("T")
 
 DEFAULT_LISTEN = ("127.0.0.1", 9102)
-DEFAULT_MAX_BODY = 64 * 1024
 _PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
@@ -41,7 +41,7 @@ class PollSettings:
 
     interval: float = 15.0
     timeout: float = 5.0
-    max_body: int = DEFAULT_MAX_BODY
+    max_body: int = MAX_BODY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +64,9 @@ class PollerSettings:
     fall: int = 3
     rise: int = 2
     state_dir: Optional[str] = None
-    flap_window: float = 600.0
-    flap_threshold: int = 4
-    max_retry_after: float = 300.0
+    flap_window: float = FLAP_WINDOW
+    flap_threshold: int = FLAP_THRESHOLD
+    max_retry_after: float = MAX_RETRY_AFTER
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +91,7 @@ class ActionsSettings:
 
     enabled: bool = False
     signing_key: Optional[str] = None
-    ttl: float = 60.0
+    ttl: float = float(ACTION_TTL)
     journal: Optional[str] = None
     max_attempts: int = 5
     backoff: float = 1.0  # first retry delay, doubled per attempt, capped at 60s
@@ -313,20 +313,20 @@ def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
 
 
 KNOWN_SECTIONS = ("poller", "tls", "discovery", "http", "actions")
-MAX_ACTION_TTL = 300.0
 
 
 def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
     """The `[actions]` section; when enabled a signing key and a journal are required."""
     default_journal = str(Path(state_dir) / "actions.db") if state_dir else None
+    default = ActionsSettings()
     actions = ActionsSettings(
-        enabled=section.get("enabled", to_bool, False),
+        enabled=section.get("enabled", to_bool, default.enabled),
         signing_key=section.path("signing_key"),
-        ttl=section.get("ttl", to_duration, 60.0),
+        ttl=section.get("ttl", to_duration, default.ttl),
         journal=section.path("journal", default_journal),
-        max_attempts=section.get("max_attempts", to_positive_int, 5),
-        backoff=section.get("backoff", to_duration, 1.0),
-        track_interval=section.get("track_interval", to_duration, 2.0),
+        max_attempts=section.get("max_attempts", to_positive_int, default.max_attempts),
+        backoff=section.get("backoff", to_duration, default.backoff),
+        track_interval=section.get("track_interval", to_duration, default.track_interval),
         api_token_file=section.path("api_token_file"),
     )
     if not 1 <= actions.ttl <= MAX_ACTION_TTL:
@@ -358,21 +358,22 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
     p, t, d, h, a = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
 
     poll = read_poll(p, PollSettings())
+    default = PollerSettings()
     poller = PollerSettings(
         poll=poll,
-        workers=p.get("workers", to_positive_int, 16),
-        fall=p.get("fall", to_positive_int, 3),
-        rise=p.get("rise", to_positive_int, 2),
+        workers=p.get("workers", to_positive_int, default.workers),
+        fall=p.get("fall", to_positive_int, default.fall),
+        rise=p.get("rise", to_positive_int, default.rise),
         state_dir=p.path("state_dir"),
-        flap_window=p.get("flap_window", to_duration, 600.0),
-        flap_threshold=p.get("flap_threshold", to_positive_int, 4),
-        max_retry_after=p.get("max_retry_after", to_duration, 300.0),
+        flap_window=p.get("flap_window", to_duration, default.flap_window),
+        flap_threshold=p.get("flap_threshold", to_positive_int, default.flap_threshold),
+        max_retry_after=p.get("max_retry_after", to_duration, default.max_retry_after),
     )
     tls = read_tls(t, TlsSettings())
     globs = d.get("files", lambda v: tuple(g.strip() for g in v.split(",") if g.strip()), ())
     discovery = DiscoverySettings(
         files=tuple(str(base / os.path.expanduser(g)) for g in globs),
-        refresh=d.get("refresh", to_duration, 5.0),
+        refresh=d.get("refresh", to_duration, DiscoverySettings.refresh),
     )
     host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
     actions = read_actions(a, poller.state_dir)

@@ -20,7 +20,7 @@ from .actions_api import submit
 from .agentsim import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
 from .cli_signals import install_stop_handlers
 from .config import load_config, to_duration, to_listen
-from .dispatcher import SCHEDULE
+from .agentapi import SCHEDULE_PREFIX
 from .durations import format_duration
 from .errors import ConfigError
 from .httpsig import sign_action
@@ -132,7 +132,7 @@ def _demo_forgery(sim: AgentSim, ca_file: "str | None") -> None:
     forger = signer_from_seed(os.urandom(32))
     body = json.dumps({"action_id": str(uuid.uuid4()), "args": None, "created_ts": "2026-01-01T00:00:00Z",
                        "requester": "CORE_API"}).encode()
-    path = SCHEDULE + DEMO_KIND
+    path = SCHEDULE_PREFIX + DEMO_KIND
     headers = sign_action(method="POST", path=path, body=body, cluster_id=spec.cluster_id, node_id=spec.node_id,
                           key_id=forger.key_id, sign=forger.sign, now=int(time.time()), nonce=os.urandom(16))
     parts = urlsplit(url)

@@ -17,21 +17,20 @@ import time
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
+from .agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from .config import ActionsSettings
 from .discovery import Target
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
+from .limits import MAX_BACKOFF, backoff
 from .metrics import PollerMetrics
 from .reasons import Reason, transient_status
 from .signing import Signer
-from .status_api import rfc3339
+from .durations import rfc3339
 from .transport import AgentClient, Failure, Reply, Transport
 
 log = logging.getLogger(__name__)
-SCHEDULE = "/api/unstable/actions/schedule/"
-INFO, QUEUE, FINISHED = "/api/unstable/actions/info/", "/api/unstable/actions/queue", "/api/unstable/actions/finished"
 IDLE_WAIT = 1.0  # actions submitted by another process (the CLI) are noticed within this
-MAX_BACKOFF = 60.0
 AGENT_STATES = {"NEW": ActionState.SCHEDULED, "RUNNING": ActionState.RUNNING,
                 "DONE": ActionState.DONE, "FAILED": ActionState.FAILED}
 
@@ -155,7 +154,7 @@ class Dispatcher:
                 self._metrics.action_result("abandoned")
                 self._errors.pop(action.id, None)
                 return
-            delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** min(current.attempts + errors, 10))
+            delay = backoff(self._settings.backoff, current.attempts + errors + 1)
             self._journal.update(action.id, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
 
     def step(self, client: AgentClient, action: Action) -> None:
@@ -185,7 +184,7 @@ class Dispatcher:
             return
         n = self._journal.begin_attempt(action, cluster_id, node_id)
         body = schedule_body(action)
-        path = SCHEDULE + action.kind
+        path = SCHEDULE_PREFIX + action.kind
         settings, signer = self._config
         headers = sign_action(
             method="POST", path=urlsplit(target.url).path + path, body=body, cluster_id=cluster_id,
@@ -201,7 +200,7 @@ class Dispatcher:
     def _agent_knows(self, client: AgentClient, target: Target, action: Action) -> bool:
         """Whether the agent has the action (before a last, ambiguous failure becomes ABANDONED)."""
         with client.connect(target) as conn:
-            reply = conn.request("GET", INFO + action.id)
+            reply = conn.request("GET", ACTION_INFO_PREFIX + action.id)
         return isinstance(reply, Reply) and reply.status == 200
 
     def _delivered(self, action: Action, n: int, reply: Union[Reply, Failure]) -> None:
@@ -229,7 +228,7 @@ class Dispatcher:
             self._metrics.action_result("abandoned")
             log.error("action %s abandoned after %d attempts: %s", action.id, n, detail)
             return
-        delay = min(MAX_BACKOFF, self._settings.backoff * 2 ** (n - 1))
+        delay = backoff(self._settings.backoff, n)
         if reply.retry_after is not None:
             delay = min(max(delay, reply.retry_after), MAX_BACKOFF)
         self._journal.end_attempt(action.id, n, "failed", detail, ActionState.PENDING, now + delay,
@@ -245,10 +244,10 @@ class Dispatcher:
 
     def _track(self, client: AgentClient, action: Action, target: Target) -> None:
         with client.connect(target) as conn:
-            reply = conn.request("GET", INFO + action.id)
+            reply = conn.request("GET", ACTION_INFO_PREFIX + action.id)
             lists = None
             if isinstance(reply, Reply) and reply.status == 404:
-                lists = [conn.get(QUEUE), conn.get(FINISHED)]
+                lists = [conn.get(ACTIONS_QUEUE), conn.get(ACTIONS_FINISHED)]
         now = self._clock()
         later = now + self._settings.track_interval
         if isinstance(reply, Failure) or reply.status not in (200, 404):

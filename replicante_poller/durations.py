@@ -1,7 +1,11 @@
-"""Durations as operators write them: `15s`, `2m`, `500ms`, `1h`, `1m30s`."""
+"""Time as the project writes it: durations as operators type them (`15s`, `2m`, `500ms`,
+`1h`, `1m30s`) and RFC 3339 timestamps."""
 from __future__ import annotations
 
+import datetime
 import re
+import time
+from typing import Optional
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -31,3 +35,16 @@ def format_duration(seconds: float) -> str:
     if seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
     return f"{seconds:g}s"
+
+
+def rfc3339(timestamp: Optional[float]) -> Optional[str]:
+    """UTC RFC 3339 with milliseconds, or None (the API's and the journal's time format)."""
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def rfc3339_seconds(timestamp: float) -> str:
+    """Whole-second RFC 3339 in UTC, as agents write timestamps."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

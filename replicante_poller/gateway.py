@@ -14,6 +14,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
+from .agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
 from .config import PollSettings, TlsSettings
 from .discovery import Target
 from .errors import ConfigError, PollerError
@@ -28,7 +29,6 @@ from .verifier import Keyring, Rejection, Verdict, Verifier
 from .webserver import DIGITS, IDLE_TIMEOUT, CountingServer, send
 
 log = logging.getLogger(__name__)
-SCHEDULE = "/api/unstable/actions/schedule/"
 FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-cluster", "replicante-node",
                      "signature-input", "signature")
 SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed request
@@ -116,7 +116,7 @@ class Gateway:
 
     def _identity(self) -> tuple[str, str]:
         with self._client().connect(self._upstream) as conn:
-            body = conn.get("/api/unstable/info/datastore")
+            body = conn.get(DATASTORE_INFO)
         info = body if isinstance(body, Failure) else parse(body, validate_datastore_info)
         if isinstance(info, (Failure, Invalid)):
             raise ConfigError(self.settings.source, "gateway", "upstream",
@@ -144,7 +144,7 @@ class Gateway:
         send(request, reply.status, reply.content_type or "application/json", reply.body)
 
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
-        if not request.path.startswith(SCHEDULE):
+        if not request.path.startswith(SCHEDULE_PREFIX):
             return self._refuse(request, 405, b'{"error":"only signed action schedules are accepted"}')
         assert self.verifier is not None
         length = request.headers.get("Content-Length", "")

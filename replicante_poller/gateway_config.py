@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
+from .limits import MAX_BODY
 from .config import Section, sections, to_agent_url, to_duration, to_listen, to_size
 from .errors import ConfigError
 
@@ -26,7 +27,7 @@ class GatewaySettings:
     server_cert: Optional[str] = None
     server_key: Optional[str] = None
     revoked: frozenset[str] = frozenset()
-    max_body: int = 64 * 1024
+    max_body: int = MAX_BODY
     cluster_id: Optional[str] = None
     node_id: Optional[str] = None
     timeout: float = 10.0
@@ -66,7 +67,7 @@ def read_gateway(section: Section) -> GatewaySettings:
         source=section.source, listen=listen, upstream=upstream, keys=_keys(section), replay_store=replay_store,
         upstream_ca_file=section.path("upstream_ca_file"), server_cert=section.path("server_cert"),
         server_key=section.path("server_key"), revoked=section.get("revoked", _revoked, frozenset()),
-        max_body=section.get("max_body", to_size, 64 * 1024),
+        max_body=section.get("max_body", to_size, MAX_BODY),
         cluster_id=section.get("cluster_id", str, None) or None, node_id=section.get("node_id", str, None) or None,
         timeout=section.get("timeout", to_duration, 10.0),
     )

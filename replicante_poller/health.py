@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from .limits import FLAP_THRESHOLD, FLAP_WINDOW
+
 
 class HealthState(str, enum.Enum):
     UNKNOWN = "unknown"  # never polled
@@ -22,8 +24,8 @@ class HealthPolicy:
 
     fall: int = 3
     rise: int = 2
-    flap_window: float = 600.0
-    flap_threshold: int = 4
+    flap_window: float = FLAP_WINDOW
+    flap_threshold: int = FLAP_THRESHOLD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Health:
     streak: int = 0  # consecutive polls that disagree with `state`
     transitions: tuple[float, ...] = ()  # when the state changed, within the flap window
 
-    def observe(self, ok: bool, fall: int, rise: int, now: float = 0.0, flap_window: float = 600.0) -> "Health":
+    def observe(self, ok: bool, fall: int, rise: int, now: float = 0.0, flap_window: float = FLAP_WINDOW) -> "Health":
         """The health after one more poll that succeeded (`ok`) or failed, at `now`."""
         recent = tuple(t for t in self.transitions if now - t < flap_window)
         if self.state is HealthState.UNKNOWN:

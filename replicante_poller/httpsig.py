@@ -15,13 +15,11 @@ import re
 from collections.abc import Callable, Mapping
 
 from .errors import PollerError
+from .limits import ACTION_TTL as DEFAULT_TTL, CLOCK_SKEW, MAX_ACTION_TTL as MAX_TTL  # noqa: F401 (CLOCK_SKEW for verifiers)
 
 LABEL = "replicante"
 TAG = "replicante-action-v1"
 COVERED = ("@method", "@path", "content-type", "content-digest", "replicante-cluster", "replicante-node")
-DEFAULT_TTL = 60
-MAX_TTL = 300
-CLOCK_SKEW = 30
 NONCE_SIZE = 16
 MAX_FIELD = 8192  # longest Signature-Input or Signature value parsed
 

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Any, Callable, Optional, Union
 
+from .agentapi import AGENT_INFO, DATASTORE_INFO, SHARDS
 from .discovery import Target
 from .models import AgentInfo, DatastoreInfo, Shard
 from .reasons import Reason, Status
@@ -22,9 +23,6 @@ from .validation import (
     validate_shards,
 )
 
-AGENT_INFO = "/api/unstable/info/agent"
-DATASTORE_INFO = "/api/unstable/info/datastore"
-SHARDS = "/api/unstable/shards"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Optional
 
 from .discovery import Target
 from .health import Health, HealthPolicy
+from .limits import FLAP_THRESHOLD, FLAP_WINDOW, MAX_RETRY_AFTER
 from .poll import PollResult
 from .reasons import Reason, Status
 
@@ -30,16 +31,16 @@ class TargetView:
 class FleetState:
     """Latest results, health and node ownership of every known target."""
 
-    def __init__(self, fall: int, rise: int, flap_window: float = 600.0, flap_threshold: int = 4,
-                 max_retry_after: float = 300.0):
+    def __init__(self, fall: int, rise: int, flap_window: float = FLAP_WINDOW, flap_threshold: int = FLAP_THRESHOLD,
+                 max_retry_after: float = MAX_RETRY_AFTER):
         self.configure(fall, rise, flap_window, flap_threshold, max_retry_after)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._views: dict[tuple[str, str], TargetView] = {}
         self._owners: dict[tuple[str, str], tuple[str, str]] = {}  # (cluster, node_id) -> target key
 
-    def configure(self, fall: int, rise: int, flap_window: float = 600.0, flap_threshold: int = 4,
-                  max_retry_after: float = 300.0) -> None:
+    def configure(self, fall: int, rise: int, flap_window: float = FLAP_WINDOW, flap_threshold: int = FLAP_THRESHOLD,
+                  max_retry_after: float = MAX_RETRY_AFTER) -> None:
         """Set the health policy and the Retry-After cap (at start and on reload)."""
         self.policy = HealthPolicy(fall, rise, flap_window, flap_threshold)
         self._max_retry_after = max_retry_after

@@ -6,7 +6,6 @@ are action submissions, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 
-import datetime
 import html
 import json
 import logging
@@ -15,18 +14,11 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Optional
 
 from .actions_api import MAX_SUBMISSION, ActionsApi
+from .durations import rfc3339
 from .state import TargetView
 from .webserver import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
-
-
-def rfc3339(timestamp: Optional[float]) -> Optional[str]:
-    """UTC RFC 3339 with milliseconds, or None."""
-    if timestamp is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def target_json(view: TargetView) -> dict[str, Any]:

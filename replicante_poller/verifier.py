@@ -15,6 +15,7 @@ import re
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
+from .limits import MAX_BODY
 from .httpsig import (
     CLOCK_SKEW,
     COVERED,
@@ -31,7 +32,6 @@ from .replay import Outcome, ReplayStore
 from .signing import KeyFileError, PublicKey, load_public_key
 
 NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
-DEFAULT_MAX_BODY = 64 * 1024
 
 
 class Rejection(str, enum.Enum):
@@ -139,7 +139,7 @@ class Verifier:
     """Verifies schedule requests addressed to one agent (its cluster and node ids)."""
 
     def __init__(self, keyring: Keyring, cluster_id: str, node_id: str, store: ReplayStore,
-                 clock: Callable[[], float] = time.time, max_body: int = DEFAULT_MAX_BODY, skew: int = CLOCK_SKEW,
+                 clock: Callable[[], float] = time.time, max_body: int = MAX_BODY, skew: int = CLOCK_SKEW,
                  claim_stale_after: float = 60.0):
         self.keyring, self.cluster_id, self.node_id, self.store = keyring, cluster_id, node_id, store
         self._clock, self.max_body, self._skew = clock, max_body, skew

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from replicante_poller.limits import MAX_BODY
 from replicante_poller.config import (
-    DEFAULT_MAX_BODY,
     Config,
     DiscoverySettings,
     PollerSettings,
@@ -102,7 +102,7 @@ def test_config_rejects_bad_durations(section: str, key: str, text: str) -> None
 def test_defaults_of_an_empty_file() -> None:
     config = parse("")
     assert config.source == SOURCE
-    assert config.poller.poll == PollSettings(interval=15.0, timeout=5.0, max_body=DEFAULT_MAX_BODY)
+    assert config.poller.poll == PollSettings(interval=15.0, timeout=5.0, max_body=MAX_BODY)
     assert (config.poller.workers, config.poller.fall, config.poller.rise) == (16, 3, 2)
     assert config.poller.state_dir is None
     assert config.tls == TlsSettings(None, None, None, "1.2", frozenset())
@@ -211,7 +211,7 @@ def test_cluster_inherits_global_poll_and_tls(tmp_path: Path) -> None:
         agents = https://a1:1
     """)
     (cluster,) = config.clusters
-    assert cluster.poll == PollSettings(20.0, 3.0, DEFAULT_MAX_BODY)
+    assert cluster.poll == PollSettings(20.0, 3.0, MAX_BODY)
     assert cluster.tls == TlsSettings(str(ca), None, None, "1.2", frozenset({PIN_A}))
     assert cluster.display_name is None
 
@@ -245,16 +245,16 @@ def test_cluster_overrides_poll_and_tls(tmp_path: Path) -> None:
     """, base_dir=tmp_path)
     a, b, c = config.clusters
     assert [x.cluster_id for x in config.clusters] == ["a", "b", "c"]
-    assert a.poll == PollSettings(20.0, 3.0, DEFAULT_MAX_BODY)
+    assert a.poll == PollSettings(20.0, 3.0, MAX_BODY)
     assert a.tls.ca_file == str(ca)
     assert b.poll == PollSettings(60.0, 10.0, 1 << 20)
     assert b.tls == TlsSettings(str(other_ca), str(cert), str(key), "1.3", frozenset({PIN_B}))
     assert b.display_name == "B"
     # only interval overridden: timeout inherited
-    assert c.poll == PollSettings(10.0, 3.0, DEFAULT_MAX_BODY)
+    assert c.poll == PollSettings(10.0, 3.0, MAX_BODY)
     assert c.tls == a.tls
     # the global settings are untouched by the overrides
-    assert config.poller.poll == PollSettings(20.0, 3.0, DEFAULT_MAX_BODY)
+    assert config.poller.poll == PollSettings(20.0, 3.0, MAX_BODY)
     assert config.tls.ca_file == str(ca)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from replicante_poller.config import DEFAULT_MAX_BODY, Config, PollSettings, TlsSettings, parse_config
+from replicante_poller.config import Config, PollSettings, TlsSettings, parse_config
+from replicante_poller.limits import MAX_BODY
 from replicante_poller.discovery import Target, discover, discovery_files, looks_like_json_list
 from replicante_poller.errors import ConfigError
 
@@ -47,7 +48,7 @@ def test_no_discovery_files_gives_the_config_clusters(tmp_path: Path) -> None:
     targets = discover(cfg)
     assert keys(targets) == [("a", "https://a1:1"), ("a", "https://a2:1"), ("b", "https://b1:1")]
     a1 = targets[0]
-    assert a1 == Target("a", "https://a1:1", "A", PollSettings(15.0, 5.0, DEFAULT_MAX_BODY), TlsSettings())
+    assert a1 == Target("a", "https://a1:1", "A", PollSettings(15.0, 5.0, MAX_BODY), TlsSettings())
     assert targets[2].display_name is None
 
 
@@ -72,7 +73,7 @@ def test_ini_discovery_file(tmp_path: Path) -> None:
     for target in targets:
         assert target.display_name == "Kafka"
         # the file's own overrides apply, on top of the global settings
-        assert target.poll == PollSettings(60.0, 2.0, DEFAULT_MAX_BODY)
+        assert target.poll == PollSettings(60.0, 2.0, MAX_BODY)
         # relative paths in a discovery file resolve next to that file
         assert target.tls.ca_file == str(ca.resolve())
 
@@ -143,7 +144,7 @@ def test_merge_config_settings_win_and_agents_are_unioned(tmp_path: Path) -> Non
     configured = cfg.clusters[0]
     for target in targets:
         assert target.display_name == "from config"
-        assert target.poll == configured.poll == PollSettings(30.0, 2.0, DEFAULT_MAX_BODY)
+        assert target.poll == configured.poll == PollSettings(30.0, 2.0, MAX_BODY)
         assert target.tls == configured.tls
 
 

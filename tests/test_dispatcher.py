@@ -16,7 +16,8 @@ import trustme
 
 from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
 from replicante_poller.discovery import Target
-from replicante_poller.dispatcher import SCHEDULE, Dispatcher
+from replicante_poller.agentapi import SCHEDULE_PREFIX
+from replicante_poller.dispatcher import Dispatcher
 from replicante_poller.httpsig import parse_signature_input
 from replicante_poller.journal import ActionState, Journal
 from replicante_poller.metrics import PollerMetrics, new_registry
@@ -78,7 +79,7 @@ def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], t
 
     def make(answers: list[tuple[int, bytes]]) -> tuple:
         agent = Agent(journal_path, answers)
-        server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {SCHEDULE + KIND: agent}).__enter__()
+        server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {SCHEDULE_PREFIX + KIND: agent}).__enter__()
         servers.append(server)
         clock = Clock()
         journal = Journal(journal_path, clock)

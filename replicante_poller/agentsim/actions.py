@@ -26,7 +26,8 @@ from .api import (
     dumps,
     error,
 )
-from .schedule import InvalidArgs, parse_schedule, rfc3339
+from ..durations import rfc3339_seconds
+from .schedule import InvalidArgs, parse_schedule
 from .wire import Request, Response, response
 
 _log = logging.getLogger(__package__)  # the simulator's one logger, whichever module logs
@@ -168,7 +169,7 @@ class ActionEngine:
         with self._cond:
             if schedule.action_id in book.stored:
                 return _ALREADY_EXISTS
-            now = rfc3339(time.time())
+            now = rfc3339_seconds(time.time())
             action = Action(schedule.action_id, kind, schedule.args, schedule.created_ts,
                             schedule.requester, now, dict(request.headers))
             book.stored[action.id] = action
@@ -212,7 +213,7 @@ class ActionEngine:
         action = book.stored.get(action_id)
         if action is None:
             return
-        now = rfc3339(time.time())
+        now = rfc3339_seconds(time.time())
         if action.state == NEW:
             book.executions[action_id] = book.executions.get(action_id, 0) + 1
             book.enter(action, RUNNING, None, now)

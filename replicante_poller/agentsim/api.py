@@ -5,15 +5,17 @@ import json
 
 from .wire import Response, response
 
-API = "/api/unstable"
-AGENT_INFO = API + "/info/agent"
-DATASTORE_INFO = API + "/info/datastore"
-SHARDS = API + "/shards"
-ACTIONS_PREFIX = API + "/actions/"
-SCHEDULE_PREFIX = ACTIONS_PREFIX + "schedule/"
-ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"
-ACTIONS_FINISHED = ACTIONS_PREFIX + "finished"
-ACTION_INFO_PREFIX = ACTIONS_PREFIX + "info/"
+from ..agentapi import (  # noqa: F401  (the simulator's routes use them from here)
+    ACTION_INFO_PREFIX,
+    ACTIONS_FINISHED,
+    ACTIONS_PREFIX,
+    ACTIONS_QUEUE,
+    AGENT_INFO,
+    API,
+    DATASTORE_INFO,
+    SCHEDULE_PREFIX,
+    SHARDS,
+)
 
 
 def dumps(value: object) -> bytes:

@@ -5,20 +5,16 @@ import dataclasses
 import datetime
 import json
 import re
-import time
 import uuid
 from typing import Any
+
+from ..durations import rfc3339_seconds
 
 _REQUESTERS = frozenset({"AGENT_API", "CORE_API"})
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:\d{2})",
                       re.ASCII)
 _SCHEDULE_FIELDS = ("action_id", "args", "created_ts", "requester")
-
-
-def rfc3339(timestamp: float) -> str:
-    """Whole-second RFC 3339 in UTC, as agents write timestamps."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
 
 
 class InvalidArgs(ValueError):
@@ -76,4 +72,4 @@ def _parse_timestamp(value: object) -> str:
         parsed = datetime.datetime.fromisoformat(f"{date}T{clock}{'+00:00' if zone in 'Zz' else zone}")
     except ValueError:
         raise InvalidArgs("created_ts must be an RFC 3339 timestamp") from None
-    return rfc3339(parsed.timestamp())
+    return rfc3339_seconds(parsed.timestamp())
