@@ -14,15 +14,11 @@ from typing import Any, Callable, Optional
 
 from .limits import MAX_BODY
 from .discovery import Target
-from .errors import ConfigError
+from .errors import ConfigError, SubmissionError
 from .journal import Action, Journal
 
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 MAX_SUBMISSION = MAX_BODY
-
-
-class SubmissionError(ValueError):
-    """A submission that cannot be queued; the message says why."""
 
 
 def check_kind(kind: Any) -> str:

@@ -13,12 +13,12 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .actions_api import SubmissionError, action_json, submit
+from .actions_api import action_json, submit
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
 from .discovery import Target, discover
 from .durations import format_duration, rfc3339
-from .errors import ConfigError, PollerError
+from .errors import ConfigError, PollerError, SubmissionError
 from .gateway import Gateway
 from .gateway_config import load_gateway_config
 from .health import Health

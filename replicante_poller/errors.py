@@ -1,4 +1,5 @@
-"""Exceptions raised at the edges of the service (configuration, command line)."""
+"""The errors this package raises on purpose, all under `PollerError`: caught at the edges
+(command line, service start, reload) and shown as one line."""
 from __future__ import annotations
 
 
@@ -25,3 +26,19 @@ class StoreError(PollerError):
     def __init__(self, path: str, what: str, problem: object):
         self.path = path
         super().__init__(f"{path}: {what}: {problem}")
+
+
+class KeyFileError(PollerError, ValueError):
+    """A key file that cannot be used; the message names the file and the fix."""
+
+    def __init__(self, source: str, message: str):
+        self.source, self.message = source, message
+        super().__init__(f"{source}: {message}")
+
+
+class SignatureFormatError(PollerError, ValueError):
+    """A signature header, or a message, that does not fit the profile."""
+
+
+class SubmissionError(PollerError, ValueError):
+    """An action submission that cannot be queued; the message says why."""

@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 
-from .errors import PollerError
+from .errors import SignatureFormatError
 from .limits import ACTION_TTL as DEFAULT_TTL, CLOCK_SKEW, MAX_ACTION_TTL as MAX_TTL  # noqa: F401 (CLOCK_SKEW for verifiers)
 
 LABEL = "replicante"
@@ -31,10 +31,6 @@ _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _OBS_FOLD = re.compile(r"\r?\n[ \t]+")
 _DIGITS = re.compile(r"[0-9]{1,15}")
 _B64 = re.compile(r"[A-Za-z0-9+/=]*")
-
-
-class SignatureFormatError(PollerError, ValueError):
-    """A signature header, or a message, that does not fit the profile."""
 
 
 def _is_visible(text: str) -> bool:

@@ -22,7 +22,7 @@ import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
-from .errors import PollerError
+from .errors import KeyFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -35,14 +35,6 @@ SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 KEY_SIZE = 32
 SIGNATURE_SIZE = 64
 _MAX_FILE = 16 * 1024
-
-
-class KeyFileError(PollerError, ValueError):
-    """A key file that cannot be used; the message names the file and the fix."""
-
-    def __init__(self, source: str, message: str):
-        self.source, self.message = source, message
-        super().__init__(f"{source}: {message}")
 
 
 def key_id(public_raw: bytes) -> str:

@@ -16,6 +16,7 @@ import time
 from typing import Callable, Iterable, Mapping, Optional
 
 from .limits import MAX_BODY
+from .errors import KeyFileError
 from .httpsig import (
     CLOCK_SKEW,
     COVERED,
@@ -29,7 +30,7 @@ from .httpsig import (
     signature_base,
 )
 from .replay import Outcome, ReplayStore
-from .signing import KeyFileError, PublicKey, load_public_key
+from .signing import PublicKey, load_public_key
 
 NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
 
