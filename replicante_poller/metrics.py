@@ -185,6 +185,12 @@ class PollerMetrics:
         """An action reached its agent `latency` seconds after submission."""
         self._dispatch.observe(max(0.0, latency))
 
+    def observe_pool(self, queued: Callable[[], float], busy: Callable[[], float], stuck: Callable[[], float]) -> None:
+        """Read the worker pool's figures at scrape time (the pool knows nothing of metrics)."""
+        self.queue_depth.set_function(queued)
+        self.workers_busy.set_function(busy)
+        self.polls_stuck.set_function(stuck)
+
     def thread_error(self, thread: str) -> None:
         """A thread loop caught an unexpected exception and went on."""
         self._errors.labels(thread).inc()

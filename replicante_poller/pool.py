@@ -2,7 +2,8 @@
 
 Each worker owns its AgentClient (its requests Session is not shared between threads) and
 puts every PollResult, success or failure, on the results queue for the single writer.
-Shutdown is a sentinel passed from worker to worker.
+Shutdown is a sentinel passed from worker to worker. Its figures (queued, busy, stuck) are
+read by the metrics at scrape time; the pool itself binds no metric.
 """
 from __future__ import annotations
 
@@ -36,9 +37,6 @@ class WorkerPool:
         self._current: list[Optional[tuple[float, float]]] = [None] * workers  # (started, deadline)
         self._threads = [threading.Thread(target=self._run, args=(i,), name=f"poll-worker-{i}", daemon=True)
                          for i in range(workers)]
-        metrics.queue_depth.set_function(self.jobs.qsize)
-        metrics.workers_busy.set_function(lambda: sum(1 for c in list(self._current) if c is not None))
-        metrics.polls_stuck.set_function(self.stuck)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -63,6 +61,14 @@ class WorkerPool:
         for thread in self._threads:
             if thread.ident is not None:  # started
                 thread.join(timeout)
+
+    def queued(self) -> int:
+        """Polls waiting for a worker."""
+        return self.jobs.qsize()
+
+    def busy(self) -> int:
+        """Workers polling now."""
+        return sum(1 for c in list(self._current) if c is not None)
 
     def stuck(self) -> int:
         """Polls in flight for longer than twice their deadline (the watchdog)."""

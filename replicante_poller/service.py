@@ -78,6 +78,7 @@ class Service:
                                     reaper=DeadlineReaper(on_error=lambda: self.metrics.thread_error("reaper")))
         self._pool = WorkerPool(p.workers, self._transport, inbox, self.metrics, clock)
         self._scheduler = Scheduler(self.state, self.metrics, self._pool.submit, inbox, clock)
+        self.metrics.observe_pool(self._pool.queued, self._pool.busy, self._pool.stuck)
         self._targets: tuple[Target, ...] = ()
         self._stamp: object = None
         self._by_url: dict[str, Target] = {}

@@ -53,6 +53,7 @@ def pool_with(contexts: TlsContexts, registry, monotonic=None):
     reaper = DeadlineReaper().start()
     metrics = PollerMetrics(registry, lambda: [])
     pool = WorkerPool(1, Transport(contexts, reaper=reaper), results, metrics, **({"monotonic": monotonic} if monotonic else {}))
+    metrics.observe_pool(pool.queued, pool.busy, pool.stuck)  # as the service wires them
     pool.start()
     return pool, results, reaper
 
