@@ -85,19 +85,28 @@ def peer_poller(ca_file: str) -> Callable[[int], None]:
     return poll
 
 
+def poll_path(name: str) -> Any:
+    """A module of the poll path: replicante_poller.polling.NAME, or replicante_poller.NAME
+    in a tree from before the subpackages (--tree)."""
+    import importlib
+    try:
+        return importlib.import_module(f"replicante_poller.polling.{name}")
+    except ImportError:
+        return importlib.import_module(f"replicante_poller.{name}")
+
+
 def transport_poller(ca_file: str, clusters: dict[str, str]) -> Callable[[int], None]:
     """poll_target() of the product in a loop: transport and validation, nothing else."""
     from replicante_poller.config import PollSettings, TlsSettings
-    from replicante_poller.discovery import Target
-    from replicante_poller.poll import poll_target
-    from replicante_poller import transport
-    from replicante_poller.tls import TlsContexts
 
+    Target = poll_path("discovery").Target
+    poll_target = poll_path("poll").poll_target
+    TlsContexts = poll_path("tls").TlsContexts
+    transport = poll_path("transport")
     if hasattr(transport, "Transport"):
         client = transport.Transport(TlsContexts()).start().client()
     else:  # a tree from before the requests transport (--tree), for before/after runs
-        from replicante_poller.deadlines import DeadlineReaper
-        client = transport.AgentClient(TlsContexts(), DeadlineReaper().start())
+        client = transport.AgentClient(TlsContexts(), poll_path("deadlines").DeadlineReaper().start())
     poll_settings, tls = PollSettings(interval=30.0, timeout=5.0), TlsSettings(ca_file=ca_file)
     targets = {int(url.rsplit(":", 1)[1]): Target(cluster, url, None, poll_settings, tls)
                for url, cluster in clusters.items()}
@@ -283,11 +292,11 @@ def profile_table(profile: dict) -> str:
 def run_framework(duration: float, agents: int = 999, interval: float = 1.0) -> dict:
     """The service's own machinery (scheduler, queues, workers, state, metrics) in-process,
     with poll_target() replaced by a canned UP result: what a poll costs besides the network."""
-    import replicante_poller.pool as pool
+    import replicante_poller.polling.pool as pool
     from replicante_poller.config import parse_config
-    from replicante_poller.metrics import sample
+    from replicante_poller.web.metrics import sample
     from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
-    from replicante_poller.poll import PollResult
+    from replicante_poller.polling.poll import PollResult
     from replicante_poller.reasons import Status
     from replicante_poller.service import Service
 
@@ -321,8 +330,8 @@ def run_framework(duration: float, agents: int = 999, interval: float = 1.0) -> 
 
 def run_signing(duration: float) -> dict:
     """Signatures per second of Signer.sign alone and of the whole sign_action path."""
-    from replicante_poller import httpsig
-    from replicante_poller.signing import signer_from_seed
+    from replicante_poller.actions import httpsig
+    from replicante_poller.actions.signing import signer_from_seed
 
     signer = signer_from_seed(bytes(range(32)))
     body = json.dumps({"action_id": "5c5a2d8e-8f5e-4a39-9a53-3c1f1f3bb0c2", "args": {"why": "check"},

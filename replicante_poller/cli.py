@@ -13,23 +13,23 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .actions_api import action_json, submit
+from .actions.api import action_json, submit
+from .actions.journal import Journal
+from .actions.signing import add_keygen_arguments, keygen_command
+from .agentside.gateway import Gateway
+from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config, to_agent_url
-from .discovery import Target, discover
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
-from .gateway import Gateway
-from .gateway_config import load_gateway_config
-from .health import Health
-from .journal import Journal
-from .poll import poll_target
+from .polling.discovery import Target, discover
+from .polling.health import Health
+from .polling.poll import poll_target
+from .polling.state import TargetView
+from .polling.tls import TlsContexts
+from .polling.transport import Transport
 from .service import Service, check_resources
-from .signing import add_keygen_arguments, keygen_command
-from .state import TargetView
-from .status_api import target_json
-from .tls import TlsContexts
-from .transport import Transport
+from .web.status import target_json
 
 log = logging.getLogger("replicante_poller")
 
@@ -164,7 +164,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 # Tools, not the service: their modules (and trustme) are imported only when their verb runs.
-TOOL_VERBS = {"demo": (".demo", "simulated agents on loopback and the service polling them"),
+TOOL_VERBS = {"demo": (".agentsim.demo", "simulated agents on loopback and the service polling them"),
               "agent-sim": (".agentsim", "the reference agent simulator")}
 
 

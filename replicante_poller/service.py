@@ -14,23 +14,23 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from .actions_api import ActionsApi, read_token
+from .actions.api import ActionsApi, read_token
+from .actions.dispatcher import Dispatcher
+from .actions.journal import Journal
+from .actions.signing import load_signing_key
 from .config import ActionsSettings, Config, load_config
-from .deadlines import DeadlineReaper
-from .discovery import Target, discover, discovery_stamp
-from .dispatcher import Dispatcher
 from .errors import ConfigError, PollerError
-from .journal import Journal
-from .metrics import PollerMetrics, new_registry, render
-from .pool import WorkerPool
+from .polling.deadlines import DeadlineReaper
+from .polling.discovery import Target, discover, discovery_stamp
+from .polling.pool import WorkerPool
+from .polling.scheduler import Scheduler
+from .polling.state import FleetState, TargetView
+from .polling.statefile import load_state, save_state
+from .polling.tls import TlsContexts
+from .polling.transport import Transport
 from .reasons import Reason
-from .scheduler import Scheduler
-from .signing import load_signing_key
-from .state import FleetState, TargetView
-from .statefile import load_state, save_state
-from .status_api import StatusServer
-from .tls import TlsContexts
-from .transport import Transport
+from .web.metrics import PollerMetrics, new_registry, render
+from .web.status import StatusServer
 
 log = logging.getLogger(__name__)
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)

@@ -14,9 +14,9 @@ import trustme
 
 from replicante_poller.agentsim import AgentSim, NodeSpec
 from replicante_poller.config import parse_config
-from replicante_poller.deadlines import DeadlineReaper
-from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import AgentClient, Transport
+from replicante_poller.polling.deadlines import DeadlineReaper
+from replicante_poller.polling.tls import TlsContexts
+from replicante_poller.polling.transport import AgentClient, Transport
 from replicante_poller.service import Service
 
 from harness import NGINX_CONF

@@ -13,11 +13,11 @@ import pytest
 import requests
 
 from replicante_poller.agentsim import Fault, NodeSpec
-from replicante_poller.httpsig import parse_signature, parse_signature_input, signature_base, content_digest
-from replicante_poller.dispatcher import schedule_body
-from replicante_poller.journal import ActionState
-from replicante_poller.metrics import sample
-from replicante_poller.signing import generate_keypair, load_public_key
+from replicante_poller.actions.httpsig import parse_signature, parse_signature_input, signature_base, content_digest
+from replicante_poller.actions.dispatcher import schedule_body
+from replicante_poller.actions.journal import ActionState
+from replicante_poller.web.metrics import sample
+from replicante_poller.actions.signing import generate_keypair, load_public_key
 
 from harness import all_polled, config_text
 
@@ -114,7 +114,7 @@ def test_409_already_exists_counts_as_delivered_and_runs_once(start_sim, start_s
     text = actions_config([("rs", url)], pki, keys)
     # Journal the action first, then let the agent receive it "from an earlier attempt".
     from replicante_poller.config import parse_config
-    from replicante_poller.journal import Journal
+    from replicante_poller.actions.journal import Journal
     journal = Journal(str(keys["journal"]))
     action = journal.submit(url, PING, None)
     journal.close()
@@ -206,7 +206,7 @@ def test_cli_submit_list_show(tmp_path, start_sim, pki, keys):
 
 
 def test_sigkill_during_dispatch_loses_nothing_and_runs_nothing_twice(tmp_path, start_sim, pki, keys):
-    from replicante_poller.journal import Journal
+    from replicante_poller.actions.journal import Journal
     from process import PollerProcess
 
     sim = start_sim([NodeSpec("rs", "node-1"), NodeSpec("rs", "node-2")], action_seconds=0.05)
@@ -246,9 +246,9 @@ def test_enforcing_agent_sim_accepts_the_pollers_signed_action_and_refuses_a_for
     import time
     import uuid
 
-    from replicante_poller.httpsig import sign_action
-    from replicante_poller.signing import load_signing_key
-    from replicante_poller.verifier import Keyring
+    from replicante_poller.actions.httpsig import sign_action
+    from replicante_poller.actions.signing import load_signing_key
+    from replicante_poller.agentside.verifier import Keyring
 
     sim = start_sim([NodeSpec("rs", "node-1")], keyring=Keyring.from_entries([str(keys["pub"])]))
     url = sim.agents[0][1]
@@ -289,7 +289,7 @@ def test_unusable_journal_is_one_line_error_and_files_are_private(tmp_path, pki,
     done = subprocess.run(cli + ["action", "list", "--config", str(path)], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "no such file" in done.stderr and not missing.exists()
 
-    from replicante_poller.journal import Journal
+    from replicante_poller.actions.journal import Journal
     journal = Journal(str(keys["journal"]))
     journal.submit("https://127.0.0.1:9", PING, None)
     for file in keys["journal"].parent.glob("actions.db*"):
@@ -299,7 +299,7 @@ def test_unusable_journal_is_one_line_error_and_files_are_private(tmp_path, pki,
 
 def test_a_locked_journal_is_a_one_line_error_not_a_traceback(tmp_path, pki, keys):
     """Another process holds the journal's write lock past the busy timeout (10 s)."""
-    from replicante_poller.journal import Journal
+    from replicante_poller.actions.journal import Journal
     path = tmp_path / "poller.ini"
     path.write_text(actions_config([("rs", "https://127.0.0.1:9")], pki, keys))
     Journal(str(keys["journal"])).close()
@@ -341,7 +341,7 @@ def test_an_action_that_breaks_the_dispatcher_delays_only_itself(start_sim, star
 
 def test_sighup_rotates_the_signing_key_without_a_restart(tmp_path, start_sim, pki, keys):
     from process import PollerProcess
-    from replicante_poller.verifier import Keyring
+    from replicante_poller.agentside.verifier import Keyring
 
     new_kid = generate_keypair(str(tmp_path / "next"))
     sim = start_sim([NodeSpec("rs", "node-1")], keyring=Keyring.from_entries([str(keys["pub"]), str(tmp_path / "next.pub")]))

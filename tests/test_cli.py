@@ -118,7 +118,7 @@ def test_check_config_loads_what_run_loads(tmp_path, pki):
     done = run("check-config", "--config", str(path))
     assert done.returncode == 2 and f"{path}: [tls]" in done.stderr and "cannot load TLS material" in done.stderr
 
-    from replicante_poller.signing import generate_keypair
+    from replicante_poller.actions.signing import generate_keypair
     generate_keypair(str(tmp_path / "core"))
     (tmp_path / "core.key").chmod(0o644)
     path.write_text(config_text([("rs", "https://127.0.0.1:9")], pki["ca"],
@@ -132,7 +132,7 @@ def test_check_config_loads_what_run_loads(tmp_path, pki):
 def test_the_service_verbs_import_no_tool_module():
     """trustme, the demo and the simulator are tools: a service start never imports them."""
     probe = ("import sys; from replicante_poller import cli; cli.parser(['run', '--config', 'x']); "
-             "tools = [m for m in ('trustme', 'replicante_poller.demo', 'replicante_poller.agentsim') if m in sys.modules]; "
+             "tools = [m for m in ('trustme', 'replicante_poller.agentsim.demo', 'replicante_poller.agentsim') if m in sys.modules]; "
              "print(tools)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
 

@@ -16,13 +16,13 @@ import pytest
 import trustme
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.deadlines import DeadlineReaper
-from replicante_poller.dialer import DialFailure, Dialer
-from replicante_poller.discovery import Target
-from replicante_poller.poll import PollResult, poll_target
+from replicante_poller.polling.deadlines import DeadlineReaper
+from replicante_poller.polling.dialer import DialFailure, Dialer
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.poll import PollResult, poll_target
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import Transport
+from replicante_poller.polling.tls import TlsContexts
+from replicante_poller.polling.transport import Transport
 
 from blackhole import Blackhole
 from tls_servers import TlsServer, closed_port, json_response, server_context

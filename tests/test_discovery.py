@@ -9,7 +9,7 @@ import pytest
 
 from replicante_poller.config import Config, PollSettings, TlsSettings, parse_config
 from replicante_poller.limits import MAX_BODY
-from replicante_poller.discovery import Target, discover, discovery_files, looks_like_json_list
+from replicante_poller.polling.discovery import Target, discover, discovery_files, looks_like_json_list
 from replicante_poller.errors import ConfigError
 
 

@@ -15,15 +15,15 @@ import pytest
 import trustme
 
 from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
-from replicante_poller.discovery import Target
+from replicante_poller.polling.discovery import Target
 from replicante_poller.agentapi import SCHEDULE_PREFIX
-from replicante_poller.dispatcher import Dispatcher
-from replicante_poller.httpsig import parse_signature_input
-from replicante_poller.journal import ActionState, Journal
-from replicante_poller.metrics import PollerMetrics, new_registry
-from replicante_poller.signing import generate_keypair, load_signing_key
-from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import Transport
+from replicante_poller.actions.dispatcher import Dispatcher
+from replicante_poller.actions.httpsig import parse_signature_input
+from replicante_poller.actions.journal import ActionState, Journal
+from replicante_poller.web.metrics import PollerMetrics, new_registry
+from replicante_poller.actions.signing import generate_keypair, load_signing_key
+from replicante_poller.polling.tls import TlsContexts
+from replicante_poller.polling.transport import Transport
 
 from tls_servers import Exchange, TlsServer, response_bytes, server_context
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from replicante_poller.agentsim import Fault, NodeSpec, fleet
-from replicante_poller.metrics import sample
+from replicante_poller.web.metrics import sample
 
 from harness import config_text
 

@@ -14,8 +14,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from replicante_poller.agentsim import AgentSim, NodeSpec
-from replicante_poller.httpsig import COVERED, LABEL, TAG, SignatureParams, content_digest, sign_action, signature_base
-from replicante_poller.signing import generate_keypair, load_signing_key
+from replicante_poller.actions.httpsig import COVERED, LABEL, TAG, SignatureParams, content_digest, sign_action, signature_base
+from replicante_poller.actions.signing import generate_keypair, load_signing_key
 
 from process import PollerProcess
 
@@ -270,7 +270,7 @@ def test_poller_to_nginx_to_gateway_to_agent_action_reaches_done(tmp_path, start
     TLS-terminating nginx to the gateway (plain HTTP behind it), which verifies it and
     forwards it to the agent."""
     from harness import all_polled, config_text
-    from replicante_poller.journal import ActionState
+    from replicante_poller.actions.journal import ActionState
 
     sim = start_sim([NodeSpec("rs", "node-1")])
     agent = sim.agents[0][1]

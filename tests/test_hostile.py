@@ -15,10 +15,10 @@ import pytest
 
 from replicante_poller.agentsim import AgentSim, Fault, NodeSpec
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.discovery import Target
-from replicante_poller.poll import PollResult, poll_target
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.poll import PollResult, poll_target
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.transport import AgentClient
+from replicante_poller.polling.transport import AgentClient
 
 from harness import EXPECTED
 

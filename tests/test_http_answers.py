@@ -21,15 +21,15 @@ import pytest
 import responses
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.dialer import Dialer
-from replicante_poller.discovery import Target
-from replicante_poller.metrics import PollerMetrics, new_registry, sample
-from replicante_poller.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
-from replicante_poller.pool import WorkerPool
+from replicante_poller.polling.dialer import Dialer
+from replicante_poller.polling.discovery import Target
+from replicante_poller.web.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.polling.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
+from replicante_poller.polling.pool import WorkerPool
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.scheduler import Due
-from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import AgentClient, Transport, new_session
+from replicante_poller.polling.scheduler import Due
+from replicante_poller.polling.tls import TlsContexts
+from replicante_poller.polling.transport import AgentClient, Transport, new_session
 
 URL = "https://mongo1.test:37017"
 CAP = 64 * 1024
@@ -48,7 +48,7 @@ def no_lookup(host: str, port: int) -> list:
 @pytest.fixture
 def agent() -> Iterator[responses.RequestsMock]:
     """The agent's answers, registered per test; unregistered URLs raise ConnectionError."""
-    with responses.RequestsMock(target="replicante_poller.transport.PollAdapter.send",
+    with responses.RequestsMock(target="replicante_poller.polling.transport.PollAdapter.send",
                                 assert_all_requests_are_fired=False) as mock:
         yield mock
 

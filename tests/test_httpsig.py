@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from replicante_poller.httpsig import (
+from replicante_poller.actions.httpsig import (
     COVERED,
     LABEL,
     MAX_TTL,
@@ -22,7 +22,7 @@ from replicante_poller.httpsig import (
     sign_action,
     signature_base,
 )
-from replicante_poller.signing import (
+from replicante_poller.actions.signing import (
     PublicKey,
     Signer,
     load_public_key,

@@ -5,13 +5,13 @@ import json
 import os
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.discovery import Target
-from replicante_poller.health import Health, HealthPolicy, HealthState
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.health import Health, HealthPolicy, HealthState
 from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
-from replicante_poller.poll import PollResult
+from replicante_poller.polling.poll import PollResult
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.state import FleetState
-from replicante_poller.statefile import load_state, save_state
+from replicante_poller.polling.state import FleetState
+from replicante_poller.polling.statefile import load_state, save_state
 
 TARGET = Target("rs", "https://a:1", None, PollSettings(interval=10, timeout=1), TlsSettings())
 OTHER = Target("rs", "https://b:1", None, PollSettings(interval=10, timeout=1), TlsSettings())

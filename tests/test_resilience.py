@@ -8,14 +8,14 @@ import threading
 import trustme
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.deadlines import DeadlineReaper
-from replicante_poller.discovery import Target
-from replicante_poller.metrics import PollerMetrics, new_registry, sample
-from replicante_poller.pool import WorkerPool
+from replicante_poller.polling.deadlines import DeadlineReaper
+from replicante_poller.polling.discovery import Target
+from replicante_poller.web.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.polling.pool import WorkerPool
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.scheduler import Due
-from replicante_poller.tls import TlsContexts
-from replicante_poller.transport import Transport
+from replicante_poller.polling.scheduler import Due
+from replicante_poller.polling.tls import TlsContexts
+from replicante_poller.polling.transport import Transport
 
 TARGET = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=0.05), TlsSettings())
 REFUSING = Target("rs", "https://127.0.0.1:9", None, PollSettings(interval=10, timeout=5), TlsSettings())

@@ -11,13 +11,13 @@ from collections import Counter
 import pytest
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.discovery import Target
+from replicante_poller.polling.discovery import Target
 from replicante_poller.models import DatastoreInfo
-from replicante_poller.metrics import PollerMetrics, new_registry, sample
-from replicante_poller.poll import PollResult
+from replicante_poller.web.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.polling.poll import PollResult
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.scheduler import SLOT_GRID, Due, Schedule, Scheduler, next_slot, slot
-from replicante_poller.state import FleetState
+from replicante_poller.polling.scheduler import SLOT_GRID, Due, Schedule, Scheduler, next_slot, slot
+from replicante_poller.polling.state import FleetState
 
 
 def target(n: int | str, interval: float = 10.0, cluster: str = "c", timeout: float = 1.0) -> Target:
@@ -456,7 +456,7 @@ def test_progress_is_logged_when_every_target_was_polled_after_each_set_targets(
     a, b = target("a"), target("b")
     scheduler, pool, _, _ = scheduler_with([a, b])
     scheduler.dispatch(1000.0 + 10.0)
-    with caplog.at_level(logging.INFO, logger="replicante_poller.scheduler"):
+    with caplog.at_level(logging.INFO, logger="replicante_poller.polling.scheduler"):
         scheduler.record(result_of(pool.queued[0]))
         assert "all 2 agents polled" not in caplog.text
         scheduler.record(result_of(pool.queued[1], ok=False))

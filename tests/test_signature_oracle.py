@@ -21,10 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures import ContentDigest, HTTPMessageSigner, HTTPMessageVerifier, algorithms
 from http_message_signatures.resolvers import MappingKeyResolver
 
-from replicante_poller.httpsig import COVERED, LABEL, MAX_TTL, TAG, content_digest, sign_action
-from replicante_poller.replay import ReplayStore
-from replicante_poller.signing import signer_from_seed
-from replicante_poller.verifier import Keyring, TrustedKey, Verifier
+from replicante_poller.actions.httpsig import COVERED, LABEL, MAX_TTL, TAG, content_digest, sign_action
+from replicante_poller.agentside.replay import ReplayStore
+from replicante_poller.actions.signing import signer_from_seed
+from replicante_poller.agentside.verifier import Keyring, TrustedKey, Verifier
 
 SEED = bytes(range(32))
 KEY = signer_from_seed(SEED)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 
 from replicante_poller.errors import PollerError
-from replicante_poller.signing import (
+from replicante_poller.actions.signing import (
     KeyFileError,
     PublicKey,
     add_keygen_arguments,

@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.discovery import Target
-from replicante_poller.health import Health, HealthState
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.health import Health, HealthState
 from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
-from replicante_poller.poll import PollResult
+from replicante_poller.polling.poll import PollResult
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.state import FleetState, TargetView
+from replicante_poller.polling.state import FleetState, TargetView
 
 H, U, N = HealthState.HEALTHY, HealthState.UNHEALTHY, HealthState.UNKNOWN
 

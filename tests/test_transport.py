@@ -26,10 +26,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from replicante_poller.config import PollSettings, TlsSettings
-from replicante_poller.discovery import Target
-from replicante_poller.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
 from replicante_poller.reasons import Reason, Status
-from replicante_poller.transport import AgentClient, Failure
+from replicante_poller.polling.transport import AgentClient, Failure
 
 from blackhole import Blackhole
 from tls_servers import (

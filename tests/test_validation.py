@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 import pytest
 
-from replicante_poller import validation
+from replicante_poller.polling import validation
 from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
 from replicante_poller.reasons import Reason
-from replicante_poller.validation import Invalid, decode_json, parse
+from replicante_poller.polling.validation import Invalid, decode_json, parse
 
 CORPUS = Path(__file__).parent / "corpus"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
 from replicante_poller.reasons import Reason
-from replicante_poller.validation import (INT64_MAX, INT64_MIN, Invalid, parse, validate_agent_info,
+from replicante_poller.polling.validation import (INT64_MAX, INT64_MIN, Invalid, parse, validate_agent_info,
                                           validate_datastore_info, validate_shards)
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,11 +10,11 @@ import threading
 
 import pytest
 
-from replicante_poller.httpsig import COVERED, LABEL, MAX_TTL, TAG, SignatureParams, content_digest, sign_action, signature_base
-from replicante_poller.replay import ReplayStore
+from replicante_poller.actions.httpsig import COVERED, LABEL, MAX_TTL, TAG, SignatureParams, content_digest, sign_action, signature_base
+from replicante_poller.agentside.replay import ReplayStore
 from replicante_poller.errors import KeyFileError
-from replicante_poller.signing import generate_keypair, load_signing_key, signer_from_seed
-from replicante_poller.verifier import Keyring, Rejection, TrustedKey, Verifier, parse_key_entry
+from replicante_poller.actions.signing import generate_keypair, load_signing_key, signer_from_seed
+from replicante_poller.agentside.verifier import Keyring, Rejection, TrustedKey, Verifier, parse_key_entry
 
 NOW = 1_800_000_000
 PATH = "/api/unstable/actions/schedule/agent.replicante.io/test.ping"

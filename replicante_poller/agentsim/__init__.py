@@ -15,15 +15,15 @@ Modules: `faults` (the fleet), `wire` (HTTP/1.1), `api` (paths, error answers), 
 """
 from .actions import DONE, FAILED, FORGOTTEN, MAX_ACTION_BODY, NEW, RUNNING, Verifier
 from .api import (
-                  ACTION_INFO_PREFIX,
-                  ACTIONS_FINISHED,
-                  ACTIONS_PREFIX,
-                  ACTIONS_QUEUE,
-                  AGENT_INFO,
-                  API,
-                  DATASTORE_INFO,
-                  SCHEDULE_PREFIX,
-                  SHARDS,
+    ACTION_INFO_PREFIX,
+    ACTIONS_FINISHED,
+    ACTIONS_PREFIX,
+    ACTIONS_QUEUE,
+    AGENT_INFO,
+    API,
+    DATASTORE_INFO,
+    SCHEDULE_PREFIX,
+    SHARDS,
 )
 from .cli import _parse_faults as _parse_faults  # private, but tests use it
 from .cli import add_arguments, discovery_ini, main, throwaway_ca

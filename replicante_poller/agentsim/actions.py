@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
+from ..durations import rfc3339_seconds
 from .api import (
     ACTION_INFO_PREFIX,
     ACTIONS_FINISHED,
@@ -26,7 +27,6 @@ from .api import (
     dumps,
     error,
 )
-from ..durations import rfc3339_seconds
 from .schedule import InvalidArgs, parse_schedule
 from .wire import Request, Response, response
 

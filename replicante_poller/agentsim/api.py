@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 
-from .wire import Response, response
-
 from ..agentapi import (  # noqa: F401  (the simulator's routes use them from here)
     ACTION_INFO_PREFIX,
     ACTIONS_FINISHED,
@@ -16,6 +14,7 @@ from ..agentapi import (  # noqa: F401  (the simulator's routes use them from he
     SCHEDULE_PREFIX,
     SHARDS,
 )
+from .wire import Response, response
 
 
 def dumps(value: object) -> bytes:

@@ -9,8 +9,7 @@ import sys
 import threading
 from collections.abc import Iterable
 
-
-from ..verifier import Keyring
+from ..agentside.verifier import Keyring
 from .faults import Fault, NodeSpec, fleet
 from .server import AgentSim
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
-from ..replay import ReplayStore
-from ..verifier import Keyring
-from ..verifier import Verifier as SignatureVerifier
+from ..agentside.replay import ReplayStore
+from ..agentside.verifier import Keyring
+from ..agentside.verifier import Verifier as SignatureVerifier
 from .actions import ActionBook, ActionEngine, Verifier
 from .api import ACTIONS_PREFIX, BAD_REQUEST, NOT_ALLOWED, NOT_FOUND
 from .bodies import routes

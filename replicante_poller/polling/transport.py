@@ -30,16 +30,16 @@ from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
-from requests.structures import CaseInsensitiveDict
 import urllib3
+from requests.structures import CaseInsensitiveDict
 from urllib3.connection import HTTPSConnection
 from urllib3.util.request import ACCEPT_ENCODING
 
-from . import __version__
+from .. import __version__
+from ..reasons import Reason
 from .deadlines import DeadlineReaper, Watch
-from .dialer import DialFailure, Dialer
+from .dialer import Dialer, DialFailure
 from .discovery import Target
-from .reasons import Reason
 from .tls import PeerCertificate, TlsContexts, peer_certificate, pin_matches
 
 USER_AGENT = f"replicante-poller/{__version__}"

@@ -16,8 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from .reasons import Reason, Status
-from .state import TargetView
+from ..polling.state import TargetView
+from ..reasons import Reason, Status
 
 PREFIX = "replicante_poller_"
 ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed", "lost")

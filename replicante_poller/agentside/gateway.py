@@ -14,19 +14,19 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from .agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
-from .config import PollSettings, TlsSettings
-from .discovery import Target
-from .errors import ConfigError, PollerError
+from ..agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
+from ..config import PollSettings, TlsSettings
+from ..errors import ConfigError, PollerError
+from ..polling.discovery import Target
+from ..polling.tls import TlsContexts
+from ..polling.transport import AgentClient, Failure, Reply, Transport
+from ..polling.validation import Invalid, parse, validate_datastore_info
+from ..reasons import transient_status
+from ..web.metrics import GatewayMetrics, new_registry, render
+from ..web.server import DIGITS, IDLE_TIMEOUT, CountingServer, send
 from .gateway_config import GatewaySettings, load_gateway_config
-from .metrics import GatewayMetrics, new_registry, render
-from .reasons import transient_status
 from .replay import ReplayStore
-from .tls import TlsContexts
-from .transport import AgentClient, Failure, Reply, Transport
-from .validation import Invalid, parse, validate_datastore_info
 from .verifier import Keyring, Rejection, Verdict, Verifier
-from .webserver import DIGITS, IDLE_TIMEOUT, CountingServer, send
 
 log = logging.getLogger(__name__)
 FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-cluster", "replicante-node",

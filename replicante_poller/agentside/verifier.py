@@ -15,9 +15,7 @@ import re
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
-from .limits import MAX_BODY
-from .errors import KeyFileError
-from .httpsig import (
+from ..actions.httpsig import (
     CLOCK_SKEW,
     COVERED,
     LABEL,
@@ -29,8 +27,10 @@ from .httpsig import (
     parse_signature_input,
     signature_base,
 )
+from ..actions.signing import PublicKey, load_public_key
+from ..errors import KeyFileError
+from ..limits import MAX_BODY
 from .replay import Outcome, ReplayStore
-from .signing import PublicKey, load_public_key
 
 NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from .limits import FLAP_THRESHOLD, FLAP_WINDOW
+from ..limits import FLAP_THRESHOLD, FLAP_WINDOW
 
 
 class HealthState(str, enum.Enum):

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .limits import MAX_BODY
-from .config import Section, sections, to_agent_url, to_duration, to_listen, to_size
-from .errors import ConfigError
+from ..config import Section, sections, to_agent_url, to_duration, to_listen, to_size
+from ..errors import ConfigError
+from ..limits import MAX_BODY
 
 KEY_ID = re.compile(r"ed25519-[0-9a-f]{16}")
 

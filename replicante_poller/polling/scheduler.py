@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Callable, Iterable, Optional, Union
 
+from ..web.metrics import PollerMetrics
 from .discovery import Target
-from .metrics import PollerMetrics
 from .poll import PollResult
 from .state import FleetState
 

@@ -14,17 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthState
 from .poll import PollResult
-from .reasons import Reason, Status
 from .state import TargetView
-from .validation import (
-    Invalid,
-    validate_agent_info,
-    validate_datastore_info,
-    validate_shards,
-)
+from .validation import Invalid, validate_agent_info, validate_datastore_info, validate_shards
 
 log = logging.getLogger(__name__)
 FORMAT = 1

@@ -9,11 +9,11 @@ import dataclasses
 import threading
 from typing import Callable, Iterable, Optional
 
+from ..limits import FLAP_THRESHOLD, FLAP_WINDOW, MAX_RETRY_AFTER
+from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthPolicy
-from .limits import FLAP_THRESHOLD, FLAP_WINDOW, MAX_RETRY_AFTER
 from .poll import PollResult
-from .reasons import Reason, Status
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 import logging
+import re
 import socket
 import sys
 import threading

@@ -12,17 +12,8 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .config import (
-    ClusterConfig,
-    Config,
-    PollSettings,
-    TlsSettings,
-    read_cluster,
-    sections,
-    to_agents,
-    to_cluster_id,
-)
-from .errors import ConfigError
+from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents, to_cluster_id
+from ..errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,17 +17,17 @@ import time
 from typing import Any, Callable, Optional, Union
 from urllib.parse import urlsplit
 
-from .agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
-from .config import ActionsSettings
-from .discovery import Target
+from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
+from ..config import ActionsSettings
+from ..durations import rfc3339
+from ..limits import MAX_BACKOFF, backoff
+from ..polling.discovery import Target
+from ..polling.transport import AgentClient, Failure, Reply, Transport
+from ..reasons import Reason, transient_status
+from ..web.metrics import PollerMetrics
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
-from .limits import MAX_BACKOFF, backoff
-from .metrics import PollerMetrics
-from .reasons import Reason, transient_status
 from .signing import Signer
-from .durations import rfc3339
-from .transport import AgentClient, Failure, Reply, Transport
 
 log = logging.getLogger(__name__)
 IDLE_WAIT = 1.0  # actions submitted by another process (the CLI) are noticed within this

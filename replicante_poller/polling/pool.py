@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .metrics import PollerMetrics
+from ..reasons import Reason, Status
+from ..web.metrics import PollerMetrics
 from .poll import PollResult, poll_target
-from .reasons import Reason, Status
 from .scheduler import Due
 from .transport import AgentClient, Transport
 

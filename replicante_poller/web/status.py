@@ -13,10 +13,10 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Optional
 
-from .actions_api import MAX_SUBMISSION, ActionsApi
-from .durations import rfc3339
-from .state import TargetView
-from .webserver import DIGITS, CountingServer, send, send_json
+from ..actions.api import MAX_SUBMISSION, ActionsApi
+from ..durations import rfc3339
+from ..polling.state import TargetView
+from .server import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import nacl.exceptions
 import nacl.signing
 import nacl.utils
 
-from .errors import KeyFileError
+from ..errors import KeyFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
 

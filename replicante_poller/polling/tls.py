@@ -18,8 +18,8 @@ from typing import Optional
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .config import TlsSettings
-from .errors import ConfigError
+from ..config import TlsSettings
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}

@@ -9,8 +9,8 @@ import dataclasses
 import json
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
 
-from .models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
-from .reasons import Reason
+from ..models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
+from ..reasons import Reason
 
 T = TypeVar("T")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -16,18 +16,18 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .actions_api import submit
-from .agentsim import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
-from .cli_signals import install_stop_handlers
-from .config import load_config, to_duration, to_listen
-from .agentapi import SCHEDULE_PREFIX
-from .durations import format_duration
-from .errors import ConfigError
-from .httpsig import sign_action
-from .service import Service
-from .signing import generate_keypair, signer_from_seed
-from .status_api import targets_document
-from .verifier import Keyring
+from ..actions.api import submit
+from ..actions.httpsig import sign_action
+from ..actions.signing import generate_keypair, signer_from_seed
+from ..agentapi import SCHEDULE_PREFIX
+from ..agentside.verifier import Keyring
+from ..cli_signals import install_stop_handlers
+from ..config import load_config, to_duration, to_listen
+from ..durations import format_duration
+from ..errors import ConfigError
+from ..service import Service
+from ..web.status import targets_document
+from . import AgentSim, Fault, discovery_ini, fleet, throwaway_ca
 
 DEMO_KIND = "agent.replicante.io/test.ping"
 DEMO_FAULTS = {

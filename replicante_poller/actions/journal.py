@@ -16,11 +16,10 @@ import sqlite3
 import threading
 import time
 import uuid
-
 from typing import Any, Callable, Iterator, Optional
 
-from .errors import StoreError
-from .sqlitestore import BUSY_TIMEOUT, SqliteStore
+from ..errors import StoreError
+from ..sqlitestore import BUSY_TIMEOUT, SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS actions (

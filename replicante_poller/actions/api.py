@@ -12,9 +12,9 @@ import os
 import re
 from typing import Any, Callable, Optional
 
-from .limits import MAX_BODY
-from .discovery import Target
-from .errors import ConfigError, SubmissionError
+from ..errors import ConfigError, SubmissionError
+from ..limits import MAX_BODY
+from ..polling.discovery import Target
 from .journal import Action, Journal
 
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .reasons import Reason
+from ..reasons import Reason
 
 AddrInfo = tuple[Any, ...]  # (family, type, proto, canonname, sockaddr), as getaddrinfo gives it
 Lookup = Callable[[str, int], list[AddrInfo]]

@@ -10,7 +10,7 @@ import dataclasses
 import time
 from typing import Callable, Optional
 
-from .sqlitestore import SqliteStore
+from ..sqlitestore import SqliteStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nonces (

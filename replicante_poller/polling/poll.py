@@ -10,19 +10,12 @@ import dataclasses
 import time
 from typing import Any, Callable, Optional, Union
 
-from .agentapi import AGENT_INFO, DATASTORE_INFO, SHARDS
+from ..agentapi import AGENT_INFO, DATASTORE_INFO, SHARDS
+from ..models import AgentInfo, DatastoreInfo, Shard
+from ..reasons import Reason, Status
 from .discovery import Target
-from .models import AgentInfo, DatastoreInfo, Shard
-from .reasons import Reason, Status
 from .transport import AgentClient, Failure
-from .validation import (
-    Invalid,
-    parse,
-    validate_agent_info,
-    validate_datastore_info,
-    validate_shards,
-)
-
+from .validation import Invalid, parse, validate_agent_info, validate_datastore_info, validate_shards
 
 
 @dataclasses.dataclass(frozen=True)
