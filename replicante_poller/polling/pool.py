@@ -14,8 +14,8 @@ import time
 from typing import Callable, Optional
 
 from ..reasons import Reason, Status
-from ..web.metrics import PollerMetrics
 from .poll import PollResult, poll_target
+from .reporting import PollReporter
 from .scheduler import Due
 from .transport import AgentClient, Transport
 
@@ -28,7 +28,7 @@ class WorkerPool:
     """Polls what the scheduler queues; results go to `results`."""
 
     def __init__(self, workers: int, transport: Transport,
-                 results: "queue.Queue[object]", metrics: PollerMetrics,
+                 results: "queue.Queue[object]", metrics: PollReporter,
                  clock: Callable[[], float] = time.time, queue_size: Optional[int] = None,
                  monotonic: Callable[[], float] = time.monotonic):
         self.jobs: "queue.Queue[Optional[Due]]" = queue.Queue(maxsize=queue_size or max(workers * 4, MIN_QUEUE))

@@ -18,9 +18,9 @@ import threading
 import time
 from typing import Callable, Iterable, Optional, Union
 
-from ..web.metrics import PollerMetrics
 from .discovery import Target
 from .poll import PollResult
+from .reporting import PollReporter
 from .state import FleetState
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ class Scheduler:
     a timeout until the next slot or task: results, commands and `stop` wake it.
     """
 
-    def __init__(self, state: FleetState, metrics: PollerMetrics, submit: Callable[[Due], bool],
+    def __init__(self, state: FleetState, metrics: PollReporter, submit: Callable[[Due], bool],
                  inbox: "queue.Queue[object]", clock: Callable[[], float] = time.time):
         self._state, self._metrics, self._submit, self._inbox, self._clock = state, metrics, submit, inbox, clock
         self._schedule = Schedule()
@@ -135,7 +135,7 @@ class Scheduler:
         targets = tuple(targets)
         self._schedule.set_targets(targets, self._clock())
         self._state.set_targets(targets)
-        self._metrics.targets.set(len(targets))
+        self._metrics.targets_changed(len(targets))
         self._unpolled = {t.key for t in targets}
 
     def every(self, period: Callable[[], float], task: Command) -> None:

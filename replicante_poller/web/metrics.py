@@ -185,6 +185,10 @@ class PollerMetrics:
         """An action reached its agent `latency` seconds after submission."""
         self._dispatch.observe(max(0.0, latency))
 
+    def targets_changed(self, count: int) -> None:
+        """The number of scheduled targets."""
+        self.targets.set(count)
+
     def observe_pool(self, queued: Callable[[], float], busy: Callable[[], float], stuck: Callable[[], float]) -> None:
         """Read the worker pool's figures at scrape time (the pool knows nothing of metrics)."""
         self.queue_depth.set_function(queued)

@@ -11,10 +11,10 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
-from ..actions.api import MAX_SUBMISSION, ActionsApi
 from ..durations import rfc3339
+from ..limits import MAX_BODY
 from ..polling.state import TargetView
 from .server import DIGITS, CountingServer, send, send_json
 
@@ -79,12 +79,20 @@ def status_page(views: Iterable[TargetView]) -> str:
     )
 
 
+class ActionRoutes(Protocol):
+    """The actions API behind `/api/v1/actions` (`actions.api.ActionsApi`): status and document."""
+
+    def get(self, path: str) -> tuple[int, dict[str, Any]]: ...
+
+    def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]: ...
+
+
 class StatusServer:
     """The HTTP listener of the service, on its own threads."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
                  metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None,
-                 actions: Optional["ActionsApi"] = None):
+                 actions: Optional[ActionRoutes] = None):
         self._snapshot, self._metrics, self._actions = snapshot, metrics, actions
         outer = self
 
@@ -146,8 +154,8 @@ class StatusServer:
         length = request.headers.get("Content-Length", "")
         if not DIGITS.fullmatch(length):
             return send_json(request, 411, {"error": "Content-Length required"})
-        if int(length) > MAX_SUBMISSION:
+        if int(length) > MAX_BODY:
             request.close_connection = True
-            return send_json(request, 413, {"error": f"body over {MAX_SUBMISSION} bytes"})
+            return send_json(request, 413, {"error": f"body over {MAX_BODY} bytes"})
         body = request.rfile.read(int(length))
         send_json(request, *self._actions.post(request.headers.get("Authorization"), body))
