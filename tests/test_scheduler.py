@@ -401,14 +401,14 @@ def test_a_target_is_never_queued_while_it_is_queued_or_in_flight() -> None:
     scheduler, pool, registry, _ = scheduler_with([t])
     first = next_slot(t, 1000.0)
 
-    scheduler.dispatch(first)
-    scheduler.dispatch(first + 10.0)  # its next slot: the first poll has not ended
-    scheduler.dispatch(first + 20.0)
+    scheduler.queue_due(first)
+    scheduler.queue_due(first + 10.0)  # its next slot: the first poll has not ended
+    scheduler.queue_due(first + 20.0)
 
     assert [d.due for d in pool.queued] == [first]
     assert skipped(registry, "in_flight") == 2
     scheduler.record(result_of(pool.queued[0]))
-    scheduler.dispatch(first + 30.0)
+    scheduler.queue_due(first + 30.0)
     assert [d.due for d in pool.queued] == [first, first + 30.0]
 
 
@@ -418,9 +418,9 @@ def test_a_full_queue_skips_the_poll_without_blocking_the_next_one() -> None:
     first = next_slot(t, 1000.0)
     pool.full = True
 
-    scheduler.dispatch(first)
+    scheduler.queue_due(first)
     pool.full = False
-    scheduler.dispatch(first + 10.0)
+    scheduler.queue_due(first + 10.0)
 
     assert skipped(registry, "queue_full") == 1 and skipped(registry, "in_flight") == 0
     assert [d.due for d in pool.queued] == [first + 10.0]
@@ -430,12 +430,12 @@ def test_a_deferred_target_is_skipped_until_its_deferral_ends() -> None:
     t = target(3)
     scheduler, pool, registry, _ = scheduler_with([t])
     first = next_slot(t, 1000.0)
-    scheduler.dispatch(first)
+    scheduler.queue_due(first)
     scheduler.record(result_of(pool.queued[0], ok=False, retry_after=25.0))  # deferred until first + 25
 
-    scheduler.dispatch(first + 10.0)
-    scheduler.dispatch(first + 20.0)
-    scheduler.dispatch(first + 30.0)
+    scheduler.queue_due(first + 10.0)
+    scheduler.queue_due(first + 20.0)
+    scheduler.queue_due(first + 30.0)
 
     assert skipped(registry, "deferred") == 2
     assert [d.due for d in pool.queued] == [first, first + 30.0]
@@ -446,7 +446,7 @@ def test_missed_slots_are_counted_as_behind() -> None:
     scheduler, pool, registry, _ = scheduler_with([t])
     first = next_slot(t, 1000.0)
 
-    scheduler.dispatch(first + 35.0)  # the loop woke three slots late
+    scheduler.queue_due(first + 35.0)  # the loop woke three slots late
 
     assert skipped(registry, "behind") == 3
     assert [d.due for d in pool.queued] == [first + 30.0]
@@ -455,7 +455,7 @@ def test_missed_slots_are_counted_as_behind() -> None:
 def test_progress_is_logged_when_every_target_was_polled_after_each_set_targets(caplog) -> None:
     a, b = target("a"), target("b")
     scheduler, pool, _, _ = scheduler_with([a, b])
-    scheduler.dispatch(1000.0 + 10.0)
+    scheduler.queue_due(1000.0 + 10.0)
     with caplog.at_level(logging.INFO, logger="replicante_poller.polling.scheduler"):
         scheduler.record(result_of(pool.queued[0]))
         assert "all 2 agents polled" not in caplog.text
@@ -463,7 +463,7 @@ def test_progress_is_logged_when_every_target_was_polled_after_each_set_targets(
         assert "all 2 agents polled: 1 UP, 1 down" in caplog.text
         caplog.clear()
         scheduler.set_targets([a, b])  # a reload with the same targets: progress is reported anew
-        scheduler.dispatch(1000.0 + 20.0)
+        scheduler.queue_due(1000.0 + 20.0)
         for due in pool.queued[2:]:
             scheduler.record(result_of(due))
         assert "all 2 agents polled: 2 UP, 0 down" in caplog.text

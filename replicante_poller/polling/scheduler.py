@@ -110,7 +110,7 @@ ERROR_PAUSE = 0.1  # after an unexpected error in the loop, so a persistent one 
 class Scheduler:
     """The scheduler thread, single writer of the fleet state.
 
-    It starts the polls that are due (`dispatch`: never one whose target is already queued
+    It queues the polls that are due (`queue_due`: never one whose target is already queued
     or in flight, nor one its agent deferred with Retry-After), folds every result into the
     state and the metrics (`record`), and runs the service's periodic tasks and commands
     (a reload) on its own thread. It waits on one inbox (results, commands, wake-ups) with
@@ -168,7 +168,7 @@ class Scheduler:
 
     # -- the decisions --------------------------------------------------------------
 
-    def dispatch(self, now: float) -> None:
+    def queue_due(self, now: float) -> None:
         """Queue every poll due at `now`, except those of targets deferred, queued or in flight."""
         for due in self._schedule.pop_due(now):
             if due.missed:
@@ -210,7 +210,7 @@ class Scheduler:
         while not self._stopping.is_set():
             try:
                 self._run_tasks(self._clock())
-                self.dispatch(self._clock())
+                self.queue_due(self._clock())
                 wake = self.next_wake()
                 self._receive(None if wake is None else max(0.0, wake - self._clock()))
             except Exception:  # the top of the scheduler loop: log, count, keep going
