@@ -95,16 +95,23 @@ def test_what_we_sign_is_made_of_valid_structured_fields():
     assert isinstance(digest["sha-256"][0], bytes) and len(digest["sha-256"][0]) == 32
 
 
-def test_what_the_independent_implementation_signs_is_accepted_by_our_verifier():
+def oracle_signed(body: bytes) -> requests.PreparedRequest:
+    """A schedule request signed by the independent implementation with our profile: the
+    covered components, tag, a 22-character nonce, no alg, 60 s validity."""
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    body = body_of()
     request = requests.Request("POST", URL, data=body, headers={
         "Content-Type": "application/json", "Replicante-Cluster": "orders",
         "Replicante-Node": "mongo1:27017"}).prepare()  # the oracle adds Content-Digest from `body`
-    nonce = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=oracle_keys()).sign(
-        request, key_id=KEY.key_id, created=now, expires=now + datetime.timedelta(seconds=60), nonce=nonce,
-        label=LABEL, tag=TAG, include_alg=False, covered_component_ids=COVERED, body=body)
+        request, key_id=KEY.key_id, created=now, expires=now + datetime.timedelta(seconds=60),
+        nonce=base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(), label=LABEL, tag=TAG,
+        include_alg=False, covered_component_ids=COVERED, body=body)
+    return request
+
+
+def test_what_the_independent_implementation_signs_is_accepted_by_our_verifier():
+    body = body_of()
+    request = oracle_signed(body)
 
     verdict = our_verifier().verify("POST", PATH, dict(request.headers), body)
 
@@ -113,15 +120,8 @@ def test_what_the_independent_implementation_signs_is_accepted_by_our_verifier()
 
 
 def test_a_body_changed_after_the_independent_signature_is_refused_by_our_verifier():
-    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     body = body_of()
-    request = requests.Request("POST", URL, data=body, headers={
-        "Content-Type": "application/json", "Replicante-Cluster": "orders",
-        "Replicante-Node": "mongo1:27017"}).prepare()  # the oracle adds Content-Digest from `body`
-    HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=oracle_keys()).sign(
-        request, key_id=KEY.key_id, created=now, expires=now + datetime.timedelta(seconds=60),
-        nonce=base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode(), label=LABEL, tag=TAG,
-        include_alg=False, covered_component_ids=COVERED, body=body)
+    request = oracle_signed(body)
 
     verdict = our_verifier().verify("POST", PATH, dict(request.headers), body.replace(b"check", b"chock"))
 

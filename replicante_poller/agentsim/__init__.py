@@ -14,25 +14,13 @@ Modules: `faults` (the fleet), `wire` (HTTP/1.1), `api` (paths, error answers), 
 (AgentSim), `cli` (the `agent-sim` verb, CA and discovery files).
 """
 from .actions import DONE, FAILED, FORGOTTEN, MAX_ACTION_BODY, NEW, RUNNING, Verifier
-from .api import (
-    ACTION_INFO_PREFIX,
-    ACTIONS_FINISHED,
-    ACTIONS_PREFIX,
-    ACTIONS_QUEUE,
-    AGENT_INFO,
-    API,
-    DATASTORE_INFO,
-    SCHEDULE_PREFIX,
-    SHARDS,
-)
 from .cli import _parse_faults as _parse_faults  # private, but tests use it
 from .cli import add_arguments, discovery_ini, main, throwaway_ca
 from .faults import Fault, NodeSpec, fleet
 from .server import IDLE_TIMEOUT, AgentSim
 
 __all__ = [
-    "ACTIONS_FINISHED", "ACTIONS_PREFIX", "ACTIONS_QUEUE", "ACTION_INFO_PREFIX", "AGENT_INFO", "API",
-    "DATASTORE_INFO", "DONE", "FAILED", "FORGOTTEN", "IDLE_TIMEOUT", "MAX_ACTION_BODY", "NEW", "RUNNING",
-    "SCHEDULE_PREFIX", "SHARDS", "AgentSim", "Fault", "NodeSpec", "Verifier", "add_arguments",
+    "DONE", "FAILED", "FORGOTTEN", "IDLE_TIMEOUT", "MAX_ACTION_BODY", "NEW", "RUNNING",
+    "AgentSim", "Fault", "NodeSpec", "Verifier", "add_arguments",
     "discovery_ini", "fleet", "main", "throwaway_ca",
 ]

@@ -15,18 +15,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Union
 
+from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from ..durations import rfc3339_seconds
-from .api import (
-    ACTION_INFO_PREFIX,
-    ACTIONS_FINISHED,
-    ACTIONS_QUEUE,
-    EMPTY_404,
-    NOT_ALLOWED,
-    NOT_FOUND,
-    SCHEDULE_PREFIX,
-    dumps,
-    error,
-)
+from .api import EMPTY_404, NOT_ALLOWED, NOT_FOUND, dumps, error
 from .schedule import InvalidArgs, parse_schedule
 from .wire import Request, Response, response
 

@@ -1,19 +1,9 @@
-"""The agent API ("unstable"): its paths, JSON encoding and the error answers routes share."""
+"""The agent API ("unstable") as simulated agents speak it: JSON encoding and the error
+answers routes share (its paths are `replicante_poller.agentapi`)."""
 from __future__ import annotations
 
 import json
 
-from ..agentapi import (  # noqa: F401  (the simulator's routes use them from here)
-    ACTION_INFO_PREFIX,
-    ACTIONS_FINISHED,
-    ACTIONS_PREFIX,
-    ACTIONS_QUEUE,
-    AGENT_INFO,
-    API,
-    DATASTORE_INFO,
-    SCHEDULE_PREFIX,
-    SHARDS,
-)
 from .wire import Response, response
 
 

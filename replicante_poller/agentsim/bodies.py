@@ -10,7 +10,8 @@ import threading
 import zlib
 from collections.abc import Callable
 
-from .api import AGENT_INFO, DATASTORE_INFO, SHARDS, dumps, error
+from ..agentapi import AGENT_INFO, DATASTORE_INFO, SHARDS
+from .api import dumps, error
 from .faults import KINDS, Fault, NodeSpec
 from .wire import Route, chunk, response, response_head
 

@@ -13,11 +13,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO
 
+from ..agentapi import ACTIONS_PREFIX
 from ..agentside.replay import ReplayStore
 from ..agentside.verifier import Keyring
 from ..agentside.verifier import Verifier as SignatureVerifier
 from .actions import ActionBook, ActionEngine, Verifier
-from .api import ACTIONS_PREFIX, BAD_REQUEST, NOT_ALLOWED, NOT_FOUND
+from .api import BAD_REQUEST, NOT_ALLOWED, NOT_FOUND
 from .bodies import routes
 from .faults import Fault, NodeSpec
 from .wire import BadRequest, Request, Response, Route, hold, linger, read_request

@@ -10,6 +10,7 @@ the addresses, so every address is tried and the connect ends at the deadline.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 import queue
 import socket
@@ -36,8 +37,10 @@ def system_lookup(host: str, port: int) -> list[AddrInfo]:
     return socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM)
 
 
+@functools.lru_cache(maxsize=4096)
 def _literal(host: str, port: int) -> Optional[list[AddrInfo]]:
-    """The address of an IP literal (no lookup, no thread), or None for a name."""
+    """The address of an IP literal (no lookup, no thread), or None for a name (cached:
+    the same agents are dialed every interval; callers only read the list)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
