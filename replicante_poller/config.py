@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .durations import parse_duration
 from .errors import ConfigError
-from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER
+from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER, MAX_SHARDS_BODY
 
 T = TypeVar("T")
 
@@ -41,7 +41,8 @@ class PollSettings:
 
     interval: float = 15.0
     timeout: float = 5.0
-    max_body: int = MAX_BODY
+    max_body: int = MAX_BODY  # agent and datastore info, and any other answer
+    max_shards_body: int = MAX_SHARDS_BODY  # the shards answer: one entry per shard, thousands on big brokers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +253,7 @@ def read_poll(section: Section, base: PollSettings) -> PollSettings:
         interval=section.get("interval", to_duration, base.interval),
         timeout=section.get("timeout", to_duration, base.timeout),
         max_body=section.get("max_body", to_size, base.max_body),
+        max_shards_body=section.get("max_shards_body", to_size, base.max_shards_body),
     )
     if poll.timeout >= poll.interval:
         key = "timeout" if section.has("timeout") else "interval"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from replicante_poller.limits import MAX_BODY
+from replicante_poller.limits import MAX_BODY, MAX_SHARDS_BODY
 from replicante_poller.config import (
     Config,
     DiscoverySettings,
@@ -184,6 +184,15 @@ def test_keys_are_case_insensitive_and_values_stripped() -> None:
 @pytest.mark.parametrize("text, size", [("65536", 65536), ("64KiB", 65536), ("1MiB", 1 << 20), ("10B", 10)])
 def test_max_body_sizes(text: str, size: int) -> None:
     assert parse(f"[poller]\nmax_body = {text}\n").poller.poll.max_body == size
+
+
+def test_the_shards_answer_has_its_own_cap_with_a_default_for_large_brokers() -> None:
+    config = parse("[poller]\nmax_body = 32KiB\n[cluster:kafka]\nagents = https://k1:1\nmax_shards_body = 32MiB\n"
+                   "[cluster:mongo]\nagents = https://m1:1\n")
+    assert config.poller.poll.max_shards_body == MAX_SHARDS_BODY == 8 << 20
+    kafka, mongo = config.clusters
+    assert (kafka.poll.max_body, kafka.poll.max_shards_body) == (32 << 10, 32 << 20)
+    assert (mongo.poll.max_body, mongo.poll.max_shards_body) == (32 << 10, 8 << 20)
 
 
 @pytest.mark.parametrize("text, host, port", [

@@ -152,3 +152,25 @@ def test_only_the_agents_already_exists_answer_makes_a_409_delivered(setup, answ
     done = journal.get(action.id)
     assert done.state is state, done.message
     assert len(agent.seen) == 1
+
+
+def test_an_agent_with_actions_disabled_is_a_clear_final_rejection(setup):
+    agent, journal, dispatcher, client, clock, target = setup([(404, b"")])
+    action = journal.submit(target.url, KIND, None)
+
+    dispatcher.step(client, action)
+
+    done = journal.get(action.id)
+    assert done.state is ActionState.REJECTED
+    assert "actions disabled" in done.message, done.message
+
+
+def test_a_404_with_an_agent_error_keeps_the_agents_words(setup):
+    unknown = b'{"error":"action kind not found","layers":[],"trace":null,"variant":"ActionNotFound"}'
+    agent, journal, dispatcher, client, clock, target = setup([(404, unknown)])
+    action = journal.submit(target.url, KIND, None)
+
+    dispatcher.step(client, action)
+
+    done = journal.get(action.id)
+    assert done.state is ActionState.REJECTED and "action kind not found" in done.message, done.message

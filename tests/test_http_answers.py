@@ -195,11 +195,11 @@ def test_a_body_over_the_cap_after_decompression_is_too_large(agent, client):
 
 
 def test_a_declared_length_over_the_cap_is_too_large_before_reading(agent, client):
-    healthy(agent, shards={"body": b"{}" + b" " * CAP})
+    healthy(agent, datastore={"body": b"{}" + b" " * CAP})
 
     result = poll_target(client, target())
 
-    down(result, Status.NODE_DOWN, Reason.TOO_LARGE, SHARDS, "cap")
+    down(result, Status.NODE_DOWN, Reason.TOO_LARGE, DATASTORE_INFO, "cap")
 
 
 def test_broken_compression_is_invalid_json(agent, client):

@@ -380,12 +380,42 @@ def test_content_length_over_cap_is_too_large(client, serve, target):
 
 
 def test_chunked_body_growing_past_cap_is_too_large(client, serve, target):
-    server = serve(healthy(shards=chunked(b" " * 8192, count=1024)))
+    server = serve(healthy(datastore=chunked(b" " * 8192, count=1024)))
 
     result, elapsed = timed_poll(client, target(server.url))
 
-    assert_down(result, Status.NODE_DOWN, Reason.TOO_LARGE, SHARDS, f"{CAP} byte cap")
+    assert_down(result, Status.NODE_DOWN, Reason.TOO_LARGE, DATASTORE_INFO, f"{CAP} byte cap")
     assert elapsed < DEADLINE
+
+
+def kafka_shards(partitions: int) -> dict:
+    """The shards answer of a Kafka broker with `partitions` partitions, as real agents shape it."""
+    return {"shards": [{"id": f"orders-{n}", "role": "primary" if n % 3 == 0 else "secondary",
+                        "commit_offset": {"unit": {"unit": "messages"}, "value": 1_000_000 + n},
+                        "lag": None if n % 3 == 0 else {"unit": {"unit": "messages"}, "value": n % 7}}
+                       for n in range(partitions)]}
+
+
+def test_shards_of_a_20000_partition_broker_are_up_under_the_default_caps(client, serve, ca_file):
+    shards = json.dumps(kafka_shards(20_000)).encode()
+    assert len(shards) > 2 * 1024 * 1024  # far over the 64 KiB cap of the other answers
+    server = serve(healthy(shards=respond(200, shards)))
+    agent = Target(CLUSTER, server.url, None, PollSettings(interval=10.0, timeout=5.0), TlsSettings(ca_file=ca_file))
+
+    result = poll_target(client, agent)
+
+    assert result.status is Status.UP, result.message
+    assert len(result.shards) == 20_000
+
+
+def test_the_shards_answer_has_its_own_cap(client, serve, ca_file):
+    server = serve(healthy(shards=respond(200, json.dumps(kafka_shards(20_000)).encode())))
+    agent = Target(CLUSTER, server.url, None, PollSettings(interval=10.0, timeout=5.0, max_shards_body=1024 * 1024),
+                   TlsSettings(ca_file=ca_file))
+
+    result = poll_target(client, agent)
+
+    assert_down(result, Status.NODE_DOWN, Reason.TOO_LARGE, SHARDS, "1048576 byte")
 
 
 # -- HTTP ----------------------------------------------------------------------------------

@@ -13,26 +13,65 @@ import re
 from typing import Any, Callable, Optional
 
 from ..errors import ConfigError, SubmissionError
-from ..limits import MAX_BODY
+from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
 from .journal import Action, Journal
 
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+# An external action's key is any key of the agent's `external_actions` map: any character
+# a URL path takes as it is (RFC 3986 pchar), as the kind travels unencoded in the path.
+EXTERNAL_KIND = re.compile(r"external\.agent\.replicante\.io/[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+# The schedule body around the args (DESIGN section 1), to size what the args may take.
+_ENVELOPE = len(json.dumps({"action_id": "0" * 36, "args": None, "created_ts": "2026-01-01T00:00:00.000Z",
+                            "requester": "CORE_API"}, separators=(",", ":"))) - len("null")
+MAX_ARGS_BYTES = MAX_SCHEDULE_BODY - _ENVELOPE
 MAX_SUBMISSION = MAX_BODY
 
 
 def check_kind(kind: Any) -> str:
     """An action kind such as `agent.replicante.io/test.ping`: no spaces, `..`, or leading `/`."""
+    if isinstance(kind, str) and EXTERNAL_KIND.fullmatch(kind):
+        return kind
     if not isinstance(kind, str) or not KIND.fullmatch(kind) or ".." in kind:
-        raise SubmissionError(f"{kind!r} is not a valid action kind (e.g. agent.replicante.io/test.ping)")
+        raise SubmissionError(f"{kind!r} is not a valid action kind (e.g. agent.replicante.io/test.ping, "
+                              "or external.agent.replicante.io/KEY)")
     return kind
+
+
+def check_args(args: Any) -> Any:
+    """Action args that every agent accepts: plain JSON (no NaN or Infinity), nested at most
+    MAX_ARGS_DEPTH deep, and small enough for the schedule body to fit MAX_SCHEDULE_BODY."""
+    try:
+        encoded = json.dumps(args, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise SubmissionError("args contain NaN or Infinity, which JSON does not have") from None
+    except (TypeError, RecursionError) as exc:
+        raise SubmissionError(f"args are not JSON: {exc}") from None
+    if len(encoded) > MAX_ARGS_BYTES:
+        raise SubmissionError(f"args are {len(encoded):,} bytes of JSON; at most {MAX_ARGS_BYTES:,} fit in an action "
+                              f"({MAX_SCHEDULE_BODY // 1024} KiB schedule request: released agents refuse larger ones)")
+    if _depth(args) > MAX_ARGS_DEPTH:
+        raise SubmissionError(f"args are nested deeper than {MAX_ARGS_DEPTH} levels")
+    return args
+
+
+def _depth(value: Any) -> int:
+    """How deep JSON arrays and objects nest in `value` (0 for a scalar), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, level = todo.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def submit(journal: Journal, find_target: Callable[[str], Optional[Target]], agent: Any, kind: Any, args: Any) -> Action:
     """Validate and durably queue one action."""
     if not isinstance(agent, str) or find_target(agent.rstrip("/")) is None:
         raise SubmissionError(f"{agent!r} is not an agent of the configuration or discovery")
-    return journal.submit(agent.rstrip("/"), check_kind(kind), args)
+    return journal.submit(agent.rstrip("/"), check_kind(kind), check_args(args))
 
 
 def read_token(path: str) -> bytes:
@@ -84,6 +123,8 @@ class ActionsApi:
                 raise SubmissionError("expected a JSON object {\"agent\": URL, \"kind\": KIND, \"args\": ...}")
             action = submit(self._journal, self._find_target, document.get("agent"), document.get("kind"),
                             document.get("args"))
+        except RecursionError:
+            return 400, {"error": "the body is nested too deeply to be an action"}
         except (ValueError, SubmissionError) as exc:
             return 400, {"error": str(exc)}
         self._on_submit()

@@ -216,6 +216,8 @@ class Dispatcher:
         if isinstance(reply, Reply) and not retryable_status(reply.status):
             error = _json(reply)
             detail = error.get("error") if isinstance(error, dict) else reply.body[:200].decode("utf-8", "replace")
+            if reply.status == 404 and not reply.body.strip():  # DESIGN section 1: how agents say "no actions"
+                detail = "the agent has actions disabled (404 with no body on the schedule path)"
             self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}", ActionState.REJECTED,
                                       now, f"the agent refused it: HTTP {reply.status} {detail}")
             self._metrics.action_result("rejected")

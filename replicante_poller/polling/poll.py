@@ -39,8 +39,8 @@ class PollResult:
         return self.status is Status.UP
 
 
-def _fetch(conn: Any, path: str, validate: Callable[[Any], Any]) -> Union[Any, Failure, Invalid]:
-    body = conn.get(path)
+def _fetch(conn: Any, path: str, validate: Callable[[Any], Any], max_body: int) -> Union[Any, Failure, Invalid]:
+    body = conn.get(path, max_body)
     if isinstance(body, Failure):
         return body
     return parse(body, validate)
@@ -65,12 +65,13 @@ def poll_target(client: AgentClient, target: Target, clock: Callable[[], float] 
         return PollResult(target, status, reason, message, started, time.monotonic() - t0, **fields, **extra)
 
     with client.connect(target) as conn:
-        for path, validate, key, down in (
-            (AGENT_INFO, validate_agent_info, "agent", Status.AGENT_DOWN),
-            (DATASTORE_INFO, validate_datastore_info, "datastore", Status.NODE_DOWN),
-            (SHARDS, validate_shards, "shards", Status.NODE_DOWN),
+        limits = target.poll
+        for path, validate, key, down, max_body in (
+            (AGENT_INFO, validate_agent_info, "agent", Status.AGENT_DOWN, limits.max_body),
+            (DATASTORE_INFO, validate_datastore_info, "datastore", Status.NODE_DOWN, limits.max_body),
+            (SHARDS, validate_shards, "shards", Status.NODE_DOWN, limits.max_shards_body),
         ):
-            value = _fetch(conn, path, validate)
+            value = _fetch(conn, path, validate, max_body)
             fields["cert_not_after"] = conn.peer.not_after if conn.peer else None
             if _failed(value):
                 retry_after = value.retry_after if isinstance(value, Failure) else None

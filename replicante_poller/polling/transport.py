@@ -292,9 +292,11 @@ class AgentConnection:
         """The agent's certificate, once the handshake happened."""
         return self._state.peer
 
-    def get(self, path: str) -> Union[bytes, Failure]:
-        """The JSON body of a 200 answer at `path`, or the Failure that prevented it."""
-        reply = self.request("GET", path)
+    def get(self, path: str, max_body: Optional[int] = None) -> Union[bytes, Failure]:
+        """The JSON body of a 200 answer at `path`, or the Failure that prevented it.
+
+        `max_body` caps this answer (default: the target's `max_body`)."""
+        reply = self.request("GET", path, max_body=max_body)
         if isinstance(reply, Failure):
             return reply
         if reply.status != 200:
@@ -307,7 +309,7 @@ class AgentConnection:
         return reply.body
 
     def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Mapping[str, str]] = None) -> Union[Reply, Failure]:
+                headers: Optional[Mapping[str, str]] = None, max_body: Optional[int] = None) -> Union[Reply, Failure]:
         """Any answer at all (whatever its status) with its capped body, or a Failure."""
         remaining = self._state.watch.deadline - time.monotonic()
         if remaining <= 0:
@@ -317,7 +319,7 @@ class AgentConnection:
             response = client.send(client.prepare(method, self._target.url, path, body, headers), remaining)
         except Exception as exc:  # translated here: the library boundary
             return self._classify(exc)
-        cap = self._target.poll.max_body
+        cap = max_body or self._target.poll.max_body
         try:
             length = response.headers.get("Content-Length", "")
             if _LENGTH.fullmatch(length) and int(length) > cap:
