@@ -13,11 +13,13 @@ import requests
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from replicante_poller.agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
 from replicante_poller.agentsim import AgentSim, NodeSpec
 from replicante_poller.actions.httpsig import COVERED, LABEL, TAG, SignatureParams, content_digest, sign_action, signature_base
 from replicante_poller.actions.signing import generate_keypair, load_signing_key
 
 from process import PollerProcess
+from tls_servers import Exchange, TlsServer, json_response, response_bytes
 
 KIND = "agent.replicante.io/test.ping"
 PATH = f"/api/unstable/actions/schedule/{KIND}"
@@ -360,3 +362,66 @@ def test_sighup_reloads_the_keyring_and_a_bad_file_keeps_the_running_one(gateway
     assert send(process, body, signed(keys["old"]["key"], body)).status_code == 401
     assert len(sim.actions(url)) == 2
     assert process.stop() == 0
+
+
+@pytest.fixture
+def mtls_agent(ca, pki):
+    """An agent with actions on, as real ones run them: TLS that demands a client certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    pki["server"].configure_cert(context)
+    ca.configure_trust(context)
+    context.verify_mode = ssl.CERT_REQUIRED
+    scheduled: list[tuple[bytes, bool]] = []
+
+    def schedule(ex: Exchange) -> bool:
+        body = ex.rfile.read(int(ex.request.headers.get("content-length", "0")))
+        scheduled.append((body, ex.conn.client_cert is not None))
+        return ex.send(response_bytes(200, json.dumps({"id": json.loads(body)["action_id"]}).encode()))
+
+    handlers = {DATASTORE_INFO: json_response({"cluster_display_name": None, "cluster_id": "rs", "kind": "MongoDB",
+                                               "node_id": "node-1", "version": "6.0"}),
+                SCHEDULE_PREFIX + KIND: schedule}
+    with TlsServer(context, handlers) as server:
+        yield server, scheduled
+
+
+def client_pair(ca, folder):
+    leaf = ca.issue_cert("gateway.test")
+    cert, key = folder / "gateway-client.pem", folder / "gateway-client.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    return cert, key
+
+
+def test_the_gateway_fronts_an_agent_that_demands_a_client_certificate(tmp_path, ca, pki, keys, mtls_agent):
+    server, scheduled = mtls_agent
+    cert, key = client_pair(ca, tmp_path)
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, server.url, pki, keys,
+                                     extra=f"upstream_client_cert = {cert}\nupstream_client_key = {key}\n"))
+    process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")  # learns rs/node-1 over mTLS
+    try:
+        action_id = str(uuid.uuid4())
+        body = body_of(action_id)
+        reply = send(process, body, signed(keys["old"]["key"], body))
+    finally:
+        process.stop()
+
+    assert (reply.status_code, reply.json()) == (200, {"id": action_id}), reply.text
+    assert scheduled == [(body, True)]
+
+
+def test_without_its_client_certificate_the_gateway_cannot_forward(tmp_path, pki, keys, mtls_agent):
+    server, scheduled = mtls_agent
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, server.url, pki, keys, extra="cluster_id = rs\nnode_id = node-1\n"))
+    process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")
+    try:
+        body = body_of()
+        reply = send(process, body, signed(keys["old"]["key"], body))
+    finally:
+        process.stop()
+
+    assert reply.status_code == 502, reply.text
+    assert scheduled == []

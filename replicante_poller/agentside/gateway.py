@@ -54,7 +54,8 @@ class Gateway:
         self._upstream = Target("upstream", settings.upstream, None,
                                 PollSettings(interval=settings.timeout * 2, timeout=settings.timeout,
                                              max_body=UPSTREAM_MAX_BODY),
-                                TlsSettings(ca_file=settings.upstream_ca_file))
+                                TlsSettings(ca_file=settings.upstream_ca_file, client_cert=settings.upstream_client_cert,
+                                            client_key=settings.upstream_client_key))
         self._local = threading.local()
         self.verifier: Optional[Verifier] = None
         self._server: Optional[ThreadingHTTPServer] = None

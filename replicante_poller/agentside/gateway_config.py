@@ -24,6 +24,8 @@ class GatewaySettings:
     keys: tuple[str, ...]  # keyring entries: PATH[;kid=..][;not_before=..][;not_after=..]
     replay_store: str
     upstream_ca_file: Optional[str] = None
+    upstream_client_cert: Optional[str] = None  # real agents with actions on demand a client certificate
+    upstream_client_key: Optional[str] = None
     server_cert: Optional[str] = None
     server_key: Optional[str] = None
     revoked: frozenset[str] = frozenset()
@@ -65,17 +67,20 @@ def read_gateway(section: Section) -> GatewaySettings:
             raise section.error(key, "required")
     settings = GatewaySettings(
         source=section.source, listen=listen, upstream=upstream, keys=_keys(section), replay_store=replay_store,
-        upstream_ca_file=section.path("upstream_ca_file"), server_cert=section.path("server_cert"),
+        upstream_ca_file=section.path("upstream_ca_file"), upstream_client_cert=section.path("upstream_client_cert"),
+        upstream_client_key=section.path("upstream_client_key"), server_cert=section.path("server_cert"),
         server_key=section.path("server_key"), revoked=section.get("revoked", _revoked, frozenset()),
         max_body=section.get("max_body", to_size, MAX_BODY),
         cluster_id=section.get("cluster_id", str, None) or None, node_id=section.get("node_id", str, None) or None,
         timeout=section.get("timeout", to_duration, 10.0),
     )
     section.finish()
-    for key in ("upstream_ca_file", "server_cert", "server_key"):
+    for key in ("upstream_ca_file", "upstream_client_cert", "upstream_client_key", "server_cert", "server_key"):
         path = getattr(settings, key)
         if path is not None and not os.path.isfile(path):
             raise section.error(key, f"file {path} does not exist")
+    if (settings.upstream_client_cert is None) != (settings.upstream_client_key is None):
+        raise section.error("upstream_client_cert", "upstream_client_cert and upstream_client_key go together")
     if (settings.server_cert is None) != (settings.server_key is None):
         raise section.error("server_cert", "server_cert and server_key go together")
     if (settings.cluster_id is None) != (settings.node_id is None):
