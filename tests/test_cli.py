@@ -107,7 +107,8 @@ def test_shipped_example_configuration_is_valid():
     example = Path(__file__).resolve().parent.parent / "etc" / "replicante-poller.ini"
     done = run("check-config", "--config", str(example))
     assert done.returncode == 0, done.stderr
-    assert "10 agents in 4 clusters" in done.stdout
+    assert "13 agents in 5 clusters" in done.stdout
+    assert "kafka-events: 3 agents" in done.stdout  # the YAML discovery file (Core's format)
 
 
 def test_check_config_loads_what_run_loads(tmp_path, pki):

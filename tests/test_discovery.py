@@ -213,6 +213,11 @@ def test_targets_are_hashable_values(tmp_path: Path) -> None:
     ("bad.ini", "[cluster:-x]\nagents = https://a:1\n", "cluster:-x", None),
     ("bad.ini", "agents = https://a:1\n", None, None),
     ("bad.ini", "[cluster:a]\n[cluster:a]\n", None, None),
+    ("bad.yaml", "- cluster_id: a\n  nodes: [https://a:1\n", None, None),  # unclosed flow list
+    ("bad.yaml", "cluster_id: a\nnodes: []\n", None, None),  # a mapping, not a list
+    ("bad.yaml", "- cluster_id: yes\n  nodes: []\n", "[0]", "cluster_id"),  # YAML 1.1: a boolean
+    ("bad.yaml", "- cluster_id: a\n  nodes:\n    - {node_id: n1}\n", "[0]", "nodes"),  # no agent_address
+    ("bad.yaml", "- cluster_id: a\n  nodes: ['http://a:1']\n", "[0]", "nodes"),  # agents speak HTTPS
 ])
 def test_invalid_discovery_files(tmp_path: Path, name: str, text: str, section: str | None, key: str | None) -> None:
     write(tmp_path / "d" / "good.ini", "[cluster:ok]\nagents = https://ok:1\n")
@@ -251,3 +256,37 @@ def test_folder_matched_by_glob(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         discover(config(tmp_path, BASE))
     assert info.value.source == str(tmp_path / "d" / "sub")
+
+
+DATA = Path(__file__).parent / "data" / "core-discovery"
+
+
+def test_core_yaml_discovery_files_are_read_as_core_reads_them(tmp_path: Path) -> None:
+    for name in ("file.example.yaml", "two.clusters.yaml", "no.clusters.yaml"):
+        write(tmp_path / "d" / name, (DATA / name).read_text())
+
+    targets = discover(config(tmp_path, BASE))
+
+    assert keys(targets) == [("mongodb-rs", "https://node1:37017"), ("mongodb-rs", "https://node2:37017"),
+                             ("mongodb-rs", "https://node3:37017"), ("test1", "https://node1:37017"),
+                             ("test1", "https://node2:37017"), ("test1", "https://node3:37017"),
+                             ("test2", "https://node1:37018"), ("test2", "https://node3:37018")]
+    test1 = [t for t in targets if t.cluster_id == "test1"]
+    assert {t.display_name for t in test1} == {"Test One"}
+    assert all(t.poll == PollSettings(20.0, 2.0, MAX_BODY) for t in targets)
+
+
+def test_platform_discovery_records_give_their_agent_addresses(tmp_path: Path) -> None:
+    write(tmp_path / "d" / "platform.json", (DATA / "platform-records.json").read_text())
+    write(tmp_path / "d" / "platform.yml", "- cluster_id: zk\n  nodes:\n    - agent_address: https://zk1:9000\n"
+                                            "      node_class: small\n      node_id: zk-1\n")
+
+    assert keys(discover(config(tmp_path, BASE))) == [("kafka-prod", "https://kafka1.prod:9000"),
+                                                      ("kafka-prod", "https://kafka2.prod:9000"),
+                                                      ("zk", "https://zk1:9000")]
+
+
+def test_an_empty_yaml_file_is_no_cluster(tmp_path: Path) -> None:
+    write(tmp_path / "d" / "empty.yaml", "# nothing discovered yet\n")
+
+    assert discover(config(tmp_path, BASE)) == ()

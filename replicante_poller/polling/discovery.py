@@ -1,8 +1,11 @@
 """Discovery: which agents exist, from the configuration and discovery files.
 
-Discovery files hold `[cluster:ID]` sections like the main file, or Replicante's JSON
-file-discovery form `[{"cluster_id": ..., "display_name": ..., "nodes": [URL, ...]}]`.
-The result is a tuple of Targets: the only thing the scheduler sees.
+Discovery files hold `[cluster:ID]` sections like the main file, or Replicante Core's
+file-discovery records in JSON (`.json`, or text starting with `[{`) or YAML (`.yaml`,
+`.yml`: Core's own discovery files): a list of `{"cluster_id": ..., "display_name": ...,
+"nodes": [...]}` where a node is an agent URL (Core up to 0.7) or an object with its
+`agent_address` (replisdk's platform discovery records). The result is a tuple of Targets:
+the only thing the scheduler sees.
 """
 from __future__ import annotations
 
@@ -10,7 +13,9 @@ import dataclasses
 import glob
 import json
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
+
+import yaml
 
 from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents, to_cluster_id
 from ..errors import ConfigError
@@ -58,8 +63,31 @@ def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSet
         document = json.loads(text)
     except ValueError as exc:
         raise ConfigError(source, None, None, f"invalid JSON: {exc}") from None
+    return discovery_records(document, source, poll, tls)
+
+
+def parse_yaml_discovery(text: str, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:
+    """Replicante Core's YAML discovery files (the same records; an empty file is no cluster)."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, None, None, "invalid YAML: " + " ".join(str(exc).split())) from None
+    return discovery_records([] if document is None else document, source, poll, tls)
+
+
+def _node_url(node: Any) -> Optional[str]:
+    """A node's agent URL: the string itself, or a platform record's `agent_address`."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict) and isinstance(node.get("agent_address"), str):
+        return node["agent_address"]
+    return None
+
+
+def discovery_records(document: Any, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:
+    """Clusters from decoded discovery records, each error naming the record and the key."""
     if not isinstance(document, list):
-        raise ConfigError(source, None, None, "expected a JSON list of clusters")
+        raise ConfigError(source, None, None, "expected a list of clusters")
     clusters = []
     for index, entry in enumerate(document):
         where = f"[{index}]"
@@ -69,9 +97,9 @@ def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSet
             to_cluster_id(entry["cluster_id"])
         except ValueError as exc:
             raise ConfigError(source, where, "cluster_id", str(exc)) from None
-        nodes = entry.get("nodes")
-        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes):
-            raise ConfigError(source, where, "nodes", "expected a list of agent URLs")
+        nodes = [_node_url(n) for n in entry.get("nodes")] if isinstance(entry.get("nodes"), list) else None
+        if nodes is None or None in nodes:
+            raise ConfigError(source, where, "nodes", "expected a list of agent URLs (or of objects with an agent_address)")
         display = entry.get("display_name")
         if display is not None and not isinstance(display, str):
             raise ConfigError(source, where, "display_name", "expected a string or null")
@@ -96,6 +124,8 @@ def read_discovery_file(path: Path, config: Config) -> list[ClusterConfig]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), None, None, f"cannot read: {exc}") from None
     poll, tls = config.poller.poll, config.tls
+    if path.suffix in (".yaml", ".yml"):
+        return parse_yaml_discovery(text, str(path), poll, tls)
     if path.suffix == ".json" or looks_like_json_list(text):
         return parse_json_discovery(text, str(path), poll, tls)
     clusters = []
