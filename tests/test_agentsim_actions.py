@@ -166,7 +166,7 @@ VALID = body("00000000-0000-4000-8000-000000000001")
     json.dumps(VALID).encode()[:-1] + b', "args": 2}',  # duplicate key
     json.dumps({**VALID, "args": "NAN"}).encode().replace(b'"NAN"', b"NaN"),
     json.dumps(VALID).encode().replace(b"CORE_API", b"CORE_API\xff"),  # not UTF-8
-    b'{"args":' + b"[" * 30_000 + b"]" * 30_000 + b"}",  # nesting beyond the parser
+    b'{"args":' + b"[" * 15_000 + b"]" * 15_000 + b"}",  # nesting beyond the parser
 ], ids=lambda raw: repr(raw[:40]))
 def test_bad_bodies_are_400_invalid_args_and_store_nothing(fast, session, raw):
     url = fresh_url(fast, "faulty-agent_error")  # a fault on agent info leaves actions alone
@@ -194,7 +194,7 @@ def test_created_ts_is_normalised_to_whole_seconds_in_utc(fast, session):
     assert get(session, url, "/info/" + doc["action_id"]).json()["action"]["created_ts"] == "2026-11-25T19:00:00Z"
 
 
-def test_body_of_64_kib_is_accepted_and_one_byte_more_is_413(fast, session):
+def test_body_of_32_kib_is_accepted_and_one_byte_more_is_an_empty_413(fast, session):
     url = fresh_url(fast)
 
     def sized(size: int) -> bytes:
@@ -203,12 +203,12 @@ def test_body_of_64_kib_is_accepted_and_one_byte_more_is_413(fast, session):
         return json.dumps({**doc, "args": "x" * (size - len(raw))}).encode()
 
     headers = {"Content-Type": "application/json"}
-    fits, too_big = sized(64 * 1024), sized(64 * 1024 + 1)
-    assert (len(fits), len(too_big)) == (65536, 65537)
+    fits, too_big = sized(32 * 1024), sized(32 * 1024 + 1)
+    assert (len(fits), len(too_big)) == (32768, 32769)
     assert session.post(url + SCHEDULE + PING, data=fits, headers=headers, timeout=5).status_code == 200
     before = stored(fast, url)
     response = session.post(url + SCHEDULE + PING, data=too_big, headers=headers, timeout=5)
-    assert response.status_code == 413 and set(response.json()) == ERROR_KEYS
+    assert (response.status_code, response.content) == (413, b"")  # released agents say no more
     assert stored(fast, url) == before
     assert schedule(session, url).status_code == 200  # the connection is still good
 
@@ -233,7 +233,7 @@ def test_methods_are_checked_per_endpoint(fast, session):
         response = session.post(url + ACTIONS + path, json={}, timeout=5)
         assert response.status_code == 405 and response.headers["Allow"] == "GET"
     response = get(session, url, "/nope")
-    assert response.status_code == 404 and set(response.json()) == ERROR_KEYS
+    assert (response.status_code, response.content) == (404, b"")
 
 
 # --- reading actions -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any, Union
 
 from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from ..durations import rfc3339_seconds
+from ..limits import MAX_SCHEDULE_BODY
 from .api import EMPTY_404, NOT_ALLOWED, NOT_FOUND, dumps, error
 from .schedule import InvalidArgs, parse_schedule
 from .wire import Request, Response, response
@@ -25,7 +26,7 @@ _log = logging.getLogger(__package__)  # the simulator's one logger, whichever m
 
 NEW, RUNNING, DONE, FAILED = "NEW", "RUNNING", "DONE", "FAILED"
 FORGOTTEN = "FORGOTTEN"  # not an agent state: the node dropped the action (the caller sees it LOST)
-MAX_ACTION_BODY = 64 * 1024  # schedule request bodies above this size are refused with 413
+MAX_ACTION_BODY = MAX_SCHEDULE_BODY  # as released agents: larger schedule bodies get an empty 413
 
 # verifier(method, path, headers, body): True accepts a schedule request; False, None, a reason
 # string, any other value or an exception refuses it with 401 (fail closed).
@@ -33,7 +34,7 @@ Verifier = Callable[[str, str, Mapping[str, str], bytes], Union[bool, str, None]
 
 _POST_ONLY = error(405, "method not allowed", "MethodNotAllowed", "Allow: POST\r\n")
 _LENGTH_REQUIRED = error(411, "request body needs a Content-Length", "LengthRequired")
-_TOO_LARGE = error(413, f"request body larger than {MAX_ACTION_BODY} bytes", "PayloadTooLarge")
+_TOO_LARGE = response(413, content_type=None)
 _EXPECTATION_FAILED = error(417, "Expect is not supported: send the body directly", "ExpectationFailed")
 _UNAUTHORIZED = response(401, dumps({"error": "unauthorized"}))
 _ALREADY_EXISTS = error(409, "action already exists", "ActionAlreadyExists")

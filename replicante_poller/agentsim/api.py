@@ -19,6 +19,6 @@ def error(status: int, message: str, variant: str | None = None, extra: str = ""
 
 
 EMPTY_404 = response(404, content_type=None)
-NOT_FOUND = error(404, "path not found", "NotFound")
+NOT_FOUND = EMPTY_404  # real agents (actix-web) answer unknown paths with no body
 NOT_ALLOWED = error(405, "method not allowed", "MethodNotAllowed", "Allow: GET\r\n")
 BAD_REQUEST = error(400, "malformed HTTP request", "BadRequest")

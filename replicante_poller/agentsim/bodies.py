@@ -58,21 +58,27 @@ def routes(spec: NodeSpec, primary: bool) -> dict[str, Route]:
 
 
 def _shards(spec: NodeSpec, primary: bool) -> list[dict[str, object]]:
+    """Shards as the real agents shape them: a primary reports no lag (it is what others lag
+    behind); Kafka counts its commit offset in `offset` and its lag in `messages`."""
     role = "primary" if primary else "secondary"
+
+    def lag(unit: object, value: int) -> object:
+        return None if primary else {"unit": unit, "value": value}
+
     if spec.kind == "MongoDB":
         return [{"id": "rs0", "role": role, "commit_offset": {"unit": "seconds", "value": 1700000000},
-                 "lag": {"unit": "seconds", "value": 0}}]
+                 "lag": lag("seconds", 0)}]
     if spec.kind == "Kafka":
-        unit = {"unit": "offset"}
-        return [{"id": "events/0", "role": role, "commit_offset": {"unit": unit, "value": 1042},
-                 "lag": {"unit": unit, "value": 0}},
-                {"id": "events/1", "role": role, "commit_offset": {"unit": unit, "value": 977},
-                 "lag": {"unit": unit, "value": 0}},
+        offset, messages = {"unit": "offset"}, {"unit": "messages"}
+        return [{"id": "events/0", "role": role, "commit_offset": {"unit": offset, "value": 1042},
+                 "lag": lag(messages, 0)},
+                {"id": "events/1", "role": role, "commit_offset": {"unit": offset, "value": 977},
+                 "lag": lag(messages, 3)},
                 {"id": "events/2", "role": {"unknown": "leaderless"},
-                 "commit_offset": {"unit": unit, "value": 311}, "lag": None}]
+                 "commit_offset": {"unit": offset, "value": 311}, "lag": None}]
     unit = {"unit": "zxid"}
     return [{"id": spec.cluster_id, "role": role, "commit_offset": {"unit": unit, "value": 0x100000042},
-             "lag": {"unit": unit, "value": 0}}]
+             "lag": lag(unit, 0)}]
 
 
 # --- hostile agent info -----------------------------------------------------------------------
