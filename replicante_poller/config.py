@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
@@ -72,10 +73,16 @@ class PollerSettings:
 
 @dataclasses.dataclass(frozen=True)
 class DiscoverySettings:
-    """The `[discovery]` section: globs of discovery files and how often to re-read them."""
+    """The `[discovery]` section: discovery files, Core's HTTP discovery, and how often both
+    are read again."""
 
     files: tuple[str, ...] = ()
-    refresh: float = 5.0  # how often the files (and TLS files) are checked for changes
+    refresh: float = 5.0  # how often the files (and TLS files) are checked and the HTTP discovery asked
+    http: Optional[str] = None  # a server speaking Core's HTTP discovery protocol
+    http_ca_file: Optional[str] = None  # its CA (default: the system's)
+    http_token_file: Optional[str] = None  # a bearer token for it
+    http_body: str = "{}"  # the JSON object POSTed with each page's cursor
+    http_timeout: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +223,39 @@ def to_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{text!r} is not a listen address (use host:port, e.g. 127.0.0.1:9102)")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_secret(path: str, section: str, key: str) -> bytes:
+    """A token from a file that group and others cannot read (ConfigError naming the key)."""
+    try:
+        mode = os.stat(path).st_mode
+        token = open(path, "rb").read().strip()
+    except OSError as exc:
+        raise ConfigError(path, section, key, f"cannot read: {exc}") from None
+    if mode & 0o077:
+        raise ConfigError(path, section, key, f"readable by group or others; run: chmod 600 {path}")
+    if len(token) < 16:
+        raise ConfigError(path, section, key, "token too short (use at least 16 characters)")
+    return token
+
+
+def to_http_url(text: str) -> str:
+    """A server URL (http or https, a host, no credentials)."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{text!r} is not an http(s):// URL with a host and no credentials")
+    return text.strip()
+
+
+def to_json_object(text: str) -> str:
+    """A JSON object, kept as its compact text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"{text!r} is not a JSON object (e.g. {{\"region\": \"eu-west-1\"}})")
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def to_agent_url(text: str) -> str:
@@ -376,7 +416,18 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
     discovery = DiscoverySettings(
         files=tuple(str(base / os.path.expanduser(g)) for g in globs),
         refresh=d.get("refresh", to_duration, DiscoverySettings.refresh),
+        http=d.get("http", to_http_url, None),
+        http_ca_file=d.path("http_ca_file"),
+        http_token_file=d.path("http_token_file"),
+        http_body=d.get("http_body", to_json_object, DiscoverySettings.http_body),
+        http_timeout=d.get("http_timeout", to_duration, DiscoverySettings.http_timeout),
     )
+    for key in ("http_ca_file", "http_token_file"):
+        path = getattr(discovery, key)
+        if path is not None and not os.path.isfile(path):
+            raise d.error(key, f"file {path} does not exist")
+    if discovery.http is None and (discovery.http_ca_file or discovery.http_token_file):
+        raise d.error("http", "required by http_ca_file and http_token_file")
     host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
     actions = read_actions(a, poller.state_dir)
     for section in (p, t, d, h, a):

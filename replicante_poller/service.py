@@ -18,10 +18,11 @@ from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import Dispatcher
 from .actions.journal import Journal
 from .actions.signing import load_signing_key
-from .config import ActionsSettings, Config, load_config
+from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
 from .polling.deadlines import DeadlineReaper
 from .polling.discovery import Target, discover, discovery_stamp
+from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
 from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
 from .polling.state import FleetState, TargetView
@@ -46,10 +47,16 @@ def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsCon
             raise ConfigError(config.source, section, None, exc.message + f" ({exc.source})") from None
 
 
+def http_discovery(config: Config) -> HttpDiscovery:
+    """Core's HTTP discovery as `[discovery]` configures it (ConfigError: unusable token file)."""
+    return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once: discovery, TLS material,
     the signing key and the API token. Raises the error `run` would."""
-    targets = discover(config)
+    discovered = http_discovery(config).fetch() if config.discovery.http else ()
+    targets = discover(config, discovered)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
     if actions.enabled and actions.signing_key is not None:
@@ -80,6 +87,8 @@ class Service:
         self._scheduler = Scheduler(self.state, self.metrics, self._pool.submit, inbox, clock)
         self.metrics.observe_pool(self._pool.queued, self._pool.busy, self._pool.stuck)
         self._targets: tuple[Target, ...] = ()
+        self._discovered: tuple[ClusterConfig, ...] = ()  # the HTTP discovery's last good answer
+        self._http_thread: Optional[HttpDiscoveryThread] = None
         self._stamp: object = None
         self._by_url: dict[str, Target] = {}
         self._started = clock()
@@ -95,6 +104,7 @@ class Service:
 
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
+        http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
         self._api = StatusServer(self.config.http.host, self.config.http.port, self.state.snapshot,
@@ -110,6 +120,12 @@ class Service:
         self._scheduler.every(lambda: self.config.discovery.refresh, self._check_files)
         self._scheduler.every(self._save_period, self._save)
         self._scheduler.start()
+        if http is not None:
+            self._http_thread = HttpDiscoveryThread(
+                http, lambda: self.config.discovery.refresh,
+                lambda clusters: self._scheduler.call(lambda: self._discovered_changed(clusters)),
+                last=self._discovered)
+            self._http_thread.start()
         if self._dispatcher is not None:
             self._dispatcher.start()
         log.info("polling %d agents; status on http://%s:%d/", len(targets), *self.api_address)
@@ -153,6 +169,8 @@ class Service:
     def stop(self) -> None:
         """Stop scheduling, let in-flight polls end by their deadline, save state, close."""
         self.stopping.set()
+        if self._http_thread is not None:
+            self._http_thread.stop()
         self._scheduler.stop()
         if self._dispatcher is not None:
             self._dispatcher.stop()
@@ -173,9 +191,27 @@ class Service:
     def _discover(self, config: Config) -> tuple[Target, ...]:
         """Targets of `config` with their TLS contexts built (ConfigError otherwise)."""
         self._stamp = discovery_stamp(config)  # a bad file is reported once, not at every check
-        targets = discover(config)
+        targets = discover(config, self._discovered)
         build_contexts(config, targets, self.contexts)
         return targets
+
+    def _first_http_discovery(self) -> Optional[HttpDiscovery]:
+        """Ask the HTTP discovery once before polling starts; an unreachable server is logged
+        and asked again every refresh (its agents join when it answers)."""
+        if self.config.discovery.http is None:
+            return None
+        http = http_discovery(self.config)
+        try:
+            self._discovered = http.fetch()
+        except ConfigError as exc:
+            log.error("HTTP discovery failed at start, asking again every %gs: %s", self.config.discovery.refresh, exc)
+        return http
+
+    def _discovered_changed(self, clusters: tuple[ClusterConfig, ...]) -> None:
+        """A new answer of the HTTP discovery (on the scheduler thread)."""
+        log.info("HTTP discovery now lists %d clusters", len(clusters))
+        self._discovered = clusters
+        self._reload(self.config)
 
     def _check_files(self) -> None:
         """Rebuild changed TLS contexts; re-read discovery when one of its files changed."""
@@ -216,7 +252,9 @@ class Service:
             return
         for name, old, new in (("[http] listen", self.config.http, config.http),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
-                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir)):
+                               ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
+                               ("[discovery] http settings", dataclasses.replace(self.config.discovery, files=(), refresh=0),
+                                dataclasses.replace(config.discovery, files=(), refresh=0))):
             if old != new:
                 log.warning("%s changed: takes effect at the next restart", name)
         p = config.poller

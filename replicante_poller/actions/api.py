@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
 import re
 from typing import Any, Callable, Optional
 
-from ..errors import ConfigError, SubmissionError
+from ..config import read_secret
+from ..errors import SubmissionError
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
 from .journal import Action, Journal
@@ -76,16 +76,7 @@ def submit(journal: Journal, find_target: Callable[[str], Optional[Target]], age
 
 def read_token(path: str) -> bytes:
     """The API bearer token; the file must not be readable by group or others."""
-    try:
-        mode = os.stat(path).st_mode
-        token = open(path, "rb").read().strip()
-    except OSError as exc:
-        raise ConfigError(path, "actions", "api_token_file", f"cannot read: {exc}") from None
-    if mode & 0o077:
-        raise ConfigError(path, "actions", "api_token_file", f"readable by group or others; run: chmod 600 {path}")
-    if len(token) < 16:
-        raise ConfigError(path, "actions", "api_token_file", "token too short (use at least 16 characters)")
-    return token
+    return read_secret(path, "actions", "api_token_file")
 
 
 def action_json(journal: Journal, action: Action) -> dict[str, Any]:

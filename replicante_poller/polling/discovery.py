@@ -149,10 +149,12 @@ def merge(clusters: Iterable[ClusterConfig], configured: dict[str, ClusterConfig
     return list(targets.values())
 
 
-def discover(config: Config) -> tuple[Target, ...]:
-    """All targets: the configuration's clusters, then every discovery file's."""
+def discover(config: Config, discovered: Iterable[ClusterConfig] = ()) -> tuple[Target, ...]:
+    """All targets: the configuration's clusters, every discovery file's, then `discovered`
+    (what the HTTP discovery last answered)."""
     clusters = list(config.clusters)
     for path in discovery_files(config):
         clusters.extend(read_discovery_file(path, config))
+    clusters.extend(discovered)
     configured = {c.cluster_id: c for c in config.clusters}
     return tuple(merge(clusters, configured))

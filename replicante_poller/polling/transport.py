@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
+import json
 import functools
 import http.client
 import http.cookiejar
@@ -357,6 +358,39 @@ class AgentConnection:
         if failure.reason is Reason.TIMEOUT and time.monotonic() >= self._state.watch.deadline:
             return self._deadline_failure()  # the socket's own timeout fired just before the reaper
         return failure
+
+
+def post_json(url: str, document: Mapping[str, Any], timeout: float, max_body: int,
+              ca_file: Optional[str] = None, token: Optional[bytes] = None) -> Union[Any, Failure]:
+    """One JSON POST outside the poll path (Core's HTTP discovery): the decoded JSON answer
+    of a 200, or the Failure. Verified with `ca_file` or the system's trust; nothing from
+    the environment, no redirects, the body capped like an agent's."""
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = "Bearer " + token.decode("utf-8", "replace")
+    with requests.Session() as session:
+        session.trust_env = False
+        try:
+            response = session.post(url, json=dict(document), headers=headers, timeout=timeout,
+                                    verify=ca_file or True, allow_redirects=False, stream=True)
+            try:
+                body = _read_body(response.raw, max_body)
+            finally:
+                response.close()
+        except Exception as exc:  # translated here: the library boundary
+            failure = classify(exc)
+            if failure is None:
+                raise
+            return failure
+    if isinstance(body, Failure):
+        return body
+    if response.status_code != 200:
+        return Failure(Reason.HTTP_STATUS, f"POST {url} answered HTTP {response.status_code} {response.reason}".rstrip(),
+                       status=response.status_code)
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        return Failure(Reason.INVALID_JSON, f"POST {url} answered invalid JSON: {exc}")
 
 
 def classify(exc: BaseException) -> Optional[Failure]:
