@@ -153,10 +153,10 @@ def test_a_failed_round_keeps_the_last_answer_and_only_changes_are_handed_on(ser
     handler.fail = True
     rounds.round()
     handler.fail = False
-    handler.pages = {None: {"clusters": [], "cursor": None}}
+    handler.pages = {None: {"clusters": [{"cluster_id": "zk", "nodes": ["https://z1:1"]}], "cursor": None}}
     rounds.round()
 
-    assert [[c.cluster_id for c in answer] for answer in changes] == [["mongo-rs", "kafka"], []]
+    assert [[c.cluster_id for c in answer] for answer in changes] == [["mongo-rs", "kafka"], ["zk"]]
     assert failures == [False, False, True, False]
 
 
