@@ -19,7 +19,8 @@ from .actions.signing import add_keygen_arguments, keygen_command
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
-from .config import Config, load_config, to_agent_url
+from .config import Config, load_config
+from .converters import to_agent_url
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
 from .polling.discovery import Target, discover

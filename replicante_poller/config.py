@@ -7,22 +7,29 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
-import json
 import os
-import re
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
-from urllib.parse import urlsplit
 
-from .durations import parse_duration
+from .converters import (
+    to_agents,
+    to_bool,
+    to_cluster_id,
+    to_duration,
+    to_http_url,
+    to_json_object,
+    to_listen,
+    to_min_version,
+    to_pins,
+    to_positive_int,
+    to_size,
+)
 from .errors import ConfigError
 from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER, MAX_SHARDS_BODY
 
 T = TypeVar("T")
 
 DEFAULT_LISTEN = ("127.0.0.1", 9102)
-_PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
-_CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,132 +168,6 @@ class Section:
             raise self.error(unknown[0], "unknown key")
 
 
-def to_positive_int(text: str) -> int:
-    """A whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
-
-
-def to_bool(text: str) -> bool:
-    """`true/false`, `yes/no`, `on/off`, `1/0`."""
-    value = text.lower()
-    if value in ("true", "yes", "on", "1"):
-        return True
-    if value in ("false", "no", "off", "0"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
-
-
-def to_duration(text: str) -> float:
-    """A strictly positive duration."""
-    seconds = parse_duration(text)
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
-
-
-def to_size(text: str) -> int:
-    """Bytes, with an optional KiB/MiB suffix: `65536`, `64KiB`, `1MiB`."""
-    match = re.fullmatch(r"(\d+)\s*(KiB|MiB|B)?", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a size (use forms like 65536, 64KiB, 1MiB)")
-    value = int(match.group(1)) * {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}[match.group(2)]
-    if value < 1:
-        raise ValueError("must be at least one byte")
-    return value
-
-
-def to_min_version(text: str) -> str:
-    """`1.2` or `1.3`."""
-    if text not in ("1.2", "1.3"):
-        raise ValueError(f"{text!r} is not a supported TLS version (use 1.2 or 1.3)")
-    return text
-
-
-def to_pins(text: str) -> frozenset[str]:
-    """Comma-separated SPKI SHA-256 pins in curl's form `sha256//BASE64=`."""
-    pins = [p.strip() for p in text.split(",") if p.strip()]
-    for pin in pins:
-        if not _PIN.fullmatch(pin):
-            raise ValueError(f"{pin!r} is not an SPKI pin (expected sha256//<44 base64 chars>)")
-    return frozenset(pins)
-
-
-def to_listen(text: str) -> tuple[str, int]:
-    """`host:port`, `[v6]:port` or `:port` (all interfaces)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not a listen address (use host:port, e.g. 127.0.0.1:9102)")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def read_secret(path: str, section: str, key: str) -> bytes:
-    """A token from a file that group and others cannot read (ConfigError naming the key)."""
-    try:
-        mode = os.stat(path).st_mode
-        token = open(path, "rb").read().strip()
-    except OSError as exc:
-        raise ConfigError(path, section, key, f"cannot read: {exc}") from None
-    if mode & 0o077:
-        raise ConfigError(path, section, key, f"readable by group or others; run: chmod 600 {path}")
-    if len(token) < 16:
-        raise ConfigError(path, section, key, "token too short (use at least 16 characters)")
-    return token
-
-
-def to_http_url(text: str) -> str:
-    """A server URL (http or https, a host, no credentials)."""
-    parts = urlsplit(text.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        raise ValueError(f"{text!r} is not an http(s):// URL with a host and no credentials")
-    return text.strip()
-
-
-def to_json_object(text: str) -> str:
-    """A JSON object, kept as its compact text."""
-    try:
-        value = json.loads(text)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ValueError(f"{text!r} is not a JSON object (e.g. {{\"region\": \"eu-west-1\"}})")
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def to_agent_url(text: str) -> str:
-    """An agent URL: https only (verification is never off), host required, no query."""
-    if not all("!" <= ch <= "~" for ch in text):
-        raise ValueError(f"agent URL {text!r} must be printable ASCII without spaces (percent-encode the rest)")
-    parts = urlsplit(text)
-    if parts.scheme != "https":
-        raise ValueError(f"agent URL {text!r} must use https://")
-    if not parts.hostname:
-        raise ValueError(f"agent URL {text!r} has no host")
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError(f"agent URL {text!r} has an invalid port") from None
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"agent URL {text!r} must not carry credentials, a query or a fragment")
-    return text.rstrip("/")
-
-
-def to_agents(text: str) -> tuple[str, ...]:
-    """Comma- or newline-separated agent URLs, duplicates refused."""
-    urls = [to_agent_url(u.strip()) for u in re.split(r"[,\s]+", text) if u.strip()]
-    seen: set[str] = set()
-    for url in urls:
-        if url in seen:
-            raise ValueError(f"agent {url} is listed twice")
-        seen.add(url)
-    return tuple(urls)
-
-
 def read_poll(section: Section, base: PollSettings) -> PollSettings:
     """Poll settings of a section, each key defaulting to `base`."""
     poll = PollSettings(
@@ -317,13 +198,6 @@ def read_tls(section: Section, base: TlsSettings) -> TlsSettings:
     if (tls.client_cert is None) != (tls.client_key is None):
         raise section.error("client_cert", "client_cert and client_key go together")
     return tls
-
-
-def to_cluster_id(text: str) -> str:
-    """Letters, digits and `._:-`, starting with a letter or digit."""
-    if not _CLUSTER_ID.fullmatch(text):
-        raise ValueError(f"{text!r} is not a valid cluster id (letters, digits and ._:- only)")
-    return text
 
 
 def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> ClusterConfig:

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any, Callable, Optional
 
-from ..config import read_secret
+from ..converters import read_secret
 from ..errors import SubmissionError
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target

@@ -7,7 +7,8 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..config import Section, sections, to_agent_url, to_duration, to_listen, to_size
+from ..config import Section, sections
+from ..converters import to_agent_url, to_duration, to_listen, to_size
 from ..errors import ConfigError
 from ..limits import MAX_BODY
 

@@ -22,7 +22,8 @@ from ..actions.signing import generate_keypair, signer_from_seed
 from ..agentapi import SCHEDULE_PREFIX
 from ..agentside.verifier import Keyring
 from ..cli_signals import install_stop_handlers
-from ..config import load_config, to_duration, to_listen
+from ..config import load_config
+from ..converters import to_duration, to_listen
 from ..durations import format_duration
 from ..errors import ConfigError
 from ..service import Service

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections, to_agents, to_cluster_id
+from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections
+from ..converters import to_agents, to_cluster_id
 from ..errors import ConfigError
 
 

@@ -17,7 +17,8 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from ..config import ClusterConfig, DiscoverySettings, PollSettings, TlsSettings, read_secret
+from ..config import ClusterConfig, DiscoverySettings, PollSettings, TlsSettings
+from ..converters import read_secret
 from ..errors import ConfigError
 from ..limits import MAX_SHARDS_BODY
 from .discovery import discovery_records

@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.utils
-import json
 import functools
 import http.client
 import http.cookiejar
+import json
 import re
 import socket
 import ssl
