@@ -159,6 +159,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--interval", type=float, default=None,
                         help="service poll interval in seconds (default: agents/100, at least 1; 30 with --scale)")
     parser.add_argument("--workers", type=int, default=16, help="service workers (default 16)")
+    parser.add_argument("--big-brokers", type=int, default=0,
+                        help="that many Kafka agents answer 20,000 partitions (~3 MB of shards): the service's peak RSS")
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of floor, peer, transport and service, interleaved; the median is reported (default 3)")
     parser.add_argument("--scale", action="store_true", help="the service alone at 100, 1,000 and 10,000 agents")
@@ -194,7 +196,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     agents = None
     try:
         t0 = time.monotonic()
-        agents = Agents(folder, count, nginx_cpu)
+        agents = Agents(folder, count, nginx_cpu, args.big_brokers)
         print(f"nginx serving {count} agents on 127.0.0.1:{agents.ports[0]}..{agents.ports[-1]} "
               f"(started in {time.monotonic() - t0:.1f}s)", file=sys.stderr, flush=True)
         if args.scale:

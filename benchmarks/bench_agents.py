@@ -54,6 +54,17 @@ def agent_documents(index: int) -> tuple[str, dict, dict]:
     return cluster_id, datastore, {"shards": shards}
 
 
+BIG_BROKER_PARTITIONS = 20_000
+
+
+def big_broker_shards(partitions: int) -> dict:
+    """The shards answer of a large Kafka broker: one entry per partition (~3 MB at 20,000)."""
+    return {"shards": [{"id": f"events-{n}", "role": "primary" if n % 3 == 0 else "secondary",
+                        "commit_offset": {"unit": {"unit": "offset"}, "value": 1_000_000 + n},
+                        "lag": None if n % 3 == 0 else {"unit": {"unit": "messages"}, "value": n % 7}}
+                       for n in range(partitions)]}
+
+
 AGENT_DOC = {"version": {"checkout": "8f3c2a1d9e0b4c5a6f7e8d9c0b1a2f3e4d5c6b7a", "number": "0.7.0",
                          "taint": "not tainted"}}
 
@@ -119,10 +130,11 @@ def raise_nofile() -> int:
 class Agents:
     """N agents on N loopback ports served by one nginx, with a throw-away CA."""
 
-    def __init__(self, folder: Path, count: int, pin_cpu: Optional[int]):
+    def __init__(self, folder: Path, count: int, pin_cpu: Optional[int], big_brokers: int = 0):
+        """`big_brokers`: that many Kafka agents answer BIG_BROKER_PARTITIONS shards."""
         import trustme
 
-        self.folder, self.count = folder, count
+        self.folder, self.count, self.big_brokers = folder, count, big_brokers
         ca = trustme.CA(key_type=trustme.KeyType.ECDSA)  # P-256 CA and leaf
         leaf = ca.issue_cert("127.0.0.1", "localhost", key_type=trustme.KeyType.ECDSA)
         self.ca_file = str(folder / "ca.pem")
@@ -147,8 +159,11 @@ class Agents:
             (www / sub).mkdir(parents=True, exist_ok=True)
         (www / "agent.json").write_text(json.dumps(AGENT_DOC))
         self.clusters: dict[str, list[str]] = {}
+        big = self.big_brokers
         for index, port in enumerate(self.ports):
             cluster_id, datastore, shards = agent_documents(index)
+            if big and datastore["kind"] == "Kafka":
+                shards, big = big_broker_shards(BIG_BROKER_PARTITIONS), big - 1
             (www / "datastore" / f"{port}.json").write_text(json.dumps(datastore))
             (www / "shards" / f"{port}.json").write_text(json.dumps(shards))
             self.clusters.setdefault(cluster_id, []).append(self.url(port))
