@@ -102,12 +102,16 @@ def test_schedule_answers_the_id_and_stores_the_action_with_its_headers(frozen, 
     assert next(a for a in frozen.actions(url) if a["id"] == doc["action_id"])["args"] == doc["args"]
 
 
-def test_an_upper_case_uuid_is_stored_and_answered_in_canonical_form(frozen, session):
+def test_an_upper_case_uuid_is_stored_in_canonical_form_and_looked_up_exactly(frozen, session):
+    """As legacy agents: serde's Uuid parses either case and stores the canonical (lower-case)
+    form; /info/{id} looks the id up as a string, so only the canonical spelling is known."""
     url = fresh_url(frozen)
     action_id = str(uuid.uuid4())
     response = schedule(session, url, doc=body(action_id.upper()))
     assert response.status_code == 200 and response.json() == {"id": action_id}
-    assert get(session, url, "/info/" + action_id.upper()).json()["action"]["id"] == action_id
+    assert get(session, url, "/info/" + action_id).json()["action"]["id"] == action_id
+    unknown = get(session, url, "/info/" + action_id.upper())
+    assert (unknown.status_code, unknown.content) == (404, b"")
 
 
 def test_duplicate_is_409_already_exists_and_never_executed_twice(fast, session):

@@ -137,7 +137,9 @@ class ActionEngine:
             elif path == ACTIONS_FINISHED:
                 reply = [book.stored[action_id].summary() for action_id in reversed(book.finished)]
             else:
-                action = book.stored.get(path[len(ACTION_INFO_PREFIX):].lower())
+                # The id as given: real agents look it up as a string (SQLite `WHERE id = ?`),
+                # so an upper-case spelling of a stored (lower-case) UUID is unknown.
+                action = book.stored.get(path[len(ACTION_INFO_PREFIX):])
                 if action is None:
                     return EMPTY_404
                 reply = action.info()
