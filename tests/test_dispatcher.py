@@ -16,7 +16,7 @@ import trustme
 
 from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
 from replicante_poller.polling.discovery import Target
-from replicante_poller.agentapi import SCHEDULE_PREFIX
+from replicante_poller.agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from replicante_poller.actions.dispatcher import Dispatcher
 from replicante_poller.actions.httpsig import parse_signature_input
 from replicante_poller.actions.journal import ActionState, Journal
@@ -25,7 +25,7 @@ from replicante_poller.actions.signing import generate_keypair, load_signing_key
 from replicante_poller.polling.tls import TlsContexts
 from replicante_poller.polling.transport import Transport
 
-from tls_servers import Exchange, TlsServer, response_bytes, server_context
+from tls_servers import Exchange, TlsServer, json_response, response_bytes, server_context
 
 KIND = "agent.replicante.io/test.ping"
 
@@ -80,6 +80,7 @@ def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], t
     def make(answers: list[tuple[int, bytes]]) -> tuple:
         agent = Agent(journal_path, answers)
         server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {SCHEDULE_PREFIX + KIND: agent}).__enter__()
+        agent.server = server  # tests add the agent's other answers (everything else: an empty 404)
         servers.append(server)
         clock = Clock()
         journal = Journal(journal_path, clock)
@@ -174,3 +175,23 @@ def test_a_404_with_an_agent_error_keeps_the_agents_words(setup):
 
     done = journal.get(action.id)
     assert done.state is ActionState.REJECTED and "action kind not found" in done.message, done.message
+
+
+@pytest.mark.parametrize("finished, state", [(100, ActionState.PRUNED), (99, ActionState.LOST), (0, ActionState.LOST)])
+def test_an_action_the_agent_forgot_is_pruned_when_its_finished_list_is_full_else_lost(setup, finished, state):
+    """Legacy agents list and keep only their 100 newest finished actions: an action gone from
+    /info/{id} and the queue, with a full finished list, finished and was pruned."""
+    agent, journal, dispatcher, client, clock, target = setup([])
+    action = journal.submit(target.url, KIND, None)
+    dispatcher.step(client, action)  # delivered: SCHEDULED, tracked from now on
+    others = [{"id": f"00000000-0000-4000-8000-{n:012d}", "kind": KIND, "state": "DONE"} for n in range(finished)]
+    agent.server.handlers[ACTIONS_QUEUE] = json_response([])
+    agent.server.handlers[ACTIONS_FINISHED] = json_response(others)
+
+    scheduled = journal.get(action.id)
+    clock.now = scheduled.next_ts
+    dispatcher.step(client, scheduled)
+
+    done = journal.get(action.id)
+    assert done.state is state, done.message
+    assert done.state.final

@@ -67,6 +67,11 @@ def _header_safe(value: str) -> bool:
     return bool(value) and value == value.strip() and all(" " <= ch <= "~" for ch in value)
 
 
+# Legacy agents list at most their 100 newest finished actions and prune all older ones
+# (replicante-io/agents, libs/rust/sdk store: `LIMIT 100`, `prune_keep` 100 every hour).
+FINISHED_LIST_LIMIT = 100
+
+
 def _entries(body: Any) -> list[dict]:
     """The objects of an agent's action list (anything unreadable counts as none)."""
     try:
@@ -262,9 +267,19 @@ class Dispatcher:
         if any(isinstance(item, Failure) for item in lists or ()):
             self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
             return
-        listed = {entry.get("id") for item in lists or () for entry in _entries(item) if isinstance(entry.get("id"), str)}
+        queued, finished = (_entries(item) for item in lists or ((), ()))
+        listed = {entry.get("id") for entry in queued + finished if isinstance(entry.get("id"), str)}
         if action.id in listed:
             self._journal.update(action.id, action.state, later, "listed by the agent")
+            return
+        if len(finished) >= FINISHED_LIST_LIMIT:
+            # Agents keep (and list) only the newest finished actions: with a full list, an
+            # action gone from the info endpoint and from the queue finished and was pruned.
+            self._journal.update(action.id, ActionState.PRUNED, now,
+                                 "finished on the agent, which pruned it before its outcome was seen "
+                                 f"(its finished list holds its limit of {FINISHED_LIST_LIMIT})")
+            self._metrics.action_result("pruned")
+            log.warning("action %s finished on %s but was pruned before its outcome was seen", action.id, action.agent)
             return
         self._journal.update(action.id, ActionState.LOST, now, "the agent no longer knows this action")
         self._metrics.action_result("lost")

@@ -61,6 +61,7 @@ class ActionState(str, enum.Enum):
     DONE = "DONE"
     FAILED = "FAILED"  # the agent ran it and it failed
     LOST = "LOST"  # the agent forgot it after accepting it
+    PRUNED = "PRUNED"  # it finished on the agent, which pruned its record before its outcome was seen
     REJECTED = "REJECTED"  # the agent refused it (4xx): it will never run
     ABANDONED = "ABANDONED"  # max_attempts transient failures: never delivered
 
@@ -69,7 +70,8 @@ class ActionState(str, enum.Enum):
         return self in FINAL
 
 
-FINAL = frozenset({ActionState.DONE, ActionState.FAILED, ActionState.LOST, ActionState.REJECTED, ActionState.ABANDONED})
+FINAL = frozenset({ActionState.DONE, ActionState.FAILED, ActionState.LOST, ActionState.PRUNED, ActionState.REJECTED,
+                   ActionState.ABANDONED})
 TRACKED = (ActionState.SCHEDULED, ActionState.RUNNING)
 
 

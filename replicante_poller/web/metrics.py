@@ -20,7 +20,7 @@ from ..polling.state import TargetView
 from ..reasons import Reason, Status
 
 PREFIX = "replicante_poller_"
-ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed", "lost")
+ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed", "lost", "pruned")
 SKIP_REASONS = ("in_flight", "queue_full", "behind", "deferred")
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
