@@ -45,8 +45,8 @@ from .tls import PeerCertificate, TlsContexts, peer_certificate, pin_matches
 
 USER_AGENT = f"replicante-poller/{__version__}"
 # What every request carries.
-HEADERS = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING, "Accept": "application/json",
-           "Connection": "keep-alive"}
+HEADERS = CaseInsensitiveDict({"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING,
+                               "Accept": "application/json", "Connection": "keep-alive"})
 READ_CHUNK = 16 * 1024
 NO_PROXIES: dict[str, str] = {}
 _LENGTH = re.compile(r"[0-9]{1,18}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -158,11 +158,8 @@ class PollAdapter(requests.adapters.HTTPAdapter):
         if verify is not True or cert is not None or proxies:
             raise ValueError("agent requests verify with the configured SSLContext, without proxy")
         conn.timeout = timeout
-        if conn.sock is None:
-            conn.connect()  # the first request of the poll; a second dial is refused
-        elif not conn.is_connected:
-            raise DialFailure(Reason.CONNECT, "the agent closed the connection before this request "
-                                              "(one connection per poll: not reopened)")
+        if not conn.is_connected:
+            conn.connect()  # the poll's first request; once the agent closed it, _new_conn refuses a redial
         conn.request(request.method or "GET", request.path_url, body=request.body, headers=request.headers,
                      preload_content=False, decode_content=False)
         return self.build_response(request, conn.getresponse())
@@ -204,9 +201,6 @@ class AgentRequest(requests.PreparedRequest):
     path_url = ""  # shadows PreparedRequest.path_url, a property that parses the URL each time
 
 
-_HEADERS = CaseInsensitiveDict(HEADERS)
-
-
 @functools.lru_cache(maxsize=65536)
 def _endpoint(url: str) -> tuple[str, int, str]:
     """Host, port and path prefix of an agent URL (parsed once per URL, not per poll)."""
@@ -232,14 +226,14 @@ class Transport:
         self.reaper.stop()
 
     def client(self) -> "AgentClient":
-        return AgentClient(self.contexts, self.reaper, self.dialer)
+        return AgentClient(self)
 
 
 class AgentClient:
     """Polls agents from one thread: its Session and adapter are not shared by threads."""
 
-    def __init__(self, contexts: TlsContexts, reaper: DeadlineReaper, dialer: Dialer):
-        self._contexts, self._reaper, self._dialer = contexts, reaper, dialer
+    def __init__(self, transport: Transport):
+        self._contexts, self._reaper, self._dialer = transport.contexts, transport.reaper, transport.dialer
         self._session = new_session()
         self._adapter: PollAdapter = self._session.get_adapter("https://")  # type: ignore[assignment]
 
@@ -265,7 +259,7 @@ class AgentClient:
         the configuration), `body`, and the client's headers overridden by `headers`."""
         request = AgentRequest()
         request.method, request.url, request.path_url = method, base + path, _endpoint(base)[2] + path
-        request.headers = _HEADERS.copy()
+        request.headers = HEADERS.copy()
         if headers:
             request.headers.update(headers)
         if body is not None:
