@@ -1,13 +1,27 @@
-"""The paths of the agent API ("unstable", DESIGN section 1): one home for the poller, the
-dispatcher, the gateway and the simulator."""
+"""The paths of the agent API ("unstable", DESIGN section 1) of both agent generations: one
+home for the poller, the dispatcher, the gateway and the simulator.
+
+Legacy agents (replicante-io/agents) and replisdk agents (`../shared/agent-api-replisdk.md`)
+share the `/api/unstable` prefix and the two action list paths, nothing else.
+"""
 from __future__ import annotations
 
+LEGACY, REPLISDK = "legacy", "replisdk"
+GENERATIONS = (LEGACY, REPLISDK)
+
 API = "/api/unstable"
+# legacy
 AGENT_INFO = API + "/info/agent"
 DATASTORE_INFO = API + "/info/datastore"
 SHARDS = API + "/shards"
 ACTIONS_PREFIX = API + "/actions/"
 SCHEDULE_PREFIX = ACTIONS_PREFIX + "schedule/"  # + the action kind
-ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"
-ACTIONS_FINISHED = ACTIONS_PREFIX + "finished"
+ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"  # both generations (replisdk: {"actions": [...]})
+ACTIONS_FINISHED = ACTIONS_PREFIX + "finished"  # both generations (replisdk: {"actions": [...]})
 ACTION_INFO_PREFIX = ACTIONS_PREFIX + "info/"  # + the action id
+# replisdk
+NODE_INFO = API + "/info/node"
+STORE_INFO = API + "/info/store"
+SHARDS_INFO = API + "/info/shards"
+ACTION = API + "/action"  # POST schedules; GET ACTION + "/" + id tracks
+ACTION_PREFIX = ACTION + "/"  # + the action id
