@@ -8,6 +8,7 @@ from __future__ import annotations
 
 LEGACY, REPLISDK = "legacy", "replisdk"
 GENERATIONS = (LEGACY, REPLISDK)
+AUTO = "auto"  # the `api` setting that learns each agent's generation
 
 API = "/api/unstable"
 # legacy

@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
 
+from .agentapi import AUTO
 from .converters import (
     to_agents,
+    to_api,
     to_bool,
     to_cluster_id,
     to_duration,
@@ -51,6 +53,7 @@ class PollSettings:
     timeout: float = 5.0
     max_body: int = MAX_BODY  # agent and datastore info, and any other answer
     max_shards_body: int = MAX_SHARDS_BODY  # the shards answer: one entry per shard, thousands on big brokers
+    api: str = AUTO  # the agents' generation: auto (learned per agent), legacy or replisdk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +178,7 @@ def read_poll(section: Section, base: PollSettings) -> PollSettings:
         timeout=section.get("timeout", to_duration, base.timeout),
         max_body=section.get("max_body", to_size, base.max_body),
         max_shards_body=section.get("max_shards_body", to_size, base.max_shards_body),
+        api=section.get("api", to_api, base.api),
     )
     if poll.timeout >= poll.interval:
         key = "timeout" if section.has("timeout") else "interval"

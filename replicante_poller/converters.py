@@ -8,6 +8,7 @@ import os
 import re
 from urllib.parse import urlsplit
 
+from .agentapi import AUTO, GENERATIONS
 from .durations import parse_duration
 from .errors import ConfigError
 
@@ -60,6 +61,14 @@ def to_min_version(text: str) -> str:
     if text not in ("1.2", "1.3"):
         raise ValueError(f"{text!r} is not a supported TLS version (use 1.2 or 1.3)")
     return text
+
+
+def to_api(text: str) -> str:
+    """The agents' API generation: `auto`, `legacy` or `replisdk`."""
+    value = text.strip().lower()
+    if value not in (AUTO,) + GENERATIONS:
+        raise ValueError(f"{text!r} is not an agent API (use auto, legacy or replisdk)")
+    return value
 
 
 def to_pins(text: str) -> frozenset[str]:

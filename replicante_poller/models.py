@@ -1,6 +1,10 @@
-"""Validated agent documents (DESIGN section 1), as frozen values.
+"""Validated agent documents of both generations (DESIGN section 1), as frozen values.
 
-`to_json()` gives each back in the agent's own wire shape, for the status API.
+One generation-neutral model: a replisdk agent's `info/node` and `info/store` fill the same
+AgentInfo and DatastoreInfo as a legacy agent's `info/agent` and `info/datastore`; shard roles
+are normalized (`primary`, `secondary`, `recovering`, `unknown` with its text). `to_json()`
+gives each back in that neutral shape (the legacy wire shape, plus what only replisdk has),
+for the status API and the state file.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ class AgentVersion:
 
 @dataclasses.dataclass(frozen=True)
 class AgentInfo:
-    """`/api/unstable/info/agent`."""
+    """The agent's version: legacy `info/agent`, replisdk `info/node`'s `agent_version`."""
 
     version: AgentVersion
 
@@ -29,7 +33,9 @@ class AgentInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DatastoreInfo:
-    """`/api/unstable/info/datastore`."""
+    """The node as its agent reports it: legacy `info/datastore`; replisdk `info/node`
+    (`node_id`, `store_id` as kind, `store_version.number` as version) and `info/store`
+    (`cluster_id`; no display name)."""
 
     cluster_display_name: Optional[str]
     cluster_id: str
@@ -43,7 +49,8 @@ class DatastoreInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Offset:
-    """A commit offset or lag: `seconds`, or a custom unit such as `offset` or `zxid`."""
+    """A commit offset or lag: `seconds`, `milliseconds` (replisdk), or a custom unit such
+    as `offset` or `zxid`."""
 
     unit: str
     value: int
@@ -56,7 +63,8 @@ class Offset:
 
 @dataclasses.dataclass(frozen=True)
 class Shard:
-    """One entry of `/api/unstable/shards`; `role_detail` is the text of an unknown role."""
+    """One shard the node holds; `role` is normalized, `role_detail` is the text of an
+    `unknown` role (legacy `{"unknown": TEXT}`, replisdk `{"Other": TEXT}`)."""
 
     id: str
     role: str
@@ -72,3 +80,18 @@ class Shard:
             "commit_offset": self.commit_offset.to_json() if self.commit_offset else None,
             "lag": self.lag.to_json() if self.lag else None,
         }
+
+
+NODE_STATUSES = ("UNAVAILABLE", "NOT_IN_CLUSTER", "JOINING_CLUSTER", "LEAVING_CLUSTER", "UNHEALTHY", "HEALTHY",
+                 "UNKNOWN")
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeStatus:
+    """A replisdk agent's `node_status`: one of NODE_STATUSES; `detail` is the text of UNKNOWN."""
+
+    status: str
+    detail: Optional[str] = None
+
+    def to_json(self) -> Any:
+        return {"UNKNOWN": self.detail} if self.status == "UNKNOWN" else self.status

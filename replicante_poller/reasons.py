@@ -30,6 +30,7 @@ class Reason(str, enum.Enum):
     SCHEMA = "schema"
     CLUSTER_MISMATCH = "cluster_mismatch"
     DUPLICATE_NODE = "duplicate_node"
+    NODE_UNAVAILABLE = "node_unavailable"  # a replisdk agent reports node_status UNAVAILABLE
     INTERNAL = "internal"
 
 

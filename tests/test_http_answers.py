@@ -10,6 +10,7 @@ test_transport.py against real servers.
 from __future__ import annotations
 
 import email.utils
+from pathlib import Path
 import gzip
 import json
 import logging
@@ -24,6 +25,7 @@ from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.polling.dialer import Dialer
 from replicante_poller.polling.discovery import Target
 from replicante_poller.web.metrics import PollerMetrics, new_registry, sample
+from replicante_poller.agentapi import NODE_INFO, SHARDS_INFO, STORE_INFO
 from replicante_poller.polling.poll import AGENT_INFO, DATASTORE_INFO, SHARDS, PollResult, poll_target
 from replicante_poller.polling.pool import WorkerPool
 from replicante_poller.reasons import Reason, Status
@@ -65,8 +67,9 @@ def client(transport: Transport) -> Iterator[AgentClient]:
     agent_client.close()
 
 
-def target(max_body: int = CAP) -> Target:
-    return Target("orders", URL, None, PollSettings(interval=10.0, timeout=2.0, max_body=max_body), TlsSettings())
+def target(max_body: int = CAP, api: str = "auto", cluster_id: str = "orders") -> Target:
+    return Target(cluster_id, URL, None, PollSettings(interval=10.0, timeout=2.0, max_body=max_body, api=api),
+                  TlsSettings())
 
 
 def answer(mock: responses.RequestsMock, path: str, body: Any = None, status: int = 200,
@@ -76,7 +79,9 @@ def answer(mock: responses.RequestsMock, path: str, body: Any = None, status: in
 
 
 def healthy(mock: responses.RequestsMock, **replace: dict) -> None:
-    """A healthy agent, with some paths answered otherwise (given as answer() keyword sets)."""
+    """A healthy legacy agent, with some paths answered otherwise (given as answer() keyword
+    sets); the other generation's paths answer an empty 404, as on a real legacy agent."""
+    answer(mock, NODE_INFO, b"", status=404, content_type=None)
     for name, path, document in (("agent", AGENT_INFO, AGENT), ("datastore", DATASTORE_INFO, DATASTORE),
                                  ("shards", SHARDS, SHARDS_DOC)):
         if name in replace:
@@ -284,3 +289,134 @@ def test_the_adapter_refuses_what_would_weaken_or_bypass_the_configured_trust():
                 session.send(request, **weakening)
     assert set(session.adapters) == {"https://"}  # plain http:// has no adapter at all
     assert session.trust_env is False
+
+
+# -- the replisdk generation (recorded bodies: tests/data/agents/README.md) -----------------
+
+AGENTS = Path(__file__).parent / "data" / "agents"
+
+
+def recorded(name: str) -> bytes:
+    return (AGENTS / name).read_bytes()
+
+
+def replisdk_agent(mock: responses.RequestsMock, node: str = "replisdk/info-node.primary.json",
+                   shards: str = "replisdk/info-shards.primary.json") -> None:
+    """A replisdk agent: its three paths, and an empty 404 on the legacy ones."""
+    for path in (AGENT_INFO, DATASTORE_INFO, SHARDS):
+        answer(mock, path, b"", status=404, content_type=None)
+    answer(mock, NODE_INFO, recorded(node))
+    answer(mock, STORE_INFO, recorded("replisdk/info-store.json"))
+    answer(mock, SHARDS_INFO, recorded(shards))
+
+
+def paths_asked(mock: responses.RequestsMock) -> list[str]:
+    return [call.request.path_url for call in mock.calls]
+
+
+def test_auto_learns_a_replisdk_agent_within_one_poll_on_one_connection(agent, client):
+    replisdk_agent(agent)
+
+    result = poll_target(client, target(cluster_id="rs0"))
+
+    assert result.status is Status.UP, result.message
+    assert result.api == "replisdk"
+    assert paths_asked(agent) == [AGENT_INFO, NODE_INFO, STORE_INFO, SHARDS_INFO]
+    assert (result.datastore.cluster_id, result.datastore.node_id, result.datastore.kind,
+            result.datastore.version) == ("rs0", "mongo-0", "mongo.replica", "6.0.16")
+    assert result.agent.version.number == "0.1.0"
+    assert result.node_status.to_json() == "HEALTHY"
+    assert [(s.id, s.role, s.commit_offset.unit, s.lag) for s in result.shards] == [
+        ("mongo-0.rs:27017", "primary", "milliseconds", None)]
+
+
+def test_a_known_generation_is_asked_first_and_relearned_on_404(agent, client):
+    replisdk_agent(agent)
+
+    assert poll_target(client, target(cluster_id="rs0"), known="replisdk").status is Status.UP
+    assert paths_asked(agent) == [NODE_INFO, STORE_INFO, SHARDS_INFO]  # no probe once known
+
+    agent.reset()
+    healthy(agent)  # the agent was replaced by a legacy one at the same address
+    result = poll_target(client, target(), known="replisdk")
+    assert (result.status, result.api) == (Status.UP, "legacy"), result.message
+    assert paths_asked(agent) == [NODE_INFO, AGENT_INFO, DATASTORE_INFO, SHARDS]
+
+
+def test_a_configured_generation_never_probes_the_other(agent, client):
+    replisdk_agent(agent)
+
+    result = poll_target(client, target(cluster_id="rs0", api="legacy"))
+
+    down(result, Status.AGENT_DOWN, Reason.HTTP_STATUS, AGENT_INFO, "404")
+    assert paths_asked(agent) == [AGENT_INFO]
+
+
+def test_neither_generation_is_agent_down_naming_both_paths(agent, client):
+    for path in (AGENT_INFO, NODE_INFO):
+        answer(agent, path, b"", status=404, content_type=None)
+
+    result = poll_target(client, target())
+
+    down(result, Status.AGENT_DOWN, Reason.HTTP_STATUS, AGENT_INFO, NODE_INFO, "either API generation")
+
+
+def test_a_replisdk_node_unavailable_is_node_down_without_asking_further(agent, client):
+    replisdk_agent(agent, node="replisdk/info-node.unavailable.json")
+
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+
+    down(result, Status.NODE_DOWN, Reason.NODE_UNAVAILABLE, "UNAVAILABLE")
+    assert result.node_status.status == "UNAVAILABLE" and result.agent is not None
+    assert paths_asked(agent) == [NODE_INFO]
+
+
+def test_other_node_statuses_are_data_not_failures(agent, client):
+    replisdk_agent(agent, node="replisdk/info-node.unknown-status.json", shards="replisdk/info-shards.rollback.json")
+
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+
+    assert result.status is Status.UP, result.message
+    assert result.node_status.to_json() == {"UNKNOWN": "ARBITER"}
+    assert [(s.role, s.role_detail) for s in result.shards] == [("unknown", "ROLLBACK"), ("recovering", None)]
+
+
+def test_a_replisdk_error_answer_is_the_node_failing_with_the_agents_message(agent, client):
+    answer(agent, NODE_INFO, recorded("replisdk/error.store-down.json"), status=500)
+
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+
+    down(result, Status.NODE_DOWN, Reason.HTTP_STATUS, "HTTP 500", "get replica set status command failed",
+         "Server selection timeout")
+
+
+def test_a_replisdk_500_without_its_error_body_is_the_agent_failing(agent, client):
+    answer(agent, NODE_INFO, b"<html>bad gateway</html>", status=502, content_type="text/html")
+
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+
+    down(result, Status.AGENT_DOWN, Reason.HTTP_STATUS, "HTTP 502")
+
+
+def test_replisdk_store_and_shards_failures_are_node_down(agent, client):
+    replisdk_agent(agent)
+    agent.replace(responses.GET, URL + STORE_INFO, body=recorded("replisdk/error.store-down.json"), status=500)
+
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+    down(result, Status.NODE_DOWN, Reason.HTTP_STATUS, STORE_INFO, "command failed")
+
+    agent.reset()
+    replisdk_agent(agent, shards="replisdk/info-shards.primary.json")
+    agent.replace(responses.GET, URL + SHARDS_INFO, json={"shards": [{"id": "x", "role": "primary",
+                                                                      "commit_offset": None, "lag": None}]})
+    result = poll_target(client, target(cluster_id="rs0"), known="replisdk")
+    down(result, Status.NODE_DOWN, Reason.SCHEMA, "$.shards[0].role", '"Primary"')
+
+
+def test_a_replisdk_agent_of_another_cluster_is_cluster_mismatch(agent, client):
+    replisdk_agent(agent)
+
+    result = poll_target(client, target(cluster_id="orders"), known="replisdk")
+
+    down(result, Status.NODE_DOWN, Reason.CLUSTER_MISMATCH, "'rs0'", "'orders'")
+    assert result.datastore.node_id == "mongo-0"

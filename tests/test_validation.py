@@ -193,3 +193,89 @@ def test_path_names_the_first_bad_shard() -> None:
     shards[4]["role"] = 1
     result = validation.validate_shards({"shards": shards})
     assert result == Invalid(Reason.SCHEMA, "$.shards[3].lag.value", result.message)
+
+
+# -- both generations' recorded answers (tests/data/agents/README.md) -----------------------
+
+AGENTS = Path(__file__).parent / "data" / "agents"
+RECORDED = {
+    "legacy/info-agent.json": validation.validate_agent_info,
+    "legacy/info-datastore.json": validation.validate_datastore_info,
+    "legacy/shards.mongodb.json": validation.validate_shards,
+    "legacy/shards.kafka.json": validation.validate_shards,
+    "legacy/shards.zookeeper.json": validation.validate_shards,
+    "replisdk/info-node.primary.json": validation.validate_node_info,
+    "replisdk/info-node.old-sdk-no-address.json": validation.validate_node_info,
+    "replisdk/info-node.unavailable.json": validation.validate_node_info,
+    "replisdk/info-node.unknown-status.json": validation.validate_node_info,
+    "replisdk/info-store.json": validation.validate_store_info,
+    "replisdk/info-shards.primary.json": validation.validate_replisdk_shards,
+    "replisdk/info-shards.secondary.json": validation.validate_replisdk_shards,
+    "replisdk/info-shards.rollback.json": validation.validate_replisdk_shards,
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_every_recorded_answer_of_a_real_agent_validates(name):
+    model = parse((AGENTS / name).read_bytes(), RECORDED[name])
+    assert not isinstance(model, Invalid), f"{name}: {model}"
+
+
+def test_replisdk_answers_map_onto_the_neutral_model():
+    node = parse((AGENTS / "replisdk/info-node.primary.json").read_bytes(), validation.validate_node_info)
+    cluster_id = parse((AGENTS / "replisdk/info-store.json").read_bytes(), validation.validate_store_info)
+    shards = parse((AGENTS / "replisdk/info-shards.secondary.json").read_bytes(), validation.validate_replisdk_shards)
+
+    assert node.datastore(cluster_id) == DatastoreInfo(None, "rs0", "mongo.replica", "mongo-0", "6.0.16")
+    assert node.agent.to_json()["version"]["number"] == "0.1.0"
+    assert [s.to_json() for s in shards] == [{"id": "mongo-1.rs:27017", "role": "secondary",
+                                              "commit_offset": {"unit": "milliseconds", "value": 1728339631000},
+                                              "lag": {"unit": "milliseconds", "value": 1000}}]
+
+
+def test_the_neutral_shard_shape_reads_back_every_role_and_unit():
+    shards = parse((AGENTS / "replisdk/info-shards.rollback.json").read_bytes(), validation.validate_replisdk_shards)
+    written = json.dumps({"shards": [s.to_json() for s in shards]}).encode()
+
+    assert parse(written, validation.validate_neutral_shards) == shards
+
+
+def _mutated(name: str, change: Callable[[dict], None]) -> bytes:
+    document = json.loads((AGENTS / name).read_bytes())
+    change(document)
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("name,change,validate,where", [
+    ("replisdk/info-node.primary.json", lambda d: d.update(node_status="healthy"),
+     validation.validate_node_info, "$.node_status"),
+    ("replisdk/info-node.primary.json", lambda d: d.update(node_status={"UNKNOWN": 3}),
+     validation.validate_node_info, "$.node_status.UNKNOWN"),
+    ("replisdk/info-node.primary.json", lambda d: d.update(node_status={"Unknown": "x"}),
+     validation.validate_node_info, "$.node_status"),
+    ("replisdk/info-node.primary.json", lambda d: d["store_version"].pop("number"),
+     validation.validate_node_info, "$.store_version.number"),
+    ("replisdk/info-node.primary.json", lambda d: d["attributes"].update(bad=[1]),
+     validation.validate_node_info, "$.attributes.bad"),
+    ("replisdk/info-node.primary.json", lambda d: d["address"].update(client=5),
+     validation.validate_node_info, "$.address.client"),
+    ("replisdk/info-node.primary.json", lambda d: d.pop("agent_version"),
+     validation.validate_node_info, "$.agent_version"),
+    ("replisdk/info-store.json", lambda d: d.update(cluster_id=None),
+     validation.validate_store_info, "$.cluster_id"),
+    ("replisdk/info-shards.primary.json", lambda d: d["shards"][0].update(commit_offset=None),
+     validation.validate_replisdk_shards, "$.shards[0].commit_offset"),
+    ("replisdk/info-shards.primary.json", lambda d: d["shards"][0].update(role="primary"),
+     validation.validate_replisdk_shards, "$.shards[0].role"),
+    ("replisdk/info-shards.primary.json", lambda d: d["shards"][0]["commit_offset"].update(unit="ms"),
+     validation.validate_replisdk_shards, "$.shards[0].commit_offset.unit"),
+    ("legacy/shards.mongodb.json", lambda d: d["shards"][0].update(role="Primary"),
+     validation.validate_shards, "$.shards[0].role"),
+    ("legacy/shards.mongodb.json", lambda d: d["shards"][0]["commit_offset"].update(unit="milliseconds"),
+     validation.validate_shards, "$.shards[0].commit_offset.unit"),
+])
+def test_each_generation_refuses_the_others_spelling_and_wrong_types(name, change, validate, where):
+    result = parse(_mutated(name, change), validate)
+
+    assert isinstance(result, Invalid) and result.reason is Reason.SCHEMA, result
+    assert result.path == where, result

@@ -60,6 +60,7 @@ class Failure:
     message: str
     status: Optional[int] = None
     retry_after: Optional[float] = None
+    agent_error: Optional[str] = None  # the agent's own error message, from an error answer's JSON body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,8 +296,10 @@ class AgentConnection:
         if isinstance(reply, Failure):
             return reply
         if reply.status != 200:
-            return Failure(Reason.HTTP_STATUS, f"GET {path} answered HTTP {reply.status} {reply.status_text}".rstrip(),
-                           status=reply.status, retry_after=reply.retry_after)
+            said = agent_error(reply.body)
+            message = f"GET {path} answered HTTP {reply.status} {reply.status_text}".rstrip()
+            return Failure(Reason.HTTP_STATUS, f"{message}: {said}" if said else message,
+                           status=reply.status, retry_after=reply.retry_after, agent_error=said)
         media = reply.content_type.split(";", 1)[0].strip().lower()
         if media != "application/json":
             return Failure(Reason.CONTENT_TYPE,
@@ -352,6 +355,31 @@ class AgentConnection:
         if failure.reason is Reason.TIMEOUT and time.monotonic() >= self._state.watch.deadline:
             return self._deadline_failure()  # the socket's own timeout fired just before the reaper
         return failure
+
+
+AGENT_ERROR_CHARS = 200  # of an agent's error message, in poll messages
+
+
+def agent_error(body: bytes) -> Optional[str]:
+    """The message of an agent's JSON error answer, printable and short; None for anything
+    else. Legacy agents send `{"error": TEXT, ...}`, replisdk agents
+    `{"error": true, "error_msg": TEXT, "error_cause": TEXT?}`."""
+    if not body.startswith(b"{") or len(body) > 16 * AGENT_ERROR_CHARS:
+        return None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(document, dict):
+        return None
+    text = document.get("error_msg") if document.get("error") is True else document.get("error")
+    if not isinstance(text, str):
+        return None
+    cause = document.get("error_cause") if document.get("error") is True else None
+    if isinstance(cause, str) and cause and cause != text:
+        text = f"{text} ({cause})"
+    printable = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return (printable[:AGENT_ERROR_CHARS - 3] + "...") if len(printable) > AGENT_ERROR_CHARS else printable or None
 
 
 def post_json(url: str, document: Mapping[str, Any], timeout: float, max_body: int,

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
 
-from ..models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
+from ..models import NODE_STATUSES, AgentInfo, AgentVersion, DatastoreInfo, NodeStatus, Offset, Shard
 from ..reasons import Reason
 
 T = TypeVar("T")
@@ -26,6 +26,21 @@ class Invalid:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeReport:
+    """What a replisdk agent's `info/node` says, before `info/store` adds the cluster id."""
+
+    agent: AgentInfo
+    node_id: str
+    store_id: str
+    store_version: str
+    status: NodeStatus
+
+    def datastore(self, cluster_id: str) -> DatastoreInfo:
+        """The neutral datastore model, once the cluster id is known."""
+        return DatastoreInfo(None, cluster_id, self.store_id, self.node_id, self.store_version)
 
 
 class _Problem(Exception):
@@ -104,56 +119,81 @@ def _kind(value: Any) -> str:
 # The shard validators run once per shard (20,000 on a large Kafka broker): they format the
 # JSON path of a field only when it fails, never on the way through.
 
-def _offset(value: Any, i: int, field: str) -> Offset:
-    if not isinstance(value, dict):
-        _object(value, f"$.shards[{i}].{field}")
-    unit = value.get("unit")
-    if unit == "seconds":
-        name, custom = "seconds", False
-    elif isinstance(unit, dict):
-        name, custom = unit.get("unit"), True
-        if not isinstance(name, str):
-            _string(name, f"$.shards[{i}].{field}.unit.unit")
-    else:
-        _fail(f"$.shards[{i}].{field}.unit", 'expected "seconds" or {"unit": NAME}')
-    number = value.get("value")
-    if type(number) is not int or not INT64_MIN <= number <= INT64_MAX:
-        _int64(number, f"$.shards[{i}].{field}.value")
-    return Offset(name, number, custom)
+@dataclasses.dataclass(frozen=True)
+class ShardDialect:
+    """How one generation spells shard roles and offset units, and their normalized names."""
+
+    roles: dict[str, str]  # wire role -> normalized role
+    other_role: str  # key of the object role carrying free text
+    units: frozenset[str]  # plain-string units (anything else is {"unit": NAME})
+    expected_role: str  # for the error message
+    commit_required: bool = False  # replisdk: `commit_offset` is not an Option
+
+    def role(self, value: Any, i: int) -> tuple[str, Optional[str]]:
+        role = self.roles.get(value) if isinstance(value, str) else None
+        if role is not None:
+            return role, None
+        if isinstance(value, dict) and len(value) == 1 and self.other_role in value:
+            return "unknown", _string(value[self.other_role], f"$.shards[{i}].role.{self.other_role}")
+        _fail(f"$.shards[{i}].role", f"expected {self.expected_role}")
+
+    def offset(self, value: Any, i: int, field: str) -> Offset:
+        if not isinstance(value, dict):
+            _object(value, f"$.shards[{i}].{field}")
+        unit = value.get("unit")
+        if isinstance(unit, str) and unit in self.units:
+            name, custom = unit, False
+        elif isinstance(unit, dict):
+            name, custom = unit.get("unit"), True
+            if not isinstance(name, str):
+                _string(name, f"$.shards[{i}].{field}.unit.unit")
+        else:
+            plain = " or ".join(f'"{u}"' for u in sorted(self.units))
+            _fail(f"$.shards[{i}].{field}.unit", f'expected {plain} or {{"unit": NAME}}')
+        number = value.get("value")
+        if type(number) is not int or not INT64_MIN <= number <= INT64_MAX:
+            _int64(number, f"$.shards[{i}].{field}.value")
+        return Offset(name, number, custom)
+
+    def shard(self, value: Any, i: int) -> Shard:
+        if not isinstance(value, dict):
+            _object(value, f"$.shards[{i}]")
+        role, detail = self.role(value.get("role"), i)
+        ident = value.get("id")
+        if not isinstance(ident, str):
+            _string(ident, f"$.shards[{i}].id")
+        commit, lag = value.get("commit_offset"), value.get("lag")
+        if commit is None and self.commit_required:
+            _object(commit, f"$.shards[{i}].commit_offset")
+        return Shard(
+            id=ident,
+            role=role,
+            role_detail=detail,
+            commit_offset=None if commit is None else self.offset(commit, i, "commit_offset"),
+            lag=None if lag is None else self.offset(lag, i, "lag"),
+        )
+
+    def shards(self, value: Any) -> tuple[Shard, ...]:
+        shards = _object(value, "$").get("shards")
+        if not isinstance(shards, list):
+            _fail("$.shards", f"expected a list, got {_kind(shards)}")
+        shard = self.shard
+        return tuple(shard(item, i) for i, item in enumerate(shards))
 
 
-def _role(value: Any, i: int) -> tuple[str, Optional[str]]:
-    if value == "primary" or value == "secondary":
-        return value, None
-    if isinstance(value, dict) and len(value) == 1 and "unknown" in value:
-        return "unknown", _string(value["unknown"], f"$.shards[{i}].role.unknown")
-    _fail(f"$.shards[{i}].role", 'expected "primary", "secondary" or {"unknown": TEXT}')
-
-
-def _shard(value: Any, i: int) -> Shard:
-    if not isinstance(value, dict):
-        _object(value, f"$.shards[{i}]")
-    role, detail = _role(value.get("role"), i)
-    ident = value.get("id")
-    if not isinstance(ident, str):
-        _string(ident, f"$.shards[{i}].id")
-    commit, lag = value.get("commit_offset"), value.get("lag")
-    return Shard(
-        id=ident,
-        role=role,
-        role_detail=detail,
-        commit_offset=None if commit is None else _offset(commit, i, "commit_offset"),
-        lag=None if lag is None else _offset(lag, i, "lag"),
-    )
+LEGACY_SHARDS = ShardDialect({"primary": "primary", "secondary": "secondary"}, "unknown", frozenset({"seconds"}),
+                             '"primary", "secondary" or {"unknown": TEXT}')
+REPLISDK_SHARDS = ShardDialect({"Primary": "primary", "Secondary": "secondary", "Recovering": "recovering"}, "Other",
+                               frozenset({"seconds", "milliseconds"}),
+                               '"Primary", "Secondary", "Recovering" or {"Other": TEXT}', commit_required=True)
+# The neutral shape the models write back (status API, state file).
+NEUTRAL_SHARDS = ShardDialect({"primary": "primary", "secondary": "secondary", "recovering": "recovering"},
+                              "unknown", frozenset({"seconds", "milliseconds"}),
+                              '"primary", "secondary", "recovering" or {"unknown": TEXT}')
 
 
 def _agent_info(value: Any) -> AgentInfo:
-    version = _object(_object(value, "$").get("version"), "$.version")
-    return AgentInfo(AgentVersion(
-        checkout=_string(version.get("checkout"), "$.version.checkout"),
-        number=_string(version.get("number"), "$.version.number"),
-        taint=_string(version.get("taint"), "$.version.taint"),
-    ))
+    return AgentInfo(_version(_object(value, "$").get("version"), "$.version"))
 
 
 def _datastore_info(value: Any) -> DatastoreInfo:
@@ -167,11 +207,57 @@ def _datastore_info(value: Any) -> DatastoreInfo:
     )
 
 
-def _shards(value: Any) -> tuple[Shard, ...]:
-    shards = _object(value, "$").get("shards")
-    if not isinstance(shards, list):
-        _fail("$.shards", f"expected a list, got {_kind(shards)}")
-    return tuple(_shard(item, i) for i, item in enumerate(shards))
+def _version(value: Any, path: str) -> AgentVersion:
+    version = _object(value, path)
+    return AgentVersion(
+        checkout=_string(version.get("checkout"), path + ".checkout"),
+        number=_string(version.get("number"), path + ".number"),
+        taint=_string(version.get("taint"), path + ".taint"),
+    )
+
+
+def _node_status(value: Any) -> NodeStatus:
+    if isinstance(value, str) and value in NODE_STATUSES and value != "UNKNOWN":
+        return NodeStatus(value)
+    if isinstance(value, dict) and len(value) == 1 and "UNKNOWN" in value:
+        return NodeStatus("UNKNOWN", _string(value["UNKNOWN"], "$.node_status.UNKNOWN"))
+    _fail("$.node_status", "expected one of " + ", ".join(NODE_STATUSES[:-1]) + ' or {"UNKNOWN": TEXT}')
+
+
+def _attributes(value: Any, path: str) -> None:
+    for key, item in _object(value, path).items():
+        if item is not None and not isinstance(item, (bool, int, float, str)):
+            _fail(f"{path}.{key}", f"expected a boolean, number, string or null, got {_kind(item)}")
+
+
+def _node_info(value: Any) -> NodeReport:
+    """replisdk `info/node` (`address` is absent on agents before SDK 53acdf2). Address and
+    attributes are checked, not kept: the neutral model has no place for them."""
+    document = _object(value, "$")
+    address = document.get("address")
+    if address is not None:
+        for key, item in _object(address, "$.address").items():
+            _optional(item, f"$.address.{key}", _string)
+    if "attributes" in document:
+        _attributes(document["attributes"], "$.attributes")
+    store_version = _object(document.get("store_version"), "$.store_version")
+    _optional(store_version.get("checkout"), "$.store_version.checkout", _string)
+    _optional(store_version.get("extra"), "$.store_version.extra", _string)
+    return NodeReport(
+        agent=AgentInfo(_version(document.get("agent_version"), "$.agent_version")),
+        node_id=_string(document.get("node_id"), "$.node_id"),
+        store_id=_string(document.get("store_id"), "$.store_id"),
+        store_version=_string(store_version.get("number"), "$.store_version.number"),
+        status=_node_status(document.get("node_status")),
+    )
+
+
+def _store_info(value: Any) -> str:
+    """replisdk `info/store`: its cluster id."""
+    document = _object(value, "$")
+    if "attributes" in document:
+        _attributes(document["attributes"], "$.attributes")
+    return _string(document.get("cluster_id"), "$.cluster_id")
 
 
 def _validator(build: Callable[[Any], T]) -> Callable[[Any], Union[T, Invalid]]:
@@ -181,13 +267,17 @@ def _validator(build: Callable[[Any], T]) -> Callable[[Any], Union[T, Invalid]]:
         except _Problem as problem:
             return Invalid(Reason.SCHEMA, problem.path, problem.message)
 
-    validate.__doc__ = f"Validate a decoded document with {build.__name__}; a model or Invalid."
+    validate.__doc__ = f"Validate a decoded document with {getattr(build, '__qualname__', build)}; a model or Invalid."
     return validate
 
 
 validate_agent_info = _validator(_agent_info)
 validate_datastore_info = _validator(_datastore_info)
-validate_shards = _validator(_shards)
+validate_shards = _validator(LEGACY_SHARDS.shards)
+validate_node_info = _validator(_node_info)
+validate_store_info = _validator(_store_info)
+validate_replisdk_shards = _validator(REPLISDK_SHARDS.shards)
+validate_neutral_shards = _validator(NEUTRAL_SHARDS.shards)
 
 
 def parse(body: bytes, validate: Callable[[Any], Union[T, Invalid]]) -> Union[T, Invalid]:
