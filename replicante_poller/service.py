@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .actions.api import ActionsApi, read_token
-from .actions.dispatcher import Dispatcher
+from .actions.dispatcher import AgentIdentity, Dispatcher
 from .actions.journal import Journal
 from .actions.signing import load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
@@ -138,7 +138,7 @@ class Service:
         token = read_token(settings.api_token_file) if settings.api_token_file else None
         self.journal = Journal(settings.journal, self._clock)
         self._dispatcher = Dispatcher(self.journal, settings, signer, self.find_target, self.identity,
-                                      self._transport, self.metrics, self._clock)
+                                      self._transport, self.metrics, self._clock, generation=self.generation)
         self.metrics.actions_pending.set_function(self.journal.pending)
         log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
         self._actions_api = ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
@@ -148,14 +148,20 @@ class Service:
         """The target polled at `url` (any thread)."""
         return self._by_url.get(url)
 
-    def identity(self, target: Target) -> Optional[tuple[str, str]]:
-        """(cluster id, node id) as a poll observed them, or None before any (any thread)."""
+    def identity(self, target: Target) -> Optional[AgentIdentity]:
+        """Cluster id, node id and API generation as a poll of this run observed them, or
+        None before any (any thread)."""
         view = self.state.view(target.key)
         result = view.result if view is not None else None
         if (result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY
-                or result.started < self._started):  # restored from disk: the node may have changed since
+                or view.api is None or result.started < self._started):  # restored: the node may have changed
             return None
-        return result.datastore.cluster_id, result.datastore.node_id
+        return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
+
+    def generation(self, target: Target) -> Optional[str]:
+        """The agent's API generation as last learned (restored state included), or None."""
+        view = self.state.view(target.key)
+        return view.api if view is not None else None
 
     @property
     def api_address(self) -> tuple[str, int]:

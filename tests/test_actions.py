@@ -14,7 +14,7 @@ import requests
 
 from replicante_poller.agentsim import Fault, NodeSpec
 from replicante_poller.actions.httpsig import parse_signature, parse_signature_input, signature_base, content_digest
-from replicante_poller.actions.dispatcher import schedule_body
+from replicante_poller.actions.protocols import LegacyActions
 from replicante_poller.actions.journal import ActionState
 from replicante_poller.web.metrics import sample
 from replicante_poller.actions.signing import generate_keypair, load_public_key
@@ -81,8 +81,8 @@ def test_action_is_signed_delivered_once_and_tracked_to_done(start_sim, start_se
     assert (headers["replicante-cluster"], headers["replicante-node"]) == ("rs", "node-1")
     base = signature_base("POST", f"/api/unstable/actions/schedule/{PING}", None, headers, params, raw)
     assert load_public_key(keys["pub"]).verify(base, signature)
-    assert headers["content-digest"] == content_digest(schedule_body(done))
-    assert json.loads(schedule_body(done))["action_id"] == action_id
+    assert headers["content-digest"] == content_digest(LegacyActions().schedule(done)[1])
+    assert json.loads(LegacyActions().schedule(done)[1])["action_id"] == action_id
 
     listed = requests.get("http://%s:%d/api/v1/actions" % service.api_address, timeout=5).json()["actions"]
     assert [(a["id"], a["state"]) for a in listed] == [(action_id, "DONE")]

@@ -17,7 +17,7 @@ import trustme
 from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
 from replicante_poller.polling.discovery import Target
 from replicante_poller.agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
-from replicante_poller.actions.dispatcher import Dispatcher
+from replicante_poller.actions.dispatcher import AgentIdentity, Dispatcher
 from replicante_poller.actions.httpsig import parse_signature_input
 from replicante_poller.actions.journal import ActionState, Journal
 from replicante_poller.web.metrics import PollerMetrics, new_registry
@@ -89,7 +89,7 @@ def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], t
         settings = ActionsSettings(enabled=True, max_attempts=5, backoff=1.0)
         transport = Transport(TlsContexts(), reaper=reaper)
         dispatcher = Dispatcher(journal, settings, signer, lambda url: target if url == target.url else None,
-                                lambda t: ("rs", "node-1"), transport, PollerMetrics(new_registry(), lambda: []), clock)
+                                lambda t: AgentIdentity("rs", "node-1", "legacy"), transport, PollerMetrics(new_registry(), lambda: []), clock)
         client = transport.client()
         closers.extend([client.close, journal.close])
         return agent, journal, dispatcher, client, clock, target

@@ -13,7 +13,7 @@ import requests
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from replicante_poller.agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
+from replicante_poller.agentapi import AGENT_INFO, DATASTORE_INFO, SCHEDULE_PREFIX
 from replicante_poller.agentsim import AgentSim, NodeSpec
 from replicante_poller.actions.httpsig import COVERED, LABEL, TAG, SignatureParams, content_digest, sign_action, signature_base
 from replicante_poller.actions.signing import generate_keypair, load_signing_key
@@ -378,7 +378,8 @@ def mtls_agent(ca, pki):
         scheduled.append((body, ex.conn.client_cert is not None))
         return ex.send(response_bytes(200, json.dumps({"id": json.loads(body)["action_id"]}).encode()))
 
-    handlers = {DATASTORE_INFO: json_response({"cluster_display_name": None, "cluster_id": "rs", "kind": "MongoDB",
+    handlers = {AGENT_INFO: json_response({"version": {"checkout": "c", "number": "0.5.0", "taint": "not tainted"}}),
+                DATASTORE_INFO: json_response({"cluster_display_name": None, "cluster_id": "rs", "kind": "MongoDB",
                                                "node_id": "node-1", "version": "6.0"}),
                 SCHEDULE_PREFIX + KIND: schedule}
     with TlsServer(context, handlers) as server:

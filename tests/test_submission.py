@@ -11,7 +11,7 @@ import math
 import pytest
 
 from replicante_poller.actions.api import MAX_ARGS_BYTES, ActionsApi, check_kind, submit
-from replicante_poller.actions.dispatcher import schedule_body
+from replicante_poller.actions.protocols import LegacyActions
 from replicante_poller.actions.journal import Journal
 from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.errors import SubmissionError
@@ -45,7 +45,7 @@ def test_args_that_fill_the_schedule_body_exactly_are_accepted(journal):
     args = "x" * (MAX_ARGS_BYTES - 2)  # a JSON string: two quotes
     action = queue(journal, args)
 
-    assert len(schedule_body(action)) <= MAX_SCHEDULE_BODY
+    assert len(LegacyActions().schedule(action)[1]) <= MAX_SCHEDULE_BODY
 
 
 def test_args_one_byte_over_are_refused_with_the_reason(journal):

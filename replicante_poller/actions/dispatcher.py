@@ -1,32 +1,33 @@
 """The action dispatcher: a thread, separate from the poll workers, that delivers journaled
 actions to agents, signed right before each attempt, and follows them to a final state.
 
-Delivery: sign (new nonce and times, same action_id), POST the schedule request, and read
-the answer: 200 or 409 ActionAlreadyExists is delivered; 429, 5xx and transport failures
-are retried with backoff up to `max_attempts`; other 4xx are final rejections.
-Tracking: `/actions/info/{id}` until DONE or FAILED; an agent that forgets an action it
-accepted (404 there and absent from its queue and finished lists) makes it LOST.
+Delivery: sign (new nonce and times, same action_id), POST the schedule request in the
+agent's generation (`protocols`), and read the answer: 200 or the generation's "already
+exists" 409 is delivered; 401, 429, 5xx and transport failures are retried with backoff up
+to `max_attempts`; other 4xx are final rejections.
+Tracking: the agent's report of the action until DONE or FAILED; an action the agent no
+longer reports (404 there and absent from its queue and finished lists) is PRUNED when the
+agent's pruning explains it, else LOST.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
-from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
+from ..agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE
 from ..config import ActionsSettings
-from ..durations import rfc3339
 from ..limits import MAX_BACKOFF, backoff
 from ..polling.discovery import Target
-from ..polling.transport import AgentClient, Failure, Reply, Transport
+from ..polling.transport import AgentClient, Failure, Reply, Transport, agent_error
 from ..reasons import Reason, transient_status
 from ..web.metrics import PollerMetrics
 from .httpsig import sign_action
 from .journal import Action, ActionState, Journal
+from .protocols import PROTOCOLS, ActionProtocol
 from .signing import Signer
 
 log = logging.getLogger(__name__)
@@ -35,18 +36,12 @@ AGENT_STATES = {"NEW": ActionState.SCHEDULED, "RUNNING": ActionState.RUNNING,
                 "DONE": ActionState.DONE, "FAILED": ActionState.FAILED}
 
 
-def schedule_body(action: Action) -> bytes:
-    """The exact bytes of the schedule request (DESIGN section 1); these bytes are signed."""
-    document = {"action_id": action.id, "args": action.args,
-                "created_ts": rfc3339(action.created_ts), "requester": action.requester}
-    return json.dumps(document, separators=(",", ":")).encode()
+class AgentIdentity(NamedTuple):
+    """Who an agent is, as a poll observed it: the ids to sign for and its API generation."""
 
-
-def _json(reply: Reply) -> Any:
-    try:
-        return json.loads(reply.body)
-    except ValueError:
-        return None
+    cluster_id: str
+    node_id: str
+    api: str
 
 
 def retryable_status(status: int) -> bool:
@@ -67,32 +62,22 @@ def _header_safe(value: str) -> bool:
     return bool(value) and value == value.strip() and all(" " <= ch <= "~" for ch in value)
 
 
-# Legacy agents list at most their 100 newest finished actions and prune all older ones
-# (replicante-io/agents, libs/rust/sdk store: `LIMIT 100`, `prune_keep` 100 every hour).
-FINISHED_LIST_LIMIT = 100
-
-
-def _entries(body: Any) -> list[dict]:
-    """The objects of an agent's action list (anything unreadable counts as none)."""
-    try:
-        document = json.loads(body)
-    except (TypeError, ValueError):
-        return []
-    return [e for e in document if isinstance(e, dict)] if isinstance(document, list) else []
-
-
 class Dispatcher:
     """Delivers and tracks actions; `wake()` after a submission, `stop()` at shutdown."""
 
     def __init__(self, journal: Journal, settings: ActionsSettings, signer: Signer,
                  find_target: Callable[[str], Optional[Target]],
-                 identity: Callable[[Target], Optional[tuple[str, str]]],
+                 identity: Callable[[Target], Optional[AgentIdentity]],
                  transport: Transport, metrics: PollerMetrics,
-                 clock: Callable[[], float] = time.time, randbytes: Callable[[int], bytes] = os.urandom):
+                 clock: Callable[[], float] = time.time, randbytes: Callable[[int], bytes] = os.urandom,
+                 generation: Optional[Callable[[Target], Optional[str]]] = None):
+        """`identity` is what to sign for and the agent's generation, from a poll of this run;
+        `generation` the generation alone, as last known (tracking needs no fresh identity)."""
         self._journal = journal
         self._config = (settings, signer)  # replaced whole by reconfigure(): never read half-old
         self._errors: dict[str, int] = {}  # unexpected errors per action (dispatcher thread only)
         self._find_target, self._identity = find_target, identity
+        self._generation = generation or (lambda target: (identity(target) or (None, None, None))[2])
         self._transport, self._metrics = transport, metrics
         self._clock, self._randbytes = clock, randbytes
         self._wake = threading.Event()
@@ -182,14 +167,14 @@ class Dispatcher:
             self._journal.update(action.id, ActionState.PENDING, self._clock() + IDLE_WAIT,
                                  "waiting for a successful poll to learn the agent's cluster and node ids")
             return
-        cluster_id, node_id = identity
-        if not all(_header_safe(v) for v in identity):
+        cluster_id, node_id, api = identity
+        if not all(_header_safe(v) for v in (cluster_id, node_id)):
             self._journal.update(action.id, ActionState.PENDING, self._clock() + self._settings.track_interval * 5,
-                                 f"the agent reports ids that cannot be signed: {identity!r} (waiting)")
+                                 f"the agent reports ids that cannot be signed: {(cluster_id, node_id)!r} (waiting)")
             return
+        protocol = PROTOCOLS[api]
         n = self._journal.begin_attempt(action, cluster_id, node_id)
-        body = schedule_body(action)
-        path = SCHEDULE_PREFIX + action.kind
+        path, body = protocol.schedule(action)
         settings, signer = self._config
         headers = sign_action(
             method="POST", path=urlsplit(target.url).path + path, body=body, cluster_id=cluster_id,
@@ -198,19 +183,19 @@ class Dispatcher:
         )
         with client.connect(target) as conn:
             reply = conn.request("POST", path, body, headers)
-        if n >= settings.max_attempts and _ambiguous(reply) and self._agent_knows(client, target, action):
+        if n >= settings.max_attempts and _ambiguous(reply) and self._agent_knows(client, target, action, protocol):
             reply = Reply(200, "OK", "application/json", b"{}")  # it arrived: the answer was what got lost
-        self._delivered(action, n, reply)
+        self._delivered(action, n, reply, protocol)
 
-    def _agent_knows(self, client: AgentClient, target: Target, action: Action) -> bool:
+    def _agent_knows(self, client: AgentClient, target: Target, action: Action, protocol: ActionProtocol) -> bool:
         """Whether the agent has the action (before a last, ambiguous failure becomes ABANDONED)."""
         with client.connect(target) as conn:
-            reply = conn.request("GET", ACTION_INFO_PREFIX + action.id)
+            reply = conn.request("GET", protocol.info_path(action.id))
         return isinstance(reply, Reply) and reply.status == 200
 
-    def _delivered(self, action: Action, n: int, reply: Union[Reply, Failure]) -> None:
+    def _delivered(self, action: Action, n: int, reply: Union[Reply, Failure], protocol: ActionProtocol) -> None:
         now = self._clock()
-        if isinstance(reply, Reply) and (reply.status == 200 or self._already_exists(reply)):
+        if isinstance(reply, Reply) and (reply.status == 200 or protocol.already_exists(reply)):
             outcome = "accepted" if reply.status == 200 else "already exists"
             self._journal.end_attempt(action.id, n, outcome, f"HTTP {reply.status}", ActionState.SCHEDULED,
                                       now + self._settings.track_interval, f"delivered ({outcome})")
@@ -219,8 +204,7 @@ class Dispatcher:
             log.info("action %s (%s) delivered to %s", action.id, action.kind, action.agent)
             return
         if isinstance(reply, Reply) and not retryable_status(reply.status):
-            error = _json(reply)
-            detail = error.get("error") if isinstance(error, dict) else reply.body[:200].decode("utf-8", "replace")
+            detail = agent_error(reply.body) or reply.body[:200].decode("utf-8", "replace")
             if reply.status == 404 and not reply.body.strip():  # DESIGN section 1: how agents say "no actions"
                 detail = "the agent has actions disabled (404 with no body on the schedule path)"
             self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}", ActionState.REJECTED,
@@ -242,16 +226,17 @@ class Dispatcher:
                                   f"attempt {n} failed ({detail}); retrying in {delay:g}s")
         self._metrics.action_result("retry")
 
-    @staticmethod
-    def _already_exists(reply: Reply) -> bool:
-        error = _json(reply)
-        return reply.status == 409 and isinstance(error, dict) and error.get("variant") == "ActionAlreadyExists"
-
     # -- tracking --------------------------------------------------------------
 
     def _track(self, client: AgentClient, action: Action, target: Target) -> None:
+        api = self._generation(target)
+        if api is None:
+            self._journal.update(action.id, action.state, self._clock() + IDLE_WAIT,
+                                 "waiting for a poll to learn the agent's API generation")
+            return
+        protocol = PROTOCOLS[api]
         with client.connect(target) as conn:
-            reply = conn.request("GET", ACTION_INFO_PREFIX + action.id)
+            reply = conn.request("GET", protocol.info_path(action.id))
             lists = None
             if isinstance(reply, Reply) and reply.status == 404:
                 lists = [conn.get(ACTIONS_QUEUE), conn.get(ACTIONS_FINISHED)]
@@ -262,22 +247,20 @@ class Dispatcher:
             self._journal.update(action.id, action.state, later, f"tracking failed, will retry: {detail}")
             return
         if reply.status == 200:
-            self._follow(action, _json(reply), later)
+            self._follow(action, protocol, reply, later)
             return
-        if any(isinstance(item, Failure) for item in lists or ()):
+        queue, finished = lists or (b"", b"")
+        if isinstance(queue, Failure) or isinstance(finished, Failure):
             self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
             return
-        queued, finished = (_entries(item) for item in lists or ((), ()))
-        listed = {entry.get("id") for entry in queued + finished if isinstance(entry.get("id"), str)}
-        if action.id in listed:
+        finished_ids = protocol.listed_ids(finished)
+        if action.id in protocol.listed_ids(queue) or action.id in finished_ids:
             self._journal.update(action.id, action.state, later, "listed by the agent")
             return
-        if len(finished) >= FINISHED_LIST_LIMIT:
-            # Agents keep (and list) only the newest finished actions: with a full list, an
-            # action gone from the info endpoint and from the queue finished and was pruned.
+        why = protocol.pruned(action, finished_ids, now)
+        if why is not None:
             self._journal.update(action.id, ActionState.PRUNED, now,
-                                 "finished on the agent, which pruned it before its outcome was seen "
-                                 f"(its finished list holds its limit of {FINISHED_LIST_LIMIT})")
+                                 f"finished on the agent, which pruned it before its outcome was seen ({why})")
             self._metrics.action_result("pruned")
             log.warning("action %s finished on %s but was pruned before its outcome was seen", action.id, action.agent)
             return
@@ -285,15 +268,14 @@ class Dispatcher:
         self._metrics.action_result("lost")
         log.error("action %s was lost by %s", action.id, action.agent)
 
-    def _follow(self, action: Action, document: Any, later: float) -> None:
-        info = document.get("action") if isinstance(document, dict) else None
-        agent_state = info.get("state") if isinstance(info, dict) else None
-        state = AGENT_STATES.get(agent_state) if isinstance(agent_state, str) else None
-        if state is None:
+    def _follow(self, action: Action, protocol: ActionProtocol, reply: Reply, later: float) -> None:
+        report = protocol.report(reply)
+        state = AGENT_STATES.get(report.phase) if report is not None else None
+        if report is None or state is None:
             self._journal.update(action.id, action.state, later, "the agent's action info is not understood, will retry")
             return
-        history = document.get("history") if isinstance(document.get("history"), list) else None
-        self._journal.update(action.id, state, later, f"agent reports {agent_state}", history)
+        note = f"agent reports {report.phase}" + (f": {report.detail}" if report.detail else "")
+        self._journal.update(action.id, state, later, note, report.history)
         if state.final:
             self._metrics.action_result(state.value.lower())
             log.info("action %s finished on %s: %s", action.id, action.agent, state.value)

@@ -1,7 +1,8 @@
 """`replicante-poller gateway`: a verifying reverse proxy in front of any agent.
 
-GETs of the agent API go to the upstream agent unchanged. `POST
-/api/unstable/actions/schedule/*` goes only when its signature verifies (Verifier);
+GETs of the agent API go to the upstream agent unchanged. A POST of an action (legacy
+`/api/unstable/actions/schedule/*`, replisdk `/api/unstable/action`) goes only when its
+signature verifies (Verifier);
 every rejection is one generic 401, the reason logged and counted. The body is capped
 before it is read. A retry of an action already forwarded gets the first answer again.
 """
@@ -14,13 +15,13 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from ..agentapi import DATASTORE_INFO, SCHEDULE_PREFIX
+from ..agentapi import ACTION, SCHEDULE_PREFIX
 from ..config import PollSettings, TlsSettings
 from ..errors import ConfigError, PollerError
 from ..polling.discovery import Target
 from ..polling.tls import TlsContexts
 from ..polling.transport import AgentClient, Failure, Reply, Transport
-from ..polling.validation import Invalid, parse, validate_datastore_info
+from ..polling.poll import poll_target
 from ..reasons import transient_status
 from ..web.metrics import GatewayMetrics, new_registry, render
 from ..web.server import DIGITS, IDLE_TIMEOUT, CountingServer, send
@@ -35,6 +36,7 @@ SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed req
 UPSTREAM_MAX_BODY = 4 * 1024 * 1024
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 METRICS_PATH = "/gateway/metrics"
+UNKNOWN_CLUSTER = "\x00unknown"  # no agent reports it: the identity poll stops at the cluster check
 
 
 def _has_body(request: BaseHTTPRequestHandler) -> bool:
@@ -116,13 +118,14 @@ class Gateway:
         return client
 
     def _identity(self) -> tuple[str, str]:
-        with self._client().connect(self._upstream) as conn:
-            body = conn.get(DATASTORE_INFO)
-        info = body if isinstance(body, Failure) else parse(body, validate_datastore_info)
-        if isinstance(info, (Failure, Invalid)):
+        """The upstream's cluster and node ids, from one poll of it (either generation)."""
+        upstream = dataclasses.replace(self._upstream, cluster_id=UNKNOWN_CLUSTER)
+        result = poll_target(self._client(), upstream)
+        if result.datastore is None:
             raise ConfigError(self.settings.source, "gateway", "upstream",
-                              f"cannot learn cluster_id and node_id from the upstream ({info}); set them in [gateway]")
-        return info.cluster_id, info.node_id
+                              f"cannot learn cluster_id and node_id from the upstream ({result.message}); "
+                              "set them in [gateway]")
+        return result.datastore.cluster_id, result.datastore.node_id
 
     def forward(self, method: str, path: str, body: Optional[bytes] = None,
                 headers: Optional[dict[str, str]] = None) -> Reply | Failure:
@@ -145,7 +148,7 @@ class Gateway:
         send(request, reply.status, reply.content_type or "application/json", reply.body)
 
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
-        if not request.path.startswith(SCHEDULE_PREFIX):
+        if not (request.path.startswith(SCHEDULE_PREFIX) or request.path == ACTION):
             return self._refuse(request, 405, b'{"error":"only signed action schedules are accepted"}')
         assert self.verifier is not None
         length = request.headers.get("Content-Length", "")

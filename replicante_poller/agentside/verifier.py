@@ -28,6 +28,7 @@ from ..actions.httpsig import (
     signature_base,
 )
 from ..actions.signing import PublicKey, load_public_key
+from ..agentapi import ACTION
 from ..errors import KeyFileError
 from ..limits import MAX_BODY
 from .replay import Outcome, ReplayStore
@@ -213,12 +214,13 @@ class Verifier:
         return self._idempotency(path, body, key_id)
 
     def _idempotency(self, path: str, body: bytes, key_id: str) -> Verdict:
+        field = "id" if path.endswith(ACTION) else "action_id"  # replisdk `POST /action`, else legacy
         try:
-            action_id = json.loads(body).get("action_id")
+            action_id = json.loads(body).get(field)
         except (ValueError, AttributeError):
             action_id = None
         if not isinstance(action_id, str) or not action_id:
-            return Verdict(False, Rejection.MALFORMED, "body has no action_id", key_id)
+            return Verdict(False, Rejection.MALFORMED, f"body has no {field}", key_id)
         claimed, known, previous = self.store.claim_action(action_id, fingerprint(path, body), self._stale_after)
         if claimed:
             return Verdict(True, key_id=key_id, action_id=action_id)

@@ -95,7 +95,7 @@ class WorkerPool:
         start = self._clock()
         self._metrics.poll_started(start - job.due)
         try:
-            return poll_target(client, job.target, self._clock)
+            return poll_target(client, job.target, self._clock, job.known)
         except Exception as exc:  # the top of the worker loop: log, count, keep going
             log.exception("poll of %s failed unexpectedly", job.target.url)
             self._metrics.thread_error("worker")

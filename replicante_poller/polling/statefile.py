@@ -14,12 +14,19 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
+from ..agentapi import GENERATIONS
 from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthState
 from .poll import PollResult
 from .state import TargetView
-from .validation import Invalid, validate_agent_info, validate_datastore_info, validate_shards
+from .validation import (
+    Invalid,
+    validate_agent_info,
+    validate_datastore_info,
+    validate_neutral_shards,
+    validate_node_status,
+)
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -38,6 +45,8 @@ def _result_json(result: PollResult) -> dict[str, Any]:
         "agent": result.agent.to_json() if result.agent else None,
         "datastore": result.datastore.to_json() if result.datastore else None,
         "shards": [s.to_json() for s in result.shards] if result.shards is not None else None,
+        "api": result.api,
+        "node_status": result.node_status.to_json() if result.node_status else None,
     }
 
 
@@ -49,6 +58,7 @@ def _view_json(view: TargetView) -> dict[str, Any]:
                    "transitions": list(view.health.transitions)},
         "last_success": view.last_success,
         "deferred_until": view.deferred_until,
+        "api": view.api,
         "result": _result_json(view.result) if view.result else None,
     }
 
@@ -97,10 +107,18 @@ def _result(doc: Mapping[str, Any], target: Target) -> PollResult:
         duration=float(doc["duration"]),
         agent=_model(doc.get("agent"), validate_agent_info),
         datastore=_model(doc.get("datastore"), validate_datastore_info),
-        shards=None if shards is None else _model({"shards": shards}, validate_shards),
+        shards=None if shards is None else _model({"shards": shards}, validate_neutral_shards),
         cert_not_after=doc.get("cert_not_after"),
         retry_after=doc.get("retry_after"),
+        api=_api(doc.get("api")),
+        node_status=_model(doc.get("node_status"), validate_node_status),
     )
+
+
+def _api(value: Any) -> Optional[str]:
+    if value is not None and value not in GENERATIONS:
+        raise ValueError(f"unknown agent API {value!r}")
+    return value
 
 
 def _view(doc: Mapping[str, Any], target: Target) -> TargetView:
@@ -112,6 +130,7 @@ def _view(doc: Mapping[str, Any], target: Target) -> TargetView:
                       tuple(float(t) for t in health.get("transitions", ()))),
         last_success=doc.get("last_success"),
         deferred_until=doc.get("deferred_until"),
+        api=_api(doc.get("api")),
     )
 
 

@@ -278,6 +278,7 @@ validate_node_info = _validator(_node_info)
 validate_store_info = _validator(_store_info)
 validate_replisdk_shards = _validator(REPLISDK_SHARDS.shards)
 validate_neutral_shards = _validator(NEUTRAL_SHARDS.shards)
+validate_node_status = _validator(_node_status)
 
 
 def parse(body: bytes, validate: Callable[[Any], Union[T, Invalid]]) -> Union[T, Invalid]:

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from ..models import NODE_STATUSES
 from ..polling.state import TargetView
 from ..reasons import Reason, Status
 
@@ -38,7 +39,9 @@ TARGET_FAMILIES = (
     ("flapping", PREFIX + "agent_flapping", "1 when health changed too often within the flap window."),
     ("deferred", PREFIX + "agent_deferred_until_timestamp_seconds",
      "Polls deferred until then, as the agent asked with Retry-After."),
+    ("node_status", PREFIX + "node_status", "node_status a replisdk agent reported in its latest answer, one-hot."),
 )
+ONE_HOT = ("status", "node_status")  # the families with a `status` label
 
 
 def _target_values(view: TargetView) -> Iterator[tuple[str, "str | None", float]]:
@@ -56,6 +59,9 @@ def _target_values(view: TargetView) -> Iterator[tuple[str, "str | None", float]
         yield "success", None, view.last_success
     if view.deferred_until is not None:
         yield "deferred", None, view.deferred_until
+    if result is not None and result.node_status is not None:
+        for name in NODE_STATUSES:
+            yield "node_status", name, 1.0 if result.node_status.status == name else 0.0
 
 
 def _label_value(text: str) -> str:
@@ -87,7 +93,7 @@ class TargetCollector:
         if getattr(self._apart, "active", False):
             return iter(())
         labels = ["cluster", "agent"]
-        families = {key: GaugeMetricFamily(name, documentation, labels=labels + ["status"] if key == "status" else labels)
+        families = {key: GaugeMetricFamily(name, documentation, labels=labels + ["status"] if key in ONE_HOT else labels)
                     for key, name, documentation in TARGET_FAMILIES}
         for view in self._snapshot():
             values = [view.target.cluster_id, view.target.url]

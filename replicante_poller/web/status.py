@@ -28,6 +28,7 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "cluster": view.target.cluster_id,
         "display_name": view.target.display_name,
         "url": view.target.url,
+        "api": view.api,
         "status": result.status.value if result else None,
         "reason": result.reason.value if result and result.reason else None,
         "message": result.message if result else "not polled yet",
@@ -39,6 +40,7 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "duration_seconds": round(result.duration, 6) if result else None,
         "agent": result.agent.to_json() if result and result.agent else None,
         "datastore": result.datastore.to_json() if result and result.datastore else None,
+        "node_status": result.node_status.to_json() if result and result.node_status else None,
         "shards": [s.to_json() for s in result.shards] if result and result.shards is not None else None,
         "tls_cert_expiry": rfc3339(result.cert_not_after) if result else None,
     }
