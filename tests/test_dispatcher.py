@@ -16,7 +16,7 @@ import trustme
 
 from replicante_poller.config import ActionsSettings, PollSettings, TlsSettings
 from replicante_poller.polling.discovery import Target
-from replicante_poller.agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
+from replicante_poller.agentapi import ACTION, ACTION_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from replicante_poller.actions.dispatcher import AgentIdentity, Dispatcher
 from replicante_poller.actions.httpsig import parse_signature_input
 from replicante_poller.actions.journal import ActionState, Journal
@@ -50,7 +50,8 @@ class Agent:
 
     def __call__(self, ex: Exchange) -> bool:
         body = ex.rfile.read(int(ex.request.headers.get("content-length", "0")))
-        action_id = json.loads(body)["action_id"]
+        document = json.loads(body)
+        action_id = document.get("action_id") or document["id"]  # legacy, replisdk
         reader = Journal(self.journal_path, readonly=True)
         try:
             journaled = [(a.n, a.outcome) for a in reader.attempts(action_id)]
@@ -77,9 +78,10 @@ def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], t
     servers: list[TlsServer] = []
     closers: list[Callable[[], None]] = []
 
-    def make(answers: list[tuple[int, bytes]]) -> tuple:
+    def make(answers: list[tuple[int, bytes]], api: str = "legacy") -> tuple:
         agent = Agent(journal_path, answers)
-        server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {SCHEDULE_PREFIX + KIND: agent}).__enter__()
+        path = ACTION if api == "replisdk" else SCHEDULE_PREFIX + KIND
+        server = TlsServer(server_context(ca.issue_cert("127.0.0.1")), {path: agent}).__enter__()
         agent.server = server  # tests add the agent's other answers (everything else: an empty 404)
         servers.append(server)
         clock = Clock()
@@ -89,7 +91,7 @@ def setup(tmp_path: Path, ca: trustme.CA, reaper) -> Iterator[Callable[[list], t
         settings = ActionsSettings(enabled=True, max_attempts=5, backoff=1.0)
         transport = Transport(TlsContexts(), reaper=reaper)
         dispatcher = Dispatcher(journal, settings, signer, lambda url: target if url == target.url else None,
-                                lambda t: AgentIdentity("rs", "node-1", "legacy"), transport, PollerMetrics(new_registry(), lambda: []), clock)
+                                lambda t: AgentIdentity("rs", "node-1", api), transport, PollerMetrics(new_registry(), lambda: []), clock)
         client = transport.client()
         closers.extend([client.close, journal.close])
         return agent, journal, dispatcher, client, clock, target
@@ -195,3 +197,92 @@ def test_an_action_the_agent_forgot_is_pruned_when_its_finished_list_is_full_els
     done = journal.get(action.id)
     assert done.state is state, done.message
     assert done.state.final
+
+
+# -- replisdk agents -------------------------------------------------------------------
+
+AGENTS = Path(__file__).parent / "data" / "agents"
+REPLISDK_KIND = "agent.replicante.io/cluster.add"
+
+
+def test_a_replisdk_agent_gets_its_own_body_and_path_signed(setup):
+    agent, journal, dispatcher, client, clock, target = setup([], api="replisdk")
+    action = journal.submit(target.url, REPLISDK_KIND, {"node": "mongo-1.rs:27017"})
+
+    dispatcher.step(client, action)
+
+    (request,) = agent.seen
+    assert json.loads(request["body"]) == {"args": {"node": "mongo-1.rs:27017"}, "created_time": "2027-01-15T08:00:00.000Z",
+                                           "id": action.id, "kind": REPLISDK_KIND,
+                                           "metadata": {"requester": "CORE_API"}}
+    assert set(json.loads(request["body"])) == {"args", "created_time", "id", "kind", "metadata"}
+    assert request["headers"]["content-digest"].startswith("sha-256=:")
+    assert '"@path"' in request["headers"]["signature-input"]
+    assert journal.get(action.id).state is ActionState.SCHEDULED
+
+
+@pytest.mark.parametrize("answer, state", [
+    ((AGENTS / "replisdk/error.duplicate-id.json").read_bytes(), ActionState.SCHEDULED),  # core: 409 is success
+    (b"", ActionState.REJECTED),
+    (b"conflict", ActionState.REJECTED),
+])
+def test_a_replisdk_409_is_delivered_only_when_the_agent_says_so(setup, answer, state):
+    agent, journal, dispatcher, client, clock, target = setup([(409, answer)], api="replisdk")
+    action = journal.submit(target.url, REPLISDK_KIND, None)
+
+    dispatcher.step(client, action)
+
+    assert journal.get(action.id).state is state, journal.get(action.id).message
+
+
+def test_a_replisdk_refusal_keeps_the_agents_message(setup):
+    unknown = b'{"error":true,"error_msg":"metadata for action example.com/nope not found"}'
+    agent, journal, dispatcher, client, clock, target = setup([(400, unknown)], api="replisdk")
+    action = journal.submit(target.url, "example.com/nope", None)
+
+    dispatcher.step(client, action)
+
+    done = journal.get(action.id)
+    assert done.state is ActionState.REJECTED
+    assert "metadata for action example.com/nope not found" in done.message and "True" not in done.message
+
+
+def _delivered(setup: Callable, **agent_answers: Any) -> tuple:
+    agent, journal, dispatcher, client, clock, target = setup([], api="replisdk")
+    action = journal.submit(target.url, REPLISDK_KIND, None)
+    dispatcher.step(client, action)
+    return agent, journal, dispatcher, client, clock, action
+
+
+def test_a_replisdk_action_is_followed_to_its_final_phase_with_the_agents_error(setup):
+    agent, journal, dispatcher, client, clock, action = _delivered(setup)
+    failed = json.loads((AGENTS / "replisdk/action-execution.failed.json").read_bytes())
+    failed["id"] = action.id
+    agent.server.handlers[ACTION_PREFIX + action.id] = json_response(failed)
+
+    scheduled = journal.get(action.id)
+    clock.now = scheduled.next_ts
+    dispatcher.step(client, scheduled)
+
+    done = journal.get(action.id)
+    assert done.state is ActionState.FAILED, done.message
+    assert "test action failed intentionally" in done.message
+    assert done.agent_history[0]["error"] == {"error_msg": "test action failed intentionally"}
+
+
+@pytest.mark.parametrize("days, listed, state", [
+    (13.9, False, ActionState.LOST), (14.1, False, ActionState.PRUNED), (30, True, ActionState.SCHEDULED),
+])
+def test_a_replisdk_action_gone_is_pruned_only_past_the_agents_clean_age(setup, days, listed, state):
+    """replisdk agents delete finished actions after 14 days; /action/{id} is the truth, the
+    lists (50, oldest first) only show what is still queued."""
+    agent, journal, dispatcher, client, clock, action = _delivered(setup)
+    queue = [{"id": action.id, "kind": REPLISDK_KIND, "phase": "RUNNING"}] if listed else []
+    agent.server.handlers[ACTIONS_QUEUE] = json_response({"actions": queue})
+    agent.server.handlers[ACTIONS_FINISHED] = json_response({"actions": []})
+
+    clock.now += days * 86400
+    dispatcher.step(client, journal.get(action.id))
+
+    done = journal.get(action.id)
+    assert done.state is state, done.message
