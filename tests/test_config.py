@@ -195,6 +195,14 @@ def test_the_shards_answer_has_its_own_cap_with_a_default_for_large_brokers() ->
     assert (mongo.poll.max_body, mongo.poll.max_shards_body) == (32 << 10, 8 << 20)
 
 
+def test_the_agent_api_generation_is_auto_by_default_and_set_per_cluster() -> None:
+    config = parse("[poller]\napi = Legacy\n[cluster:new]\nagents = https://m1:1\napi = replisdk\n"
+                   "[cluster:old]\nagents = https://m2:1\n[cluster:any]\nagents = https://m3:1\napi = auto\n")
+    assert parse("").poller.poll.api == "auto"
+    assert config.poller.poll.api == "legacy"
+    assert [c.poll.api for c in config.clusters] == ["replisdk", "legacy", "auto"]
+
+
 @pytest.mark.parametrize("text, host, port", [
     ("127.0.0.1:9102", "127.0.0.1", 9102),
     ("localhost:0", "localhost", 0),
@@ -409,6 +417,8 @@ def assert_located(error: ConfigError, section: str | None, key: str | None) -> 
     ("[cluster:a]\nagents = https://a:1#frag\n", "cluster:a", "agents"),
     ("[cluster:a]\nagents = https://a:1, https://a:1\n", "cluster:a", "agents"),
     ("[cluster:a]\nagents = https://a:1, https://a:1/\n", "cluster:a", "agents"),
+    ("[poller]\napi = v2\n", "poller", "api"),
+    ("[cluster:a]\nagents = https://a:1\napi = replisdk-0.8\n", "cluster:a", "api"),
     # TLS values
     ("[tls]\nmin_version = 1.1\n", "tls", "min_version"),
     ("[tls]\nmin_version = TLSv1.3\n", "tls", "min_version"),

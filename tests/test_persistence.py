@@ -7,7 +7,7 @@ import os
 from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.polling.discovery import Target
 from replicante_poller.polling.health import Health, HealthPolicy, HealthState
-from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, Offset, Shard
+from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, NodeStatus, Offset, Shard
 from replicante_poller.polling.poll import PollResult
 from replicante_poller.reasons import Reason, Status
 from replicante_poller.polling.state import FleetState
@@ -75,6 +75,39 @@ def test_state_file_round_trip_keeps_models_health_and_times(tmp_path):
     loaded = {v.target.key: v for v in load_state(str(tmp_path), [TARGET, OTHER])}
     original = {v.target.key: v for v in state.snapshot()}
     assert loaded == original
+
+
+def replisdk_up(target: Target, at: float, status: NodeStatus) -> PollResult:
+    return PollResult(target, Status.UP, None, "ok", at, 0.01,
+                      agent=AgentInfo(AgentVersion("52e5746", "0.1.0", "not tainted")),
+                      datastore=DatastoreInfo(None, "rs", "mongo.replica", "mongo-0", "6.0.16"),
+                      shards=(Shard("mongo-0:27017", "recovering", None, Offset("milliseconds", 1728339632000), None),
+                              Shard("x", "unknown", "ROLLBACK", Offset("seconds", 1), Offset("milliseconds", 5))),
+                      api="replisdk", node_status=status)
+
+
+def test_state_file_keeps_each_agents_generation_node_status_and_neutral_shards(tmp_path):
+    state = FleetState(fall=2, rise=1)
+    state.set_targets([TARGET, OTHER])
+    state.record(replisdk_up(TARGET, 100.0, NodeStatus("UNKNOWN", "ARBITER")))
+    state.record(replisdk_up(OTHER, 100.0, NodeStatus("JOINING_CLUSTER")))
+    state.record(PollResult(OTHER, Status.AGENT_DOWN, Reason.TIMEOUT, "slow", 110.0, 5.0, api="replisdk"))
+    save_state(str(tmp_path), state.snapshot())
+
+    loaded = {v.target.key: v for v in load_state(str(tmp_path), [TARGET, OTHER])}
+
+    assert loaded == {v.target.key: v for v in state.snapshot()}
+    assert loaded[TARGET.key].api == loaded[OTHER.key].api == "replisdk"
+    assert loaded[TARGET.key].result.node_status == NodeStatus("UNKNOWN", "ARBITER")
+
+
+def test_a_poll_that_only_guessed_the_generation_does_not_change_what_is_known():
+    state = FleetState(fall=2, rise=1)
+    state.set_targets([TARGET])
+    assert state.record(replisdk_up(TARGET, 100.0, NodeStatus("HEALTHY"))).api == "replisdk"
+    # replaced by something that 404s on info/node and then drops the connection: a guess
+    guess = state.record(PollResult(TARGET, Status.AGENT_DOWN, Reason.CONNECT, "closed", 110.0, 0.1, api="legacy"))
+    assert (guess.api, guess.next_api) == ("replisdk", "legacy")
 
 
 def test_state_file_is_replaced_whole_never_rewritten_in_place(tmp_path):
