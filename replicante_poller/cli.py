@@ -24,13 +24,13 @@ from .config import Config, load_config
 from .converters import to_agent_url
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
-from .polling.discovery import Target, discover
+from .polling.discovery import Target
 from .polling.health import Health
 from .polling.poll import poll_target
 from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .service import Service, check_resources
+from .service import Service, check_resources, discover_all
 from .web.status import target_json
 
 log = logging.getLogger("replicante_poller")
@@ -72,7 +72,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = args.url.rstrip("/")
-    target = next((t for t in discover(config) if t.url == url and args.cluster in (None, t.cluster_id)), None)
+    target = next((t for t in discover_all(config) if t.url == url and args.cluster in (None, t.cluster_id)), None)
     if target is None:
         if args.cluster is None:
             raise ConfigError(args.config, None, None, f"{url} is not a configured agent; pass --cluster ID to poll it anyway")
@@ -120,7 +120,7 @@ def _journal(config: Config, readonly: bool = False) -> Journal:
 
 def cmd_action_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    by_url = {t.url: t for t in discover(config)}
+    by_url = {t.url: t for t in discover_all(config)}  # HTTP-discovered agents included
     try:
         arguments = json.loads(args.args)
     except ValueError as exc:

@@ -52,11 +52,17 @@ def http_discovery(config: Config) -> HttpDiscovery:
     return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
 
 
+def discover_all(config: Config) -> tuple[Target, ...]:
+    """Every agent `run` would poll now: the configuration, the discovery files and, when
+    configured, one answer of Core's HTTP discovery (ConfigError when it cannot be asked)."""
+    discovered = http_discovery(config).fetch() if config.discovery.http else ()
+    return discover(config, discovered)
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once: discovery, TLS material,
     the signing key and the API token. Raises the error `run` would."""
-    discovered = http_discovery(config).fetch() if config.discovery.http else ()
-    targets = discover(config, discovered)
+    targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
     if actions.enabled and actions.signing_key is not None:

@@ -188,3 +188,33 @@ def test_check_config_asks_the_http_discovery(serve, files, pki, tmp_path):
     from replicante_poller.service import check_resources
 
     assert {t.cluster_id for t in check_resources(config)} == {"mongo-rs", "kafka"}
+
+
+def test_action_submit_knows_the_agents_of_the_http_discovery(serve, files, pki, tmp_path):
+    """The CLI journals actions for agents `run` polls, HTTP-discovered ones included; an agent
+    nobody lists is refused by name, and a discovery server that cannot be asked says so."""
+    import subprocess
+    import sys
+
+    from replicante_poller.actions.signing import generate_keypair
+
+    generate_keypair(str(tmp_path / "core"))
+    handler = DiscoveryServer(TWO_PAGES)
+    server = serve(handler)
+    config = tmp_path / "poller.ini"
+    config.write_text(config_text([], pki["ca"], extra=(
+        f"[discovery]\nhttp = {server.url}/discover\nhttp_ca_file = {files['ca']}\n"
+        f"[actions]\nenabled = true\nsigning_key = {tmp_path / 'core.key'}\njournal = {tmp_path / 'actions.db'}\n")))
+
+    def submit(agent: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicante_poller", "action", "submit", "--config", str(config),
+                               "--agent", agent, "--kind", "agent.replicante.io/test.success"],
+                              capture_output=True, text=True, timeout=60)
+
+    listed = submit("https://k1:9000")  # on the discovery's second page
+    assert listed.returncode == 0, listed.stderr
+    unknown = submit("https://nobody:9000")
+    assert unknown.returncode != 0 and "https://nobody:9000" in unknown.stderr, unknown.stderr
+    handler.fail = True
+    down = submit("https://k1:9000")
+    assert down.returncode == 2 and "HTTP 500" in down.stderr and "Traceback" not in down.stderr, down.stderr
