@@ -1,9 +1,11 @@
-"""The simulated fleet: datastore kinds, agent faults and the nodes that carry them."""
+"""The simulated fleet: datastore kinds, agent generations, agent faults and the nodes that carry them."""
 from __future__ import annotations
 
 import dataclasses
 import enum
 from collections.abc import Mapping
+
+from ..agentapi import GENERATIONS, LEGACY, REPLISDK
 
 
 class Fault(str, enum.Enum):
@@ -36,6 +38,11 @@ class Fault(str, enum.Enum):
 # kind -> (cluster id prefix, datastore version)
 KINDS = {"MongoDB": ("mongo", "4.0.1"), "Kafka": ("kafka", "2.8.0"), "Zookeeper": ("zk", "3.8.4")}
 
+MIXED = "mixed"  # fleet(): clusters alternate legacy, replisdk, legacy, ...
+# replisdk NodeStatus unit variants; {"UNKNOWN": text} is spelt "UNKNOWN:<text>"
+NODE_STATUSES = ("UNAVAILABLE", "NOT_IN_CLUSTER", "JOINING_CLUSTER", "LEAVING_CLUSTER", "UNHEALTHY", "HEALTHY")
+UNKNOWN_PREFIX = "UNKNOWN:"
+
 
 @dataclasses.dataclass(frozen=True)
 class NodeSpec:
@@ -45,16 +52,39 @@ class NodeSpec:
     node_id: str
     kind: str = "MongoDB"
     fault: Fault = Fault.HEALTHY
-    display_name: str | None = None
+    display_name: str | None = None  # legacy agents report it; the replisdk API has no such field
+    generation: str = LEGACY  # which agent API the node's agent serves: "legacy" or "replisdk"
+    node_status: str = "HEALTHY"  # replisdk only: a NodeStatus, "UNKNOWN:<text>" for {"UNKNOWN": text}
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown datastore kind {self.kind!r}; expected one of {sorted(KINDS)}")
         object.__setattr__(self, "fault", Fault(self.fault))
+        if self.generation not in GENERATIONS:
+            raise ValueError(f"unknown agent generation {self.generation!r}; expected one of {list(GENERATIONS)}")
+        if self.node_status not in NODE_STATUSES and not self.node_status.startswith(UNKNOWN_PREFIX):
+            raise ValueError(f"unknown node_status {self.node_status!r}; expected one of "
+                             f"{list(NODE_STATUSES)} or {UNKNOWN_PREFIX}<text>")
+        if self.generation == LEGACY and self.node_status != "HEALTHY":
+            raise ValueError("node_status is a replisdk field: legacy agents report none")
+
+    @property
+    def node_status_json(self) -> object:
+        """node_status as the replisdk API serialises it (serde, externally tagged)."""
+        if self.node_status.startswith(UNKNOWN_PREFIX):
+            return {"UNKNOWN": self.node_status[len(UNKNOWN_PREFIX):]}
+        return self.node_status
 
 
-def fleet(clusters: int, nodes_per_cluster: int, faults: Mapping[Fault, int] = {}) -> list[NodeSpec]:
-    """Deterministic fleet; faults go to the first nodes of a round-robin spread over clusters."""
+def fleet(clusters: int, nodes_per_cluster: int, faults: Mapping[Fault, int] = {},
+          generation: str = LEGACY) -> list[NodeSpec]:
+    """Deterministic fleet; faults go to the first nodes of a round-robin spread over clusters.
+
+    `generation` "legacy" or "replisdk" gives every agent that API; "mixed" alternates by
+    cluster: cluster 1 legacy, cluster 2 replisdk, cluster 3 legacy, ...
+    """
+    if generation not in GENERATIONS and generation != MIXED:
+        raise ValueError(f"unknown generation {generation!r}; expected one of {[*GENERATIONS, MIXED]}")
     if clusters < 0 or nodes_per_cluster < 0:
         raise ValueError("clusters and nodes_per_cluster must not be negative")
     counts = {Fault(fault): count for fault, count in faults.items()}
@@ -72,7 +102,8 @@ def fleet(clusters: int, nodes_per_cluster: int, faults: Mapping[Fault, int] = {
     for c in range(clusters):
         kind = kinds[c % len(kinds)]
         cluster_id = f"{KINDS[kind][0]}-{c + 1}"
+        api = (LEGACY, REPLISDK)[c % 2] if generation == MIXED else generation
         for n in range(nodes_per_cluster):
             nodes.append(NodeSpec(cluster_id, f"{cluster_id}-node-{n + 1}", kind,
-                                  assigned.get((c, n), Fault.HEALTHY)))
+                                  assigned.get((c, n), Fault.HEALTHY), generation=api))
     return nodes
