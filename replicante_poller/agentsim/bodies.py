@@ -1,34 +1,25 @@
-"""What each node answers on its GET routes, by datastore kind and fault, serialised once."""
+"""What each legacy agent answers on its GET routes, by datastore kind and fault, serialised once."""
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
-import socket
-import struct
-import threading
-import zlib
 from collections.abc import Callable
 
 from ..agentapi import AGENT_INFO, DATASTORE_INFO, SHARDS
+from . import hostile
 from .api import dumps, error
 from .faults import KINDS, Fault, NodeSpec
-from .wire import Route, chunk, response, response_head
+from .wire import Route, response
 
-_CHECKOUT = hashlib.sha1(b"replicante-agent-sim").hexdigest()
-_HUGE_PADDING = 1 << 20
-_DEEP_NESTING = 30_000  # levels of [...]: 60,000 bytes, under the poller's 64 KiB cap
-_BOMB_SPACES = 50 * (1 << 20)  # decompressed size of the gzip bomb (about 50 KB on the wire)
-_STREAM_CHUNK = 64 * 1024  # spaces per chunk of the endless chunked body
-_RESET_LENGTH, _RESET_SENT = 5000, 100  # announced and actually sent body bytes before the RST
+CHECKOUT = hashlib.sha1(b"replicante-agent-sim").hexdigest()  # the agents' git checkout
+HUGE_PADDING = 1 << 20
 _REDIRECT_TO = "https://example.invalid" + AGENT_INFO
 _DATASTORE_DOWN = error(500, "datastore unreachable")
 
 
 def routes(spec: NodeSpec, primary: bool) -> dict[str, Route]:
-    """The GET routes of one node, fault applied, serialised once."""
+    """The GET routes of one legacy agent, fault applied, serialised once."""
     fault = spec.fault
-    agent: dict[str, object] = {"version": {"checkout": _CHECKOUT, "number": "0.7.0", "taint": "not tainted"}}
+    agent: dict[str, object] = {"version": {"checkout": CHECKOUT, "number": "0.7.0", "taint": "not tainted"}}
     datastore: dict[str, object] = {
         "cluster_display_name": spec.display_name, "cluster_id": spec.cluster_id,
         "kind": spec.kind, "node_id": spec.node_id, "version": KINDS[spec.kind][1]}
@@ -36,7 +27,7 @@ def routes(spec: NodeSpec, primary: bool) -> dict[str, Route]:
     if fault is Fault.WRONG_CLUSTER:
         datastore["cluster_id"] = spec.cluster_id + "-impostor"
     elif fault is Fault.HUGE:
-        agent["padding"] = "x" * _HUGE_PADDING
+        agent["padding"] = "x" * HUGE_PADDING
     elif fault is Fault.BAD_SCHEMA:
         shards[0]["role"] = 42
     elif fault is Fault.WRONG_TYPES:
@@ -81,69 +72,18 @@ def _shards(spec: NodeSpec, primary: bool) -> list[dict[str, object]]:
              "lag": lag(unit, 0)}]
 
 
-# --- hostile agent info -----------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class _Endless:
-    """A chunked body that never ends: `head` (with the first chunk), then `chunk` for as long
-    as the client reads (sendall blocks while its buffers are full)."""
-
-    head: bytes
-    chunk: bytes
-
-    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
-        sock.sendall(self.head)
-        while not stop.is_set():  # a gone client fails sendall; stop() shuts the socket down
-            sock.sendall(self.chunk)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ResetMidBody:
-    """Headers announcing more body than sent, then an abortive close: the client sees a RST."""
-
-    data: bytes
-
-    def serve(self, sock: socket.socket, stop: threading.Event) -> None:
-        sock.sendall(self.data)
-        # SO_LINGER (on, 0 s): close() discards state and sends RST instead of FIN; the
-        # handler's finally closes the socket (no TLS close_notify is sent either).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-def _endless_chunked() -> _Endless:
-    first = response_head(200, extra="Transfer-Encoding: chunked\r\n") + b"\r\n" + chunk(b'{"version":')
-    return _Endless(first, chunk(b" " * _STREAM_CHUNK))
-
-
-def _reset_mid_body() -> _ResetMidBody:
-    announced = response_head(200, extra=f"Content-Length: {_RESET_LENGTH}\r\n") + b"\r\n"
-    return _ResetMidBody(announced + b'{"version":'.ljust(_RESET_SENT))
-
-
-@functools.lru_cache(maxsize=2)
-def _gzip_bomb(spaces: int) -> bytes:
-    """gzip of `{"version":` and `spaces` spaces, compressed in 1 MiB steps (pure; built once)."""
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    block = b" " * (1 << 20)
-    parts = [compressor.compress(b'{"version":')]
-    for offset in range(0, spaces, len(block)):
-        parts.append(compressor.compress(block[:spaces - offset]))
-    parts.append(compressor.flush())
-    return b"".join(parts)
-
-
 # fault -> builder of its agent info route (the faults that only change agent info)
 _HOSTILE_AGENT_INFO: dict[Fault, Callable[[], Route]] = {
-    Fault.ENDLESS_CHUNKED: _endless_chunked,
-    Fault.DEEP_NESTING: lambda: response(200, b"[" * _DEEP_NESTING + b"]" * _DEEP_NESTING),
+    Fault.ENDLESS_CHUNKED: lambda: hostile.endless_chunked(b'{"version":'),
+    Fault.DEEP_NESTING: hostile.deep_nesting,
     Fault.NAN: lambda: response(200, b'{"version":{"checkout":"x","number":NaN,"taint":"t"}}'),
     Fault.DUPLICATE_KEYS: lambda: response(
         200, b'{"version":{"checkout":"x","number":"0.7.0","taint":"t"},'
              b'"version":{"checkout":"y","number":"0.8.0","taint":"t"}}'),
     Fault.INVALID_UTF8: lambda: response(200, b'{"version":{"checkout":"bad\xff","number":"0.7.0","taint":"t"}}'),
-    Fault.REDIRECT: lambda: response(302, content_type=None, extra=f"Location: {_REDIRECT_TO}\r\n"),
+    Fault.REDIRECT: lambda: hostile.redirect(_REDIRECT_TO),
     Fault.SERVICE_UNAVAILABLE: lambda: error(503, "agent overloaded", "ServiceUnavailable",
                                              "Retry-After: 30\r\n"),
-    Fault.RESET_MID_BODY: _reset_mid_body,
-    Fault.GZIP_BOMB: lambda: response(200, _gzip_bomb(_BOMB_SPACES), extra="Content-Encoding: gzip\r\n"),
+    Fault.RESET_MID_BODY: lambda: hostile.reset_mid_body(b'{"version":'),
+    Fault.GZIP_BOMB: lambda: hostile.gzip_bomb(b'{"version":'),
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import http
 import socket
 import threading
@@ -11,7 +12,7 @@ from typing import Protocol, Union
 
 _MAX_LINE = 8192
 _MAX_HEADERS = 100
-_MAX_DISCARD = 1 << 20  # request bodies up to this size are read and dropped; larger ones close
+MAX_DISCARD = 1 << 20  # request bodies up to this size are read and dropped; larger ones close
 _LINGER_SECONDS = 2.0  # at most this long draining a client after answering without its body
 _CLOSE = b"Connection: close\r\n\r\n"
 
@@ -44,9 +45,6 @@ class Special(Protocol):
     def serve(self, sock: socket.socket, stop: threading.Event) -> None: ...
 
 
-Route = Union[Response, Special]
-
-
 def response_head(status: int, content_type: str | None = "application/json", extra: str = "") -> bytes:
     """Status line, Server, Content-Type (unless None) and `extra` header lines; no blank line."""
     text = f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\nServer: replicante-agent-sim\r\n"
@@ -59,6 +57,47 @@ def response(status: int, body: bytes = b"", content_type: str | None = "applica
              extra: str = "") -> Response:
     """A complete response with its Content-Length (before the `extra` header lines)."""
     return Response(response_head(status, content_type, f"Content-Length: {len(body)}\r\n{extra}"), body)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compressible:
+    """A response and its gzip twin, as actix-web's Compress middleware serves it: gzip to a
+    client that accepts it (chunked, `Content-Encoding: gzip`, `Vary`), the plain one else."""
+
+    plain: Response
+    gzipped: Response
+
+    def pick(self, accept_encoding: str) -> Response:
+        return self.gzipped if accepts_gzip(accept_encoding) else self.plain
+
+
+def compressible(status: int, body: bytes, content_type: str = "application/json") -> Compressible:
+    """Both wire forms of a replisdk answer with a body, built once (gzip mtime 0: deterministic)."""
+    packed = gzip.compress(body, mtime=0)
+    head = response_head(status, content_type, "Content-Encoding: gzip\r\nVary: accept-encoding\r\n"
+                                               "Transfer-Encoding: chunked\r\n")
+    return Compressible(response(status, body, content_type), Response(head, chunk(packed) + b"0\r\n\r\n"))
+
+
+Route = Union[Response, Special, Compressible]
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """`gzip` (or `*`) listed in Accept-Encoding and not refused with q=0."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            quality = params.strip().lower()
+            if not quality.startswith("q=") or _quality(quality[2:]) > 0:
+                return True
+    return False
+
+
+def _quality(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
 
 
 def chunk(data: bytes) -> bytes:
@@ -80,8 +119,9 @@ class BadRequest(Exception):
     """The client sent something that is not HTTP/1.x."""
 
 
-def read_request(rfile: Callable[[int], bytes]) -> Request | None:
-    """Read one request head (and size its body); None on a clean end of stream."""
+def read_request(rfile: Callable[[int], bytes], max_body: int = MAX_DISCARD) -> Request | None:
+    """Read one request head (and size its body); None on a clean end of stream. Bodies over
+    `max_body` bytes are not read (body_length -1: the connection closes after the answer)."""
     line = rfile(_MAX_LINE + 1)
     if line in (b"\r\n", b"\n"):  # one stray empty line is tolerated (RFC 9112 2.2)
         line = rfile(_MAX_LINE + 1)
@@ -111,18 +151,19 @@ def read_request(rfile: Callable[[int], bytes]) -> Request | None:
     if not length.isdigit():
         raise BadRequest
     content_length = body_length = int(length)
-    if "transfer-encoding" in headers or "expect" in headers or body_length > _MAX_DISCARD:
+    if "transfer-encoding" in headers or "expect" in headers or body_length > max_body:
         body_length, close = -1, True
     return Request(method, target.split("?", 1)[0], close, body_length, content_length, headers)
 
 
-def linger(sock: socket.socket) -> None:
+def linger(sock: socket.socket, limit: int = MAX_DISCARD) -> None:
     """Lingering close (RFC 9112 9.6) after answering without reading the body: send FIN, then
-    drop what the client still sends, so closing with unread data does not RST the answer away."""
+    drop what the client still sends (up to `limit` bytes), so closing with unread data does
+    not RST the answer away."""
     socket.socket.shutdown(sock, socket.SHUT_WR)  # on the fd: no TLS state involved
     sock.settimeout(_LINGER_SECONDS)
     deadline, received = time.monotonic() + _LINGER_SECONDS, 0
-    while received < _MAX_DISCARD and time.monotonic() < deadline:
+    while received < limit and time.monotonic() < deadline:
         data = socket.socket.recv(sock, 65536)  # raw TLS records: only counted, never decrypted
         if not data:
             return
