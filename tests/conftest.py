@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence
 import pytest
 import trustme
 
-from replicante_poller.agentsim import AgentSim, NodeSpec
+from replicante_poller.agentsim import AgentSim, NodeSpec, server_contexts
 from replicante_poller.config import parse_config
 from replicante_poller.polling.deadlines import DeadlineReaper
 from replicante_poller.polling.tls import TlsContexts
@@ -56,16 +56,16 @@ def client(reaper: DeadlineReaper) -> Iterator[AgentClient]:
 
 @pytest.fixture
 def start_sim(ca: trustme.CA, pki: dict) -> Iterator[Callable[..., AgentSim]]:
-    """Start an AgentSim over TLS (or plain HTTP with tls=False); stopped at teardown."""
+    """Start an AgentSim over TLS (or plain HTTP with tls=False); stopped at teardown.
+
+    Agents speak TLS as real ones do: legacy 1.2 only, replisdk 1.3 only; given `client_ca`
+    (a PEM file), they require a client certificate it signed."""
     sims: list[AgentSim] = []
 
-    def start(nodes: Sequence[NodeSpec], tls: bool = True, drip_seconds: float = 0.2, **options: object) -> AgentSim:
-        context = None
-        if tls:
-            import ssl
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            pki["server"].configure_cert(context)
-        sim = AgentSim(nodes, context, drip_seconds=drip_seconds, **options).start()
+    def start(nodes: Sequence[NodeSpec], tls: bool = True, drip_seconds: float = 0.2,
+              client_ca: Path | None = None, **options: object) -> AgentSim:
+        contexts = server_contexts(pki["server"].configure_cert, client_ca) if tls else None
+        sim = AgentSim(nodes, contexts, drip_seconds=drip_seconds, **options).start()
         sims.append(sim)
         return sim
 

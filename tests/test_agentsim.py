@@ -631,6 +631,7 @@ def test_cli_runs_until_sigterm(tmp_path, client_ctx):
                 lines.append(line)
             assert len(lines) == 5 and "fault=node_down" in lines[0]
             ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            ctx.load_cert_chain(tmp_path / "client.pem", tmp_path / "client.key")  # actions on: required
             url = lines[1].split()[0]
             assert "version" in get_json(url, ctx, AGENT)
             parser = configparser.ConfigParser()

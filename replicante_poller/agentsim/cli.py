@@ -1,32 +1,19 @@
-"""The `agent-sim` verb, and the files a poller needs to reach a simulated fleet (CA, discovery)."""
+"""The `agent-sim` verb, and the discovery file a poller needs to reach a simulated fleet
+(with the CA, client certificate and [tls] settings of `tls.throwaway_pki`)."""
 from __future__ import annotations
 
 import argparse
 import pathlib
 import signal
-import ssl
 import sys
 import threading
 from collections.abc import Iterable
 
+from ..agentapi import GENERATIONS, LEGACY
 from ..agentside.verifier import Keyring
-from .faults import Fault, NodeSpec, fleet
+from .faults import MIXED, Fault, NodeSpec, fleet
 from .server import AgentSim
-
-
-def throwaway_ca(directory: pathlib.Path) -> tuple[pathlib.Path, ssl.SSLContext]:
-    """A fresh trustme CA: writes directory/ca.pem, returns it and a server context for loopback."""
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    import trustme  # a test-certificate tool: only the simulator and the demo need it
-
-    ca = trustme.CA()
-    ca_pem = directory / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1", "::1").configure_cert(context)
-    return ca_pem, context
-
+from .tls import throwaway_pki
 
 def discovery_ini(agents: Iterable[tuple[NodeSpec, str]]) -> str:
     """INI discovery text: one [cluster:ID] section per cluster, in order of first appearance."""
@@ -51,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give COUNT nodes a fault, repeatable; NAME in: "
                         + ", ".join(f.value for f in Fault if f is not Fault.HEALTHY))
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--generation", choices=[*GENERATIONS, MIXED], default=LEGACY,
+                        help="agent API: legacy (TLS 1.2), replisdk (TLS 1.3), or mixed: clusters "
+                             "alternate, the first legacy (default legacy)")
     parser.add_argument("--out", type=pathlib.Path, required=True,
-                        help="directory for ca.pem and discovery.ini")
+                        help="directory for ca.pem, discovery.ini, tls.ini and (actions on) client.pem, client.key")
     parser.add_argument("--drip-seconds", type=float, default=1.0,
                         help="seconds between bytes of a slow agent (default 1.0)")
     parser.add_argument("--no-actions", dest="actions", action="store_false",
-                        help="agents with actions disabled: 404 with an empty body on /actions/*")
+                        help="agents with actions disabled: 404 with an empty body on the actions paths, "
+                             "and no client certificate required (with actions on, agents require one, "
+                             "as real agents are deployed: it is issued into --out)")
     parser.add_argument("--action-seconds", type=float, default=0.2,
                         help="seconds per action step, NEW -> RUNNING -> DONE (default 0.2)")
     parser.add_argument("--enforce-keys", default=None, metavar="PUB[,PUB...]",
@@ -81,7 +73,7 @@ def _parse_faults(values: Iterable[str]) -> dict[Fault, int]:
 def main(args: argparse.Namespace) -> int:
     """The `agent-sim` verb: serve a simulated fleet until SIGINT/SIGTERM."""
     try:
-        nodes = fleet(args.clusters, args.nodes_per_cluster, _parse_faults(args.fault))
+        nodes = fleet(args.clusters, args.nodes_per_cluster, _parse_faults(args.fault), args.generation)
         if args.drip_seconds <= 0:
             raise ValueError("--drip-seconds must be positive")
         if args.action_seconds < 0:
@@ -93,8 +85,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"agent-sim: {exc}", file=sys.stderr)
         return 2
     try:
-        ca_pem, context = throwaway_ca(args.out)
-        sim = AgentSim(nodes, context, host=args.host, drip_seconds=args.drip_seconds,
+        pki = throwaway_pki(args.out, client_auth=args.actions)
+        sim = AgentSim(nodes, pki.contexts, host=args.host, drip_seconds=args.drip_seconds,
                        actions=args.actions, action_seconds=args.action_seconds, keyring=keyring).start()
     except OSError as exc:
         print(f"agent-sim: cannot start: {exc}", file=sys.stderr)
@@ -103,12 +95,18 @@ def main(args: argparse.Namespace) -> int:
     previous = {signum: signal.signal(signum, lambda *_: stopping.set())
                 for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        discovery = args.out / "discovery.ini"
+        discovery, tls = args.out / "discovery.ini", args.out / "tls.ini"
         discovery.write_text(discovery_ini(sim.agents))
+        tls.write_text(pki.tls_section())
         for spec, url in sim.agents:
-            print(f"{url} cluster={spec.cluster_id} node={spec.node_id} fault={spec.fault.value}")
-        print(f"CA certificate: {ca_pem}")
-        print(f"discovery file: {discovery}", flush=True)
+            print(f"{url} cluster={spec.cluster_id} node={spec.node_id} fault={spec.fault.value} "
+                  f"api={spec.generation}")
+        print(f"CA certificate: {pki.ca_file}")
+        print(f"discovery file: {discovery}")
+        if pki.client_cert is not None:
+            print(f"client certificate: {pki.client_cert}")
+            print(f"client key: {pki.client_key}")
+        print(f"poller [tls] settings: {tls}", flush=True)
         stopping.wait()
     finally:
         for signum, handler in previous.items():

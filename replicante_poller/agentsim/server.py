@@ -11,21 +11,29 @@ import ssl
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Union
 
-from ..agentapi import ACTIONS_PREFIX
+from ..agentapi import ACTION, ACTION_PREFIX, ACTIONS_PREFIX, LEGACY, REPLISDK
 from ..agentside.replay import ReplayStore
 from ..agentside.verifier import Keyring
 from ..agentside.verifier import Verifier as SignatureVerifier
-from .actions import ActionBook, ActionEngine, Verifier
-from .api import BAD_REQUEST, NOT_ALLOWED, NOT_FOUND
-from .bodies import routes
+from . import bodies, replisdk
+from .actions import ActionBook
+from .api import BAD_REQUEST, EMPTY_404, NOT_ALLOWED, NOT_FOUND
+from .engine import ActionEngine, Book, Verifier
 from .faults import Fault, NodeSpec
-from .wire import BadRequest, Request, Response, Route, hold, linger, read_request
+from .sdkactions import SdkBook
+from .sdkrequest import MAX_JSON_BODY
+from .wire import MAX_DISCARD, BadRequest, Compressible, Request, Response, Route, hold, linger, read_request
 
 _log = logging.getLogger(__package__)  # the simulator's one logger, whichever module logs
 
 IDLE_TIMEOUT = 60.0  # seconds a connection may sit idle (or mid-handshake) before it is dropped
+CLEAN_AGE = 14 * 86400.0  # replisdk agents delete finished actions this long after they finish
+PRUNE_INTERVAL = 3600.0  # legacy agents prune finished actions to the newest 100 this often
+
+# one server context for every node, or one per agent generation (see tls.server_contexts)
+ServerContexts = Union[ssl.SSLContext, Mapping[str, ssl.SSLContext]]
 
 
 @dataclasses.dataclass(eq=False)
@@ -40,41 +48,50 @@ class _Agent:
     listener: socket.socket
     url: str
     routes: dict[str, Route]
+    book: Book  # guarded by the engine
+    context: ssl.SSLContext | None
     seen: int = 0
-    book: ActionBook = dataclasses.field(default_factory=ActionBook)  # guarded by the engine
 
 
 class AgentSim:
     """HTTPS agents for `nodes` on loopback; a context manager (start/stop)."""
 
-    def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ssl.SSLContext | None,
+    def __init__(self, nodes: Sequence[NodeSpec], ssl_context: ServerContexts | None,
                  host: str = "127.0.0.1", drip_seconds: float = 1.0, actions: bool = True,
                  action_seconds: float = 0.2, verifier: Verifier | None = None,
-                 keyring: Keyring | None = None) -> None:
-        """`ssl_context` None serves plain HTTP, as an agent behind a TLS-terminating nginx.
+                 keyring: Keyring | None = None, clean_age: float = CLEAN_AGE,
+                 prune_interval: float = PRUNE_INTERVAL) -> None:
+        """`ssl_context` is one server context for every node, or a mapping from generation
+        ("legacy", "replisdk") to the context of that generation's nodes (`server_contexts`
+        builds them as real agents have them); None serves plain HTTP, as an agent behind a
+        TLS-terminating nginx.
 
-        `actions` False: every /actions/* path answers 404 with an empty body. Actions take
-        `action_seconds` per step (NEW -> RUNNING -> final). `verifier(method, path, headers,
-        body)` is asked before a schedule request is stored: anything but True refuses it (401).
-        `keyring` turns on the enforcing mode: each node checks signatures with the package's
-        own Verifier, for its own cluster and node id (replays remembered in memory).
+        `actions` False: every actions path answers 404 with an empty body. `action_seconds`
+        is each step of a legacy action (NEW -> RUNNING -> final) and each tick of a replisdk
+        node's executor. `verifier(method, path, headers, body)` is asked before a schedule
+        request (legacy POST /actions/schedule/*, replisdk POST /action) is stored: anything but
+        True refuses it (401). `keyring` turns on the enforcing mode: each node checks
+        signatures with the package's own Verifier, for its own cluster and node id (replays
+        remembered in memory). `clean_age`: replisdk agents delete finished actions that old
+        (seconds); `prune_interval`: legacy agents keep only their newest 100 finished actions,
+        pruned this often (seconds).
         """
         if action_seconds < 0:
             raise ValueError("action_seconds must not be negative")
         if verifier is not None and not callable(verifier):
             raise TypeError("verifier must be callable")
         self._nodes = list(nodes)
-        self._context = ssl_context
+        self._contexts = _contexts_by_generation(ssl_context, {spec.generation for spec in self._nodes})
+        self._stop = threading.Event()
+        self._engine = ActionEngine(actions, action_seconds, verifier, self._stop, clean_age, prune_interval)
         self._host = host
         self._drip_seconds = drip_seconds
-        self._stop = threading.Event()
         self._lock = threading.Lock()
         self._agents: list[_Agent] = []
         self._by_url: dict[str, _Agent] = {}
         self._conns: set[_Conn] = set()
         self._acceptor: threading.Thread | None = None
         self._wake_r, self._wake_w = socket.socketpair()
-        self._engine = ActionEngine(actions, action_seconds, verifier, self._stop)
         self._keyring = keyring
         self._replay = ReplayStore(":memory:") if keyring is not None else None
 
@@ -102,16 +119,21 @@ class AgentSim:
         try:
             for spec in self._nodes:
                 listener = socket.socket(family, socket.SOCK_STREAM)
-                self._agents.append(_Agent(spec, listener, "", {}))
+                primary = spec.cluster_id not in primaries
+                primaries.add(spec.cluster_id)
+                book: Book = (ActionBook() if spec.generation == LEGACY else SdkBook(
+                    spec.kind, "UNAVAILABLE" if spec.fault is Fault.NODE_DOWN else spec.node_status, primary))
+                context = self._contexts.get(spec.generation)
+                self._agents.append(_Agent(spec, listener, "", {}, book, context))
                 listener.bind((bind_host, 0))
                 listener.listen(128)
                 listener.setblocking(False)
                 agent = self._agents[-1]
-                scheme = "http" if self._context is None else "https"
+                scheme = "http" if context is None else "https"
                 agent.url = f"{scheme}://{url_host}:{listener.getsockname()[1]}"
-                agent.routes = routes(spec, spec.cluster_id not in primaries)
-                agent.book.verifier = self._enforcing(spec)
-                primaries.add(spec.cluster_id)
+                agent.routes = (bodies if spec.generation == LEGACY else replisdk).routes(spec, primary)
+                book.verifier = self._enforcing(spec)
+                self._engine.add(book)
                 self._by_url[agent.url] = agent
         except BaseException:
             self._close_sockets()
@@ -134,22 +156,32 @@ class AgentSim:
             return self._agent(url).seen
 
     def schedule_posts(self, url: str) -> int:
-        """POSTs to /actions/schedule/* the agent at `url` received: duplicates and refused ones too."""
-        return self._engine.posts(self._agent(url).book)
+        """Schedule POSTs the agent at `url` received (legacy: /actions/schedule/*, replisdk:
+        /action): duplicates and refused ones too."""
+        book = self._agent(url).book
+        return self._engine.read(lambda: book.posts)
 
     def actions(self, url: str) -> list[dict[str, Any]]:
-        """The actions the agent at `url` stores, in scheduling order: id, kind, args, state and
-        the headers of the schedule request (lower-case names; repeats joined with ", ")."""
-        return self._engine.actions(self._agent(url).book)
+        """The actions the agent at `url` stores, in scheduling order: id, kind, args, state
+        (replisdk: its phase) and the headers of the schedule request (lower-case names;
+        repeats joined with ", ")."""
+        return self._engine.read(self._agent(url).book.records)
 
     def executions(self, url: str) -> dict[str, int]:
         """Action id -> how many times the agent at `url` started executing it."""
-        return self._engine.executions(self._agent(url).book)
+        book = self._agent(url).book
+        return self._engine.read(lambda: dict(book.executions))
 
     def wait_for_state(self, url: str, action_id: str, state: str, timeout: float) -> bool:
-        """Wait until the action has reached `state` (NEW, RUNNING, DONE, FAILED, or FORGOTTEN
-        once a test.forget action is dropped); False on timeout. Reached earlier counts too."""
+        """Wait until the action has reached `state` (NEW, RUNNING, DONE, FAILED; FORGOTTEN once
+        dropped by `forget` or a legacy test.forget action; PRUNED once deleted by the agent's
+        retention); False on timeout. Reached earlier counts too."""
         return self._engine.wait_for_state(self._agent(url).book, action_id, state, timeout)
+
+    def forget(self, url: str, action_id: str) -> bool:
+        """Drop one action from the agent at `url`, as if its DB was wiped (both generations):
+        every API of the agent stops knowing it. False when the agent does not store it."""
+        return self._engine.forget(self._agent(url).book, action_id.lower())
 
     def _agent(self, url: str) -> _Agent:
         return self._by_url[url.rstrip("/")]
@@ -224,11 +256,11 @@ class AgentSim:
             if agent.spec.fault is Fault.TLS_STALL:
                 hold(conn.sock)  # not a byte of TLS, not even a ServerHello
                 return
-            if self._context is not None:
+            if agent.context is not None:
                 with self._lock:  # wrapping detaches the raw socket: swap it where stop() looks
                     if self._stop.is_set():
                         return
-                    conn.sock = self._context.wrap_socket(conn.sock, server_side=True,
+                    conn.sock = agent.context.wrap_socket(conn.sock, server_side=True,
                                                           do_handshake_on_connect=False)
                 conn.sock.do_handshake()
             with conn.sock.makefile("rb") as rfile:
@@ -244,9 +276,11 @@ class AgentSim:
 
     def _exchange(self, sock: socket.socket, rfile: BinaryIO, agent: _Agent) -> None:
         """Answer requests on one connection until it closes."""
+        # bodies up to max_body are read; larger ones are answered, then drained as long (linger)
+        max_body = 2 * MAX_JSON_BODY if agent.spec.generation == REPLISDK else MAX_DISCARD
         while not self._stop.is_set():
             try:
-                request = read_request(rfile.readline)
+                request = read_request(rfile.readline, max_body)
             except BadRequest:
                 sock.sendall(BAD_REQUEST.wire(close=True))
                 return
@@ -261,6 +295,8 @@ class AgentSim:
             if len(body) < request.body_length:
                 return
             answer = self._route(agent, request, body)
+            if isinstance(answer, Compressible):
+                answer = answer.pick(request.headers.get("accept-encoding", ""))
             if not isinstance(answer, Response):
                 answer.serve(sock, self._stop)  # a hostile answer owns the rest of the connection
                 return
@@ -272,16 +308,24 @@ class AgentSim:
                 sock.sendall(data)
             if request.close:
                 if request.body_length < 0:
-                    linger(sock)
+                    linger(sock, max_body)
                 return
 
     def _route(self, agent: _Agent, request: Request, body: bytes) -> Route:
-        if request.path.startswith(ACTIONS_PREFIX):  # dynamic; everything else is pre-serialised
-            return self._engine.route(agent.book, request, body)
-        answer = agent.routes.get(request.path)
-        if answer is None:
-            return NOT_FOUND
-        return answer if request.method == "GET" else NOT_ALLOWED
+        path = request.path
+        if agent.spec.generation == LEGACY:
+            if path.startswith(ACTIONS_PREFIX):  # dynamic; everything else is pre-serialised
+                return agent.book.route(self._engine, request, body)
+            answer = agent.routes.get(path)
+            if answer is None:
+                return NOT_FOUND
+            return answer if request.method == "GET" else NOT_ALLOWED
+        if path == ACTION or path.startswith(ACTION_PREFIX) or path.startswith(ACTIONS_PREFIX):
+            return agent.book.route(self._engine, request, body)
+        answer = agent.routes.get(path)
+        if answer is None or request.method != "GET":  # actix-web's method guards: no route
+            return EMPTY_404
+        return answer
 
     def _drip(self, sock: socket.socket, data: bytes) -> bool:
         """Send one byte every drip_seconds; False when stop() interrupted it."""
@@ -291,6 +335,20 @@ class AgentSim:
                 return False
             sock.sendall(view[i:i + 1])
         return True
+
+
+def _contexts_by_generation(given: ServerContexts | None, generations: set[str]) -> dict[str, ssl.SSLContext]:
+    """The server context of each generation's nodes (empty: plain HTTP)."""
+    if given is None:
+        return {}
+    if isinstance(given, ssl.SSLContext):
+        return {generation: given for generation in generations}
+    if not isinstance(given, Mapping):
+        raise TypeError("ssl_context must be an ssl.SSLContext, a mapping of generation to SSLContext, or None")
+    missing = sorted(generations - set(given))
+    if missing:
+        raise ValueError(f"ssl_context has no server context for the {', '.join(missing)} generation")
+    return {generation: given[generation] for generation in generations}
 
 
 def _ensure_fd_limit(needed: int) -> None:
