@@ -50,6 +50,32 @@ def config_text(agents: Sequence[tuple[str, str]], ca_file: Path, interval: str 
     return text
 
 
+ACTIONS_TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def action_files(folder: Path) -> dict:
+    """A signing key pair, an API token file (mode 0600) and a journal path in `folder`."""
+    import os
+
+    from replicante_poller.actions.signing import generate_keypair
+
+    kid = generate_keypair(str(folder / "core"))
+    token = folder / "token"
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, ACTIONS_TOKEN.encode())
+    os.close(fd)
+    return {"kid": kid, "key": folder / "core.key", "pub": folder / "core.pub", "token": token,
+            "journal": folder / "actions.db"}
+
+
+def actions_config(agents: Sequence[tuple[str, str]], pki: dict, keys: dict, **extra: str) -> str:
+    """A service configuration with signed actions on (fast tracking and backoff)."""
+    settings = {"enabled": "true", "signing_key": str(keys["key"]), "journal": str(keys["journal"]),
+                "api_token_file": str(keys["token"]), "track_interval": "200ms", "backoff": "100ms", **extra}
+    section = "[actions]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return config_text(agents, pki["ca"], interval="1s", timeout="500ms", extra=section)
+
+
 def all_polled(service: Service, timeout: float = 15.0) -> list:
     """Wait (on the state's condition, no sleeps) until every target has a result."""
     assert service.state.wait_for(lambda views: all(v.result for v in views), timeout), "not every agent was polled"

@@ -19,28 +19,15 @@ from replicante_poller.actions.journal import ActionState
 from replicante_poller.web.metrics import sample
 from replicante_poller.actions.signing import generate_keypair, load_public_key
 
-from harness import all_polled, config_text
+from harness import ACTIONS_TOKEN, action_files, actions_config, all_polled
 
-TOKEN = "s3cret-token-for-tests-0123456789"
+TOKEN = ACTIONS_TOKEN
 PING, FAIL, FORGET = "agent.replicante.io/test.ping", "agent.replicante.io/test.fail", "agent.replicante.io/test.forget"
 
 
 @pytest.fixture
 def keys(tmp_path):
-    kid = generate_keypair(str(tmp_path / "core"))
-    token = tmp_path / "token"
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, TOKEN.encode())
-    os.close(fd)
-    return {"kid": kid, "key": tmp_path / "core.key", "pub": tmp_path / "core.pub", "token": token,
-            "journal": tmp_path / "actions.db"}
-
-
-def actions_config(agents, pki, keys, **extra: str) -> str:
-    settings = {"enabled": "true", "signing_key": str(keys["key"]), "journal": str(keys["journal"]),
-                "api_token_file": str(keys["token"]), "track_interval": "200ms", "backoff": "100ms", **extra}
-    section = "[actions]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
-    return config_text(agents, pki["ca"], interval="1s", timeout="500ms", extra=section)
+    return action_files(tmp_path)
 
 
 def final(journal, action_id: str, timeout: float = 15.0):
