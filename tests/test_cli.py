@@ -99,8 +99,14 @@ def test_demo_shows_agents_up_and_down():
     assert "status page: http://127.0.0.1:" in done.stdout
     for expected in ("UP", "AGENT_DOWN", "NODE_DOWN", "cluster_mismatch", "timeout", "too_large", "invalid_json"):
         assert expected in done.stdout, expected
-    assert re.search(r"action \S+: DONE \(agent reports DONE\)", done.stdout), done.stdout
-    assert re.search(r"forged action signed by untrusted key \S+: HTTP 401 \(refused\)", done.stdout), done.stdout
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("mongo-", "kafka-", "zk-"))]
+    assert {(row[2], row[3]) for row in rows} >= {("legacy", "UP"), ("replisdk", "UP")}, done.stdout  # a mixed fleet
+    for generation in ("legacy", "replisdk"):
+        submitted = re.search(rf"submitted action (\S+) \(\S+\) to {generation} agent", done.stdout)
+        assert submitted, done.stdout
+        assert f"action {submitted.group(1)}: DONE (agent reports DONE)" in done.stdout, done.stdout
+    assert re.search(r"forged action signed by untrusted key \S+ to a \S+ agent: HTTP 401 \(refused\)",
+                     done.stdout), done.stdout
 
 
 def test_shipped_example_configuration_is_valid():

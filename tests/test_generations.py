@@ -53,7 +53,7 @@ FLEET = [  # (spec, expected status, reason, api, node_status as the targets API
     (NodeSpec("rs", "sdk-error", generation="replisdk", fault=Fault.AGENT_ERROR), Status.NODE_DOWN,
      Reason.HTTP_STATUS, "replisdk", None),
     (NodeSpec("rs", "sdk-garbage", generation="replisdk", fault=Fault.GARBAGE), Status.AGENT_DOWN,
-     Reason.INVALID_JSON, None, None),
+     Reason.INVALID_JSON, "replisdk", None),  # its info/node answered, with garbage
 ]
 
 

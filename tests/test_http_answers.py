@@ -359,6 +359,17 @@ def test_neither_generation_is_agent_down_naming_both_paths(agent, client):
     result = poll_target(client, target())
 
     down(result, Status.AGENT_DOWN, Reason.HTTP_STATUS, AGENT_INFO, NODE_INFO, "either API generation")
+    assert result.api is None
+
+
+def test_a_first_path_that_answers_at_all_teaches_the_generation(agent, client):
+    answer(agent, AGENT_INFO, b"", status=404, content_type=None)
+    answer(agent, NODE_INFO, b"<html>", content_type="text/html")
+
+    result = poll_target(client, target())
+
+    down(result, Status.AGENT_DOWN, Reason.CONTENT_TYPE, NODE_INFO)
+    assert result.api == "replisdk"
 
 
 def test_a_replisdk_node_unavailable_is_node_down_without_asking_further(agent, client):

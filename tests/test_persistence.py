@@ -101,13 +101,13 @@ def test_state_file_keeps_each_agents_generation_node_status_and_neutral_shards(
     assert loaded[TARGET.key].result.node_status == NodeStatus("UNKNOWN", "ARBITER")
 
 
-def test_a_poll_that_only_guessed_the_generation_does_not_change_what_is_known():
+def test_a_poll_that_learned_no_generation_does_not_change_what_is_known():
     state = FleetState(fall=2, rise=1)
     state.set_targets([TARGET])
     assert state.record(replisdk_up(TARGET, 100.0, NodeStatus("HEALTHY"))).api == "replisdk"
-    # replaced by something that 404s on info/node and then drops the connection: a guess
-    guess = state.record(PollResult(TARGET, Status.AGENT_DOWN, Reason.CONNECT, "closed", 110.0, 0.1, api="legacy"))
-    assert (guess.api, guess.next_api) == ("replisdk", "legacy")
+    assert state.record(PollResult(TARGET, Status.AGENT_DOWN, Reason.CONNECT, "closed", 110.0, 0.1)).api == "replisdk"
+    legacy = PollResult(TARGET, Status.AGENT_DOWN, Reason.HTTP_STATUS, "HTTP 500", 120.0, 0.1, api="legacy")
+    assert state.record(legacy).api == "legacy"
 
 
 def test_state_file_is_replaced_whole_never_rewritten_in_place(tmp_path):

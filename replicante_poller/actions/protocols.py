@@ -50,6 +50,10 @@ class ActionProtocol(Protocol):
     def schedule(self, action: Action) -> tuple[str, bytes]:
         """The path and exact body of the schedule request."""
 
+    def request(self, action_id: str, kind: str, args: Any, created_ts: float,
+                requester: str = "CORE_API") -> tuple[str, bytes]:
+        """The same for an action given by its fields."""
+
     def info_path(self, action_id: str) -> str:
         """Where the agent reports one action."""
 
@@ -72,9 +76,12 @@ class LegacyActions:
     api = LEGACY
 
     def schedule(self, action: Action) -> tuple[str, bytes]:
-        document = {"action_id": action.id, "args": action.args,
-                    "created_ts": rfc3339(action.created_ts), "requester": action.requester}
-        return SCHEDULE_PREFIX + action.kind, _compact(document)
+        return self.request(action.id, action.kind, action.args, action.created_ts, action.requester)
+
+    def request(self, action_id: str, kind: str, args: Any, created_ts: float,
+                requester: str = "CORE_API") -> tuple[str, bytes]:
+        document = {"action_id": action_id, "args": args, "created_ts": rfc3339(created_ts), "requester": requester}
+        return SCHEDULE_PREFIX + kind, _compact(document)
 
     def info_path(self, action_id: str) -> str:
         return ACTION_INFO_PREFIX + action_id
@@ -111,8 +118,12 @@ class ReplisdkActions:
     api = REPLISDK
 
     def schedule(self, action: Action) -> tuple[str, bytes]:
-        document = {"args": action.args, "created_time": rfc3339(action.created_ts), "id": action.id,
-                    "kind": action.kind, "metadata": {"requester": action.requester}}
+        return self.request(action.id, action.kind, action.args, action.created_ts, action.requester)
+
+    def request(self, action_id: str, kind: str, args: Any, created_ts: float,
+                requester: str = "CORE_API") -> tuple[str, bytes]:
+        document = {"args": args, "created_time": rfc3339(created_ts), "id": action_id, "kind": kind,
+                    "metadata": {"requester": requester}}
         return ACTION, _compact(document)
 
     def info_path(self, action_id: str) -> str:

@@ -58,7 +58,7 @@ class PollResult:
     shards: Optional[tuple[Shard, ...]] = None
     cert_not_after: Optional[float] = None
     retry_after: Optional[float] = None
-    api: Optional[str] = None  # the generation this poll spoke last (after a 404: the one to try next)
+    api: Optional[str] = None  # the generation whose first path answered (None: the poll did not learn it)
     node_status: Optional[NodeStatus] = None  # replisdk agents only
 
     @property
@@ -91,6 +91,15 @@ def _failed(value: Value) -> bool:
 
 def _not_found(value: Value) -> bool:
     return isinstance(value, Failure) and value.status == 404
+
+
+# Failures of a first GET that still prove the path exists: the agent answered it over HTTP.
+_ANSWERED = (Reason.HTTP_STATUS, Reason.TOO_LARGE, Reason.CONTENT_TYPE)
+
+
+def _answered(value: Value) -> bool:
+    """Whether the agent answered this path (so it speaks that path's generation)."""
+    return not isinstance(value, Failure) or (value.reason in _ANSWERED and value.status != 404)
 
 
 def _describe(path: str, failure: Union[Failure, Invalid]) -> str:
@@ -193,11 +202,11 @@ def poll_target(client: AgentClient, target: Target, clock: Callable[[], float] 
         tried: list[str] = []
         for api in generations(target.poll.api, known):
             validate, rest = _FIRST[api]
-            poll.fields["api"] = api
             tried.append(FIRST_PATH[api])
             first = poll.get(FIRST_PATH[api], validate)
             if not _not_found(first):
                 break
+        poll.fields["api"] = api if _answered(first) else None
         if _failed(first):
             return _first_failed(poll, api, first, tried)
         return rest(poll, first)

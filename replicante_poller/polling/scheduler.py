@@ -180,7 +180,7 @@ class Scheduler:
                 self._metrics.poll_skipped("deferred")
             elif key in self._in_flight:
                 self._metrics.poll_skipped("in_flight")
-            elif self._submit(dataclasses.replace(due, known=view.next_api) if view is not None else due):
+            elif self._submit(dataclasses.replace(due, known=view.api) if view is not None else due):
                 self._in_flight.add(key)
             else:
                 self._metrics.poll_skipped("queue_full")

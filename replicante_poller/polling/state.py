@@ -26,12 +26,7 @@ class TargetView:
     last_success: Optional[float] = None
     deferred_until: Optional[float] = None  # the agent asked (Retry-After) not to be polled before
     flapping: bool = False  # health changed too often within the flap window
-    api: Optional[str] = None  # the agent's API generation, as its answers showed it
-
-    @property
-    def next_api(self) -> Optional[str]:
-        """The generation the next poll starts with: the one the latest poll ended on."""
-        return self.result.api if self.result is not None and self.result.api else self.api
+    api: Optional[str] = None  # the agent's API generation, as its answers last showed it
 
 
 class FleetState:
@@ -74,10 +69,7 @@ class FleetState:
         if result.retry_after is not None:
             deferred = result.started + min(result.retry_after, self._max_retry_after)
         health = view.health.apply(result.ok, self.policy, result.started)
-        # The agent showed its generation when it answered its first path (NODE_DOWN and UP
-        # need that); a 404 followed by a failure is a guess, not knowledge.
-        answered = result.agent is not None or result.status is Status.NODE_DOWN
-        api = result.api if answered else view.api
+        api = result.api or view.api  # a poll that learned nothing keeps what was known
         new = TargetView(view.target, result, health, last_success, deferred, health.flapping(self.policy), api)
         with self._lock:
             if key in self._views:
