@@ -111,9 +111,9 @@ def _describe(path: str, failure: Union[Failure, Invalid]) -> str:
 class _Poll:
     """The state of one poll while it runs: the fields found so far, and how to end it."""
 
-    def __init__(self, conn: AgentConnection, target: Target, clock: Callable[[], float]):
+    def __init__(self, conn: AgentConnection, target: Target, started: float, t0: float):
         self.conn, self.target = conn, target
-        self.started, self._t0 = clock(), time.monotonic()
+        self.started, self._t0 = started, t0  # taken before the connection: the deadline covers dialing
         self.fields: dict[str, Any] = {}
 
     def result(self, status: Status, reason: Optional[Reason], message: str, **extra: Any) -> PollResult:
@@ -197,8 +197,9 @@ def poll_target(client: AgentClient, target: Target, clock: Callable[[], float] 
     """Poll `target` once and decide its status (never raises for agent misbehaviour).
 
     `known` is the generation the agent answered last time (auto-detection starts there)."""
+    started, t0 = clock(), time.monotonic()
     with client.connect(target) as conn:
-        poll = _Poll(conn, target, clock)
+        poll = _Poll(conn, target, started, t0)
         tried: list[str] = []
         for api in generations(target.poll.api, known):
             validate, rest = _FIRST[api]
