@@ -70,13 +70,32 @@ class ActionProtocol(Protocol):
         """Why an action the agent no longer knows was pruned (it finished), or None if lost."""
 
 
-class LegacyActions:
-    """replicante-io/agents: `/actions/schedule/{kind}`, `/actions/info/{id}`, bare lists."""
+class _Shared:
+    """What both generations do alike: a journaled action's request, a list's ids."""
 
-    api = LEGACY
+    def request(self, action_id: str, kind: str, args: Any, created_ts: float,
+                requester: str = "CORE_API") -> tuple[str, bytes]:
+        raise NotImplementedError
 
     def schedule(self, action: Action) -> tuple[str, bytes]:
         return self.request(action.id, action.kind, action.args, action.created_ts, action.requester)
+
+    @staticmethod
+    def _entries(document: Any) -> Any:
+        """The list of entries inside a decoded list answer."""
+        raise NotImplementedError
+
+    def listed_ids(self, body: bytes) -> list[str]:
+        entries = self._entries(_json(body))
+        if not isinstance(entries, list):
+            return []
+        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+
+
+class LegacyActions(_Shared):
+    """replicante-io/agents: `/actions/schedule/{kind}`, `/actions/info/{id}`, bare lists."""
+
+    api = LEGACY
 
     def request(self, action_id: str, kind: str, args: Any, created_ts: float,
                 requester: str = "CORE_API") -> tuple[str, bytes]:
@@ -99,10 +118,9 @@ class LegacyActions:
         history = document.get("history")
         return Report(phase, history if isinstance(history, list) else None)
 
-    def listed_ids(self, body: bytes) -> list[str]:
-        document = _json(body)
-        entries = document if isinstance(document, list) else []
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    @staticmethod
+    def _entries(document: Any) -> Any:
+        return document
 
     def pruned(self, action: Action, finished: list[str], now: float) -> Optional[str]:
         if len(finished) < FINISHED_LIST_LIMIT:
@@ -112,13 +130,10 @@ class LegacyActions:
         return f"its finished list holds its limit of {FINISHED_LIST_LIMIT}"
 
 
-class ReplisdkActions:
+class ReplisdkActions(_Shared):
     """replisdk agents: `POST /action`, `GET /action/{id}`, `{"actions": [...]}` lists."""
 
     api = REPLISDK
-
-    def schedule(self, action: Action) -> tuple[str, bytes]:
-        return self.request(action.id, action.kind, action.args, action.created_ts, action.requester)
 
     def request(self, action_id: str, kind: str, args: Any, created_ts: float,
                 requester: str = "CORE_API") -> tuple[str, bytes]:
@@ -147,12 +162,9 @@ class ReplisdkActions:
         return Report(phase, [{"phase": phase, "error": error, "payload": state.get("payload"),
                                "finished_time": document.get("finished_time")}], detail)
 
-    def listed_ids(self, body: bytes) -> list[str]:
-        document = _json(body)
-        entries = document.get("actions") if isinstance(document, dict) else None
-        if not isinstance(entries, list):
-            return []
-        return [e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    @staticmethod
+    def _entries(document: Any) -> Any:
+        return document.get("actions") if isinstance(document, dict) else None
 
     def pruned(self, action: Action, finished: list[str], now: float) -> Optional[str]:
         delivered = action.delivered_ts or action.created_ts

@@ -130,11 +130,19 @@ class _Poll:
         retry_after = value.retry_after if isinstance(value, Failure) else None
         return self.result(status, value.reason, _describe(path, value), retry_after=retry_after)
 
-    def check_cluster(self, datastore: DatastoreInfo) -> Optional[PollResult]:
-        if datastore.cluster_id != self.target.cluster_id:
-            return self.result(Status.NODE_DOWN, Reason.CLUSTER_MISMATCH,
-                               f"agent reports cluster {datastore.cluster_id!r}, discovery says {self.target.cluster_id!r}")
-        return None
+
+def _finish(poll: _Poll, datastore: DatastoreInfo, shards_path: str,
+            validate: Callable[[Any], Any]) -> PollResult:
+    """The common end of a poll, once the datastore is known: the cluster check, the shards."""
+    poll.fields["datastore"] = datastore
+    if datastore.cluster_id != poll.target.cluster_id:
+        return poll.result(Status.NODE_DOWN, Reason.CLUSTER_MISMATCH,
+                           f"agent reports cluster {datastore.cluster_id!r}, discovery says {poll.target.cluster_id!r}")
+    shards = poll.get(shards_path, validate, shards=True)
+    if _failed(shards):
+        return poll.failed(Status.NODE_DOWN, shards_path, shards)
+    poll.fields["shards"] = shards
+    return poll.result(Status.UP, None, "all checks passed")
 
 
 def _legacy(poll: _Poll, agent: AgentInfo) -> PollResult:
@@ -143,15 +151,7 @@ def _legacy(poll: _Poll, agent: AgentInfo) -> PollResult:
     datastore = poll.get(DATASTORE_INFO, validate_datastore_info)
     if _failed(datastore):
         return poll.failed(Status.NODE_DOWN, DATASTORE_INFO, datastore)
-    poll.fields["datastore"] = datastore
-    mismatch = poll.check_cluster(datastore)
-    if mismatch is not None:
-        return mismatch
-    shards = poll.get(SHARDS, validate_shards, shards=True)
-    if _failed(shards):
-        return poll.failed(Status.NODE_DOWN, SHARDS, shards)
-    poll.fields["shards"] = shards
-    return poll.result(Status.UP, None, "all checks passed")
+    return _finish(poll, datastore, SHARDS, validate_shards)
 
 
 def _replisdk(poll: _Poll, node: NodeReport) -> PollResult:
@@ -163,16 +163,7 @@ def _replisdk(poll: _Poll, node: NodeReport) -> PollResult:
     cluster_id = poll.get(STORE_INFO, validate_store_info)
     if _failed(cluster_id):
         return poll.failed(Status.NODE_DOWN, STORE_INFO, cluster_id)
-    datastore = node.datastore(cluster_id)
-    poll.fields["datastore"] = datastore
-    mismatch = poll.check_cluster(datastore)
-    if mismatch is not None:
-        return mismatch
-    shards = poll.get(SHARDS_INFO, validate_replisdk_shards, shards=True)
-    if _failed(shards):
-        return poll.failed(Status.NODE_DOWN, SHARDS_INFO, shards)
-    poll.fields["shards"] = shards
-    return poll.result(Status.UP, None, "all checks passed")
+    return _finish(poll, node.datastore(cluster_id), SHARDS_INFO, validate_replisdk_shards)
 
 
 _FIRST = {LEGACY: (validate_agent_info, _legacy), REPLISDK: (validate_node_info, _replisdk)}
