@@ -15,6 +15,7 @@ API = "/api/unstable"
 AGENT_INFO = API + "/info/agent"
 DATASTORE_INFO = API + "/info/datastore"
 SHARDS = API + "/shards"
+ACTIONS_INDEX = API + "/actions"  # actions disabled: {"actions": false}; (enabled: ACTIONS_PREFIX gives true)
 ACTIONS_PREFIX = API + "/actions/"
 SCHEDULE_PREFIX = ACTIONS_PREFIX + "schedule/"  # + the action kind
 ACTIONS_QUEUE = ACTIONS_PREFIX + "queue"  # both generations (replisdk: {"actions": [...]})

@@ -405,6 +405,16 @@ def test_actions_disabled_answer_404_empty_on_every_path_and_still_count_posts(c
             assert (response.status_code, response.content, response.headers["Content-Length"]) == (404, b"", "0")
         assert (sim.schedule_posts(url), sim.actions(url), sim.executions(url)) == (2, [], {})
         assert not sim.wait_for_state(url, doc["action_id"], "NEW", 0)
+        # replicante-io/agents' sdk says so at the actions root (api/actions/mod.rs: index_disabled)
+        disabled = session.get(url + "/api/unstable/actions", timeout=5)
+        assert (disabled.status_code, disabled.json()) == (200, {"actions": False})
+
+
+def test_agents_with_actions_on_say_so_at_the_actions_scope(ca, session):
+    with AgentSim([NodeSpec("c", "n")], ca[1]) as sim:
+        url = sim.agents[0][1]
+        assert get(session, url, "/").json() == {"actions": True}
+        assert session.get(url + "/api/unstable/actions", timeout=5).status_code == 404
 
 
 class Recorder:

@@ -14,7 +14,7 @@ import itertools
 import time
 from typing import Any
 
-from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_QUEUE, SCHEDULE_PREFIX
+from ..agentapi import ACTION_INFO_PREFIX, ACTIONS_FINISHED, ACTIONS_INDEX, ACTIONS_PREFIX, ACTIONS_QUEUE, SCHEDULE_PREFIX
 from ..durations import rfc3339_seconds
 from ..limits import MAX_SCHEDULE_BODY
 from .api import EMPTY_404, NOT_ALLOWED, NOT_FOUND, dumps, error
@@ -32,6 +32,7 @@ _TOO_LARGE = response(413, content_type=None)
 _EXPECTATION_FAILED = error(417, "Expect is not supported: send the body directly", "ExpectationFailed")
 _UNAUTHORIZED = response(401, dumps({"error": "unauthorized"}))
 _ALREADY_EXISTS = error(409, "action already exists", "ActionAlreadyExists")
+_DISABLED, _ENABLED = response(200, dumps({"actions": False})), response(200, dumps({"actions": True}))
 
 
 @dataclasses.dataclass
@@ -86,8 +87,10 @@ class ActionBook:
         if path.startswith(SCHEDULE_PREFIX) and method == "POST":
             with engine.cond:
                 self.posts += 1
-        if not engine.enabled:
-            return EMPTY_404
+        if not engine.enabled:  # replicante-io/agents sdk api/actions: index_disabled, else nothing
+            return _DISABLED if path == ACTIONS_INDEX and method == "GET" else EMPTY_404
+        if path == ACTIONS_PREFIX and method == "GET":
+            return _ENABLED  # index_enabled, the scope's "/"
         if path.startswith(SCHEDULE_PREFIX) and len(path) > len(SCHEDULE_PREFIX):
             if method != "POST":
                 return _POST_ONLY

@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, Union
 
-from ..agentapi import ACTION, ACTION_PREFIX, ACTIONS_PREFIX, LEGACY, REPLISDK
+from ..agentapi import ACTION, ACTION_PREFIX, ACTIONS_INDEX, ACTIONS_PREFIX, LEGACY, REPLISDK
 from ..agentside.replay import ReplayStore
 from ..agentside.verifier import Keyring
 from ..agentside.verifier import Verifier as SignatureVerifier
@@ -314,7 +314,7 @@ class AgentSim:
     def _route(self, agent: _Agent, request: Request, body: bytes) -> Route:
         path = request.path
         if agent.spec.generation == LEGACY:
-            if path.startswith(ACTIONS_PREFIX):  # dynamic; everything else is pre-serialised
+            if path.startswith(ACTIONS_PREFIX) or path == ACTIONS_INDEX:  # dynamic; the rest is pre-serialised
                 return agent.book.route(self._engine, request, body)
             answer = agent.routes.get(path)
             if answer is None:
