@@ -348,7 +348,8 @@ def run_signing(duration: float) -> dict:
 
     def whole() -> None:
         httpsig.sign_action(method="POST", path="/api/unstable/actions/schedule/agent.replicante.io/test.ping",
-                            body=body, cluster_id="mongo-1", node_id="mongo-1-node-1", key_id=signer.key_id,
+                            body=body, agent_url="https://mongo-1-node-1:37017", cluster_id="mongo-1",
+                            node_id="mongo-1-node-1", key_id=signer.key_id,
                             sign=signer.sign, now=1700000000, nonce=nonce)
 
     out = {}

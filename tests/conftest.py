@@ -102,10 +102,10 @@ def start_nginx(pki: dict, tmp_path: Path) -> Iterator[Callable[[str], str]]:
         pytest.fail("nginx is not installed: .ci/run installs nginx-light (apt-get install -y nginx-light)")
     folders: list[Path] = []
 
-    def start(upstream: str) -> str:
+    def start(upstream: str, port: int | None = None) -> str:
         folder = tmp_path / f"nginx{len(folders)}"
         folder.mkdir()
-        port = free_port()
+        port = port or free_port()
         (folder / "nginx.conf").write_text(NGINX_CONF.format(
             dir=folder, port=port, cert=pki["cert"], key=pki["key"], upstream=upstream))
         done = subprocess.run([binary, "-p", str(folder), "-c", str(folder / "nginx.conf")],

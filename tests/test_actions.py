@@ -61,11 +61,11 @@ def test_action_is_signed_delivered_once_and_tracked_to_done(start_sim, start_se
     headers = {k.lower(): v for k, v in stored["headers"].items()}
     (params, raw), = parse_signature_input(headers["signature-input"]).values()
     signature = parse_signature(headers["signature"])["replicante"]
-    assert params.keyid == keys["kid"] and params.tag == "replicante-action-v1"
-    assert params.components == ("@method", "@path", "content-type", "content-digest", "replicante-cluster",
-                                 "replicante-node")
+    assert params.keyid == keys["kid"] and params.tag == "replicante-action-v2"
+    assert params.components == ("@method", "@path", "content-type", "content-digest", "replicante-agent",
+                                 "replicante-cluster", "replicante-node")
     assert params.expires - params.created == 60
-    assert (headers["replicante-cluster"], headers["replicante-node"]) == ("rs", "node-1")
+    assert (headers["replicante-agent"], headers["replicante-cluster"], headers["replicante-node"]) == (url, "rs", "node-1")
     base = signature_base("POST", f"/api/unstable/actions/schedule/{PING}", None, headers, params, raw)
     assert load_public_key(keys["pub"]).verify(base, signature)
     assert headers["content-digest"] == content_digest(LegacyActions().schedule(done)[1])
@@ -249,7 +249,7 @@ def test_enforcing_agent_sim_accepts_the_pollers_signed_action_and_refuses_a_for
     body = json.dumps({"action_id": str(uuid.uuid4()), "args": None, "created_ts": "2026-11-25T00:00:00Z",
                        "requester": "CORE_API"}).encode()
     path = f"/api/unstable/actions/schedule/{PING}"
-    headers = sign_action(method="POST", path=path, body=body, cluster_id="rs", node_id="node-1",
+    headers = sign_action(method="POST", path=path, body=body, agent_url=url, cluster_id="rs", node_id="node-1",
                           key_id=forger.key_id, sign=forger.sign, now=int(time.time()), nonce=os.urandom(16))
     forged = requests.post(url + path, data=body, headers=headers, verify=str(pki["ca"]), timeout=5)
     assert forged.status_code == 401

@@ -692,7 +692,7 @@ def test_the_enforcing_keyring_checks_replisdk_posts(start_sim, session, tmp_pat
                     keyring=Keyring.from_entries([str(tmp_path / "core.pub")]))
     url = sim.agents[0][1]
     body = json.dumps({"kind": SUCCESS, "id": str(uuid.uuid4())}).encode()
-    headers = sign_action(method="POST", path=ACTION, body=body, cluster_id="rs0", node_id="node-1",
+    headers = sign_action(method="POST", path=ACTION, body=body, agent_url=url, cluster_id="rs0", node_id="node-1",
                           key_id=signer.key_id, sign=signer.sign, now=int(time.time()), nonce=os.urandom(16))
     unsigned = session.post(url + ACTION, data=body, headers={"Content-Type": "application/json"}, timeout=5)
     assert unsigned.status_code == 401

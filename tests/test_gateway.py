@@ -23,6 +23,7 @@ from tls_servers import Exchange, TlsServer, json_response, response_bytes
 
 KIND = "agent.replicante.io/test.ping"
 PATH = f"/api/unstable/actions/schedule/{KIND}"
+AGENT_URL = "https://mongo-1.example:37017"  # what Core dials for the agent behind the gateway (its agent_urls)
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def gateway_config(tmp_path, sim_url, pki, keys, trusted=("old", "revoked"), rev
     entries = ", ".join(str(keys[name]["pub"]) for name in trusted)
     ids = ", ".join(keys[name]["kid"] for name in revoked)
     return (f"[gateway]\nlisten = 127.0.0.1:0\nupstream = {sim_url}\nupstream_ca_file = {pki['ca']}\n"
+            f"agent_urls = {AGENT_URL}\n"
             f"keys = {entries}\nrevoked = {ids}\nreplay_store = {tmp_path / 'replay.db'}\n{extra}")
 
 
@@ -66,16 +68,18 @@ def body_of(action_id: str | None = None, args=None) -> bytes:
 
 
 def signed(key, body: bytes, path: str = PATH, cluster: str = "rs", node: str = "node-1", now: int | None = None,
-           ttl: int = 60) -> dict[str, str]:
-    return sign_action(method="POST", path=path, body=body, cluster_id=cluster, node_id=node, key_id=key.key_id,
+           ttl: int = 60, agent: str = AGENT_URL) -> dict[str, str]:
+    return sign_action(method="POST", path=path, body=body, agent_url=agent, cluster_id=cluster, node_id=node,
+                       key_id=key.key_id,
                        sign=key.sign, now=int(time.time()) if now is None else now, ttl=ttl, nonce=os.urandom(16))
 
 
-def custom(key, body: bytes, components=COVERED, alg=None, tag=TAG, cluster="rs", node="node-1") -> dict[str, str]:
+def custom(key, body: bytes, components=COVERED, alg=None, tag=TAG, cluster="rs", node="node-1",
+           agent=AGENT_URL) -> dict[str, str]:
     """A signature with chosen components and parameters, made by hand."""
     now = int(time.time())
     headers = {"content-type": "application/json", "content-digest": content_digest(body),
-               "replicante-cluster": cluster, "replicante-node": node}
+               "replicante-agent": agent, "replicante-cluster": cluster, "replicante-node": node}
     nonce = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
     params = SignatureParams(tuple(components), now, now + 60, nonce, key.key_id, alg, tag)
     base = signature_base("POST", PATH, None, headers, params)
@@ -145,6 +149,10 @@ FORGERIES = {  # name: (request builder, the precise reason logged and counted)
     "tampered path": (to_path("/api/unstable/actions/schedule/agent.replicante.io/test.stop"), "bad_signature"),
     "another node": (by("old", node="node-2"), "wrong_audience"),
     "another cluster": (by("old", cluster="other"), "wrong_audience"),
+    # issue 12: signed for another endpoint (an agent claiming this node's id) and relayed here
+    "another agent URL": (by("old", agent="https://impostor.example:37017"), "wrong_audience"),
+    "signing profile v1": (made(components=tuple(c for c in COVERED if c != "replicante-agent"),
+                                tag="replicante-action-v1"), "bad_tag"),
     "expired": (by("old", shift=-200, ttl=60), "expired"),
     "created in the future": (by("old", shift=120, ttl=60), "not_yet_valid"),
     "oversize body": (by("old", args="x" * (70 * 1024)), "too_large"),
@@ -274,13 +282,17 @@ def test_poller_to_nginx_to_gateway_to_agent_action_reaches_done(tmp_path, start
     from harness import all_polled, config_text
     from replicante_poller.actions.journal import ActionState
 
+    from conftest import free_port
+
     sim = start_sim([NodeSpec("rs", "node-1")])
     agent = sim.agents[0][1]
+    port = free_port()  # nginx's: the URL the poller dials is the one the gateway must answer for
     config = tmp_path / "gateway.ini"
-    config.write_text(gateway_config(tmp_path, agent, pki, keys, trusted=("old",), revoked=()))
+    config.write_text(gateway_config(tmp_path, agent, pki, keys, trusted=("old",), revoked=())
+                      .replace(AGENT_URL, f"https://localhost:{port}"))
     process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")
     try:
-        front = start_nginx(f"http://{process.address}")
+        front = start_nginx(f"http://{process.address}", port=port)
         token = tmp_path / "token"
         token.write_text("a-long-enough-api-token")
         os.chmod(token, 0o600)
@@ -336,6 +348,17 @@ def test_request_bodies_outside_signed_schedules_are_refused_not_parsed_as_reque
         conn.sendall(b"POST " + PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: \xb2\r\n\r\n{}")
         assert conn.recv(65536).startswith(b"HTTP/1.1 401")
     assert process.stop() == 0
+
+
+def test_a_gateway_without_agent_urls_refuses_to_start_naming_the_key(tmp_path, pki, keys):
+    import subprocess
+    import sys
+
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, "https://127.0.0.1:9", pki, keys).replace(f"agent_urls = {AGENT_URL}\n", ""))
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "gateway", "--config", str(config)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "[gateway] agent_urls" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_sighup_reloads_the_keyring_and_a_bad_file_keeps_the_running_one(gateway, keys, tmp_path, pki):

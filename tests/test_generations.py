@@ -14,6 +14,7 @@ from replicante_poller.agentapi import ACTION, NODE_INFO
 from replicante_poller.agentsim import Fault, NodeSpec
 from replicante_poller.reasons import Reason, Status
 
+from conftest import free_port
 from harness import action_files, actions_config, all_polled, config_text
 from process import PollerProcess
 
@@ -125,13 +126,15 @@ def test_a_replisdk_action_through_the_gateway_with_upstream_mtls_reaches_done(
     leaf.private_key_pem.write_to_path(str(key))
     key.chmod(0o600)
     config = tmp_path / "gateway.ini"
-    config.write_text(f"[gateway]\nlisten = 127.0.0.1:0\nupstream = {agent}\nupstream_ca_file = {pki['ca']}\n"
+    port = free_port()
+    front = f"https://localhost:{port}"  # what the poller dials: the gateway answers for it alone
+    config.write_text(f"[gateway]\nlisten = 127.0.0.1:{port}\nagent_urls = {front}\nupstream = {agent}\n"
+                      f"upstream_ca_file = {pki['ca']}\n"
                       f"upstream_client_cert = {cert}\nupstream_client_key = {key}\n"
                       f"server_cert = {pki['cert']}\nserver_key = {pki['key']}\n"
                       f"keys = {keys['pub']}\nreplay_store = {tmp_path / 'replay.db'}\n")
     gateway = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")  # learns rs/sdk-1 over mTLS
     try:
-        front = f"https://localhost:{gateway.address.rsplit(':', 1)[1]}"
         service = start_service(actions_config([("rs", front)], pki, keys))
         view, = all_polled(service)
         assert view.result.ok and view.api == "replisdk", view.result.message

@@ -53,7 +53,8 @@ def signer() -> Signer:
 
 
 def _signed(signer: Signer, **overrides: object) -> dict[str, str]:
-    args: dict = dict(method="POST", path=PATH, body=BODY, cluster_id="mongo-rs0", node_id="mongo1:27017",
+    args: dict = dict(method="POST", path=PATH, body=BODY, agent_url="https://mongo1.example:37017",
+                      cluster_id="mongo-rs0", node_id="mongo1:27017",
                       key_id=signer.key_id, sign=signer.sign, now=NOW, nonce=bytes(range(16)))
     args.update(overrides)
     return sign_action(**args)
@@ -103,14 +104,15 @@ def test_rfc9421_b26_known_answer(vector: dict, tmp_path: Path) -> None:
 
 def test_sign_action_headers(signer: Signer) -> None:
     headers = _signed(signer)
-    assert list(headers) == ["Content-Type", "Content-Digest", "Replicante-Cluster", "Replicante-Node",
-                             "Signature-Input", "Signature"]
+    assert list(headers) == ["Content-Type", "Content-Digest", "Replicante-Agent", "Replicante-Cluster",
+                             "Replicante-Node", "Signature-Input", "Signature"]
     assert headers["Content-Type"] == "application/json"
     assert headers["Content-Digest"] == content_digest(BODY)
     assert re.fullmatch(r"sha-256=:[A-Za-z0-9+/]{43}=:", headers["Content-Digest"])
     nonce = base64.urlsafe_b64encode(bytes(range(16))).decode().rstrip("=")
     assert headers["Signature-Input"] == (
-        'replicante=("@method" "@path" "content-type" "content-digest" "replicante-cluster" "replicante-node")'
+        'replicante=("@method" "@path" "content-type" "content-digest" "replicante-agent" "replicante-cluster"'
+        ' "replicante-node")'
         f';created={NOW};expires={NOW + 60};nonce="{nonce}";keyid="{signer.key_id}";tag="{TAG}"')
     assert re.fullmatch(r'.*;nonce="[A-Za-z0-9_-]{22}";.*', headers["Signature-Input"])
     assert re.fullmatch(r"replicante=:[A-Za-z0-9+/]{86}==:", headers["Signature"])
@@ -134,7 +136,8 @@ def test_signature_base_of_action(signer: Signer) -> None:
     base = signature_base("POST", PATH, None, headers, params, raw).decode()
     assert base.split("\n") == [
         '"@method": POST', f'"@path": {PATH}', '"content-type": application/json',
-        f'"content-digest": {content_digest(BODY)}', '"replicante-cluster": mongo-rs0',
+        f'"content-digest": {content_digest(BODY)}', '"replicante-agent": https://mongo1.example:37017',
+        '"replicante-cluster": mongo-rs0',
         '"replicante-node": mongo1:27017', f'"@signature-params": {raw}']
 
 
@@ -170,7 +173,7 @@ TAMPERINGS: dict[str, Callable[[dict], None]] = {
     "expires": _edit("Signature-Input", f"expires={NOW + 60}", f"expires={NOW + 300}"),
     "nonce": _edit("Signature-Input", 'nonce="AA', 'nonce="AB'),
     "keyid": _edit("Signature-Input", 'keyid="ed25519-', 'keyid="ed25519-0'),
-    "tag": _edit("Signature-Input", TAG, "replicante-action-v2"),
+    "tag": _edit("Signature-Input", TAG, "replicante-action-v1"),
     "components": _edit("Signature-Input", ' "replicante-node"', ""),
     "flipped-bit": _signature(lambda s: s[:10] + bytes([s[10] ^ 0x01]) + s[11:]),
     "truncated": _signature(lambda s: s[:63]),

@@ -46,15 +46,18 @@ def test_every_simulated_fault_has_its_status_and_reason_in_api_and_metrics(star
     assert "cluster_mismatch" in page and healthy_url in page
 
 
-def test_duplicate_node_ids_in_one_cluster_mark_the_later_agent_node_down(start_sim, start_service, pki):
+def test_duplicate_node_ids_in_one_cluster_mark_every_reporting_agent_node_down(start_sim, start_service, pki):
     sim = start_sim([NodeSpec("rs", "same-node"), NodeSpec("rs", "same-node"), NodeSpec("rs", "other-node")])
     service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
     views = all_polled(service)
     by_node: dict[str, list] = {}
     for view in views:
         by_node.setdefault(view.result.datastore.node_id, []).append(view.result)
-    same = sorted((r.status.value, r.reason.value if r.reason else None) for r in by_node["same-node"])
-    assert same == [("NODE_DOWN", "duplicate_node"), ("UP", None)]
+    assert service.state.wait_for(lambda views: sum(
+        1 for v in views if v.result and v.result.reason and v.result.reason.value == "duplicate_node") == 2, 10)
+    same = [(v.result.status.value, v.result.reason.value) for v in service.snapshot()
+            if v.result.datastore.node_id == "same-node"]
+    assert same == [("NODE_DOWN", "duplicate_node")] * 2
     assert [r.status.value for r in by_node["other-node"]] == ["UP"]
 
 

@@ -30,6 +30,7 @@ SEED = bytes(range(32))
 KEY = signer_from_seed(SEED)
 PATH = "/api/unstable/actions/schedule/agent.replicante.io/test.ping"
 URL = "https://mongo1.test:37017" + PATH
+AGENT = "https://mongo1.test:37017"  # the agent URL the poller dials, signed as Replicante-Agent
 
 
 def oracle_keys() -> MappingKeyResolver:
@@ -43,7 +44,8 @@ def body_of(action_id: str = "6f1c1f5e-0d7c-4b8e-9a51-2f7f9f0f4a01") -> bytes:
 
 
 def our_verifier() -> Verifier:
-    return Verifier(Keyring((TrustedKey(KEY.public_key()),)), "orders", "mongo1:27017", ReplayStore(":memory:"))
+    return Verifier(Keyring((TrustedKey(KEY.public_key()),)), "orders", "mongo1:27017", ReplayStore(":memory:"),
+                    agent_urls=[AGENT])
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -64,7 +66,7 @@ def test_content_digest_matches_the_oracle_on_any_bytes():
 def test_what_we_sign_verifies_with_the_independent_implementation():
     now = int(time.time())
     body = body_of()
-    headers = sign_action(method="POST", path=PATH, body=body, cluster_id="orders", node_id="mongo1:27017",
+    headers = sign_action(method="POST", path=PATH, body=body, agent_url=AGENT, cluster_id="orders", node_id="mongo1:27017",
                           key_id=KEY.key_id, sign=KEY.sign, now=now, ttl=60, nonce=os.urandom(16))
     request = requests.Request("POST", URL, headers=headers, data=body).prepare()
 
@@ -80,7 +82,7 @@ def test_what_we_sign_verifies_with_the_independent_implementation():
 
 def test_what_we_sign_is_made_of_valid_structured_fields():
     now = int(time.time())
-    headers = sign_action(method="POST", path=PATH, body=body_of(), cluster_id="orders", node_id="mongo1:27017",
+    headers = sign_action(method="POST", path=PATH, body=body_of(), agent_url=AGENT, cluster_id="orders", node_id="mongo1:27017",
                           key_id=KEY.key_id, sign=KEY.sign, now=now, ttl=MAX_TTL, nonce=bytes(16))
 
     inputs = http_sf.parse(headers["Signature-Input"].encode(), tltype="dictionary")
@@ -100,7 +102,7 @@ def oracle_signed(body: bytes) -> requests.PreparedRequest:
     covered components, tag, a 22-character nonce, no alg, 60 s validity."""
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     request = requests.Request("POST", URL, data=body, headers={
-        "Content-Type": "application/json", "Replicante-Cluster": "orders",
+        "Content-Type": "application/json", "Replicante-Agent": AGENT, "Replicante-Cluster": "orders",
         "Replicante-Node": "mongo1:27017"}).prepare()  # the oracle adds Content-Digest from `body`
     HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=oracle_keys()).sign(
         request, key_id=KEY.key_id, created=now, expires=now + datetime.timedelta(seconds=60),

@@ -155,14 +155,17 @@ def test_record_does_not_touch_other_targets() -> None:
 
 
 # --- duplicate node ids -----------------------------------------------------------------
+# Two agents of a cluster reporting one node id within an interval are BOTH NODE_DOWN
+# `duplicate_node`: nobody keeps an identity by having reported it first (issue 12: an agent
+# claiming a real node's id took it over after one failed poll of the real node).
 
 
-def assert_duplicate(view: TargetView | None, owner: Target, node_id: str) -> None:
+def assert_duplicate(view: TargetView | None, other: Target, node_id: str) -> None:
     assert view is not None and view.result is not None
     assert view.result.status is Status.NODE_DOWN
     assert view.result.reason is Reason.DUPLICATE_NODE
     assert not view.result.ok
-    assert owner.url in view.result.message and repr(node_id) in view.result.message
+    assert other.url in view.result.message and repr(node_id) in view.result.message
 
 
 def assert_up(view: TargetView | None) -> None:
@@ -170,7 +173,7 @@ def assert_up(view: TargetView | None) -> None:
     assert (view.result.status, view.result.reason) == (Status.UP, None)
 
 
-def test_duplicate_node_in_one_cluster_within_an_interval() -> None:
+def test_a_duplicate_makes_both_agents_node_down_at_once() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     assert_up(state.record(up(a, "n1", 100.0)))
@@ -180,18 +183,20 @@ def test_duplicate_node_in_one_cluster_within_an_interval() -> None:
     assert view.health.state is U  # a duplicate is a failure for health
     assert view.last_success is None
     assert view.result.datastore is not None and view.result.datastore.node_id == "n1"
-    # the owner is unaffected
-    assert_up(views(state)[a.key])
-    assert views(state)[a.key].health.state is H
+    # the first reporter keeps nothing: its latest result is a duplicate from now on
+    assert_duplicate(views(state)[a.key], b, "n1")
 
 
-def test_duplicate_persists_while_the_owner_keeps_reporting() -> None:
+def test_duplicates_persist_on_both_sides_while_both_report() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b, fall=2)
     for cycle in range(4):
-        assert_up(state.record(up(a, "n1", 100.0 + 10 * cycle)))
-        assert_duplicate(state.record(up(b, "n1", 101.0 + 10 * cycle)), a, "n1")
-    assert views(state)[b.key].health.state is U
+        first = state.record(up(a, "n1", 100.0 + 10 * cycle))
+        second = state.record(up(b, "n1", 101.0 + 10 * cycle))
+        assert_duplicate(second, a, "n1")
+        if cycle:
+            assert_duplicate(first, b, "n1")
+    assert views(state)[a.key].health.state is U and views(state)[b.key].health.state is U
 
 
 def test_duplicate_with_three_agents() -> None:
@@ -199,10 +204,13 @@ def test_duplicate_with_three_agents() -> None:
     state = fleet(a, b, c)
     assert_up(state.record(up(a, "n1", 100.0)))
     assert_duplicate(state.record(up(b, "n1", 100.5)), a, "n1")
-    assert_duplicate(state.record(up(c, "n1", 101.0)), a, "n1")
+    view = state.record(up(c, "n1", 101.0))
+    assert_duplicate(view, a, "n1")
+    assert b.url in view.result.message
+    assert_duplicate(views(state)[b.key], a, "n1")  # already a duplicate: it stays one
 
 
-def test_owner_re_reporting_its_own_node_is_fine() -> None:
+def test_re_reporting_its_own_node_is_fine() -> None:
     a = target("a")
     state = fleet(a)
     for i in range(5):
@@ -216,17 +224,17 @@ def test_different_node_ids_are_fine() -> None:
     assert_up(state.record(up(b, "n2", 100.1)))
 
 
-def test_not_a_duplicate_after_the_owner_went_down() -> None:
-    a, b = target("a"), target("b")
-    state = fleet(a, b)
-    assert_up(state.record(up(a, "n1", 100.0)))
-    state.record(down(a, 105.0))
-    assert_up(state.record(up(b, "n1", 106.0)))
-    # b owns the node now: a coming back within b's interval is the duplicate
-    assert_duplicate(state.record(up(a, "n1", 107.0)), b, "n1")
+def test_a_failed_poll_of_the_real_node_does_not_hand_its_identity_over() -> None:
+    """The hijack: the real node misses one poll; an impostor reporting its id must not be UP."""
+    real, impostor = target("real"), target("impostor")
+    state = fleet(real, impostor)
+    assert_up(state.record(up(real, "n1", 100.0)))
+    state.record(down(real, 105.0))
+    assert_duplicate(state.record(up(impostor, "n1", 106.0)), real, "n1")
+    assert_duplicate(state.record(up(real, "n1", 110.0)), impostor, "n1")
 
 
-def test_not_a_duplicate_when_the_owner_is_node_down() -> None:
+def test_an_agent_now_in_another_cluster_gives_up_its_claim() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     assert_up(state.record(up(a, "n1", 100.0)))
@@ -246,7 +254,7 @@ def test_not_a_duplicate_after_an_interval_passed(gap: float, duplicate: bool) -
         assert_up(view)
 
 
-def test_stale_owner_hands_over_and_then_is_the_duplicate() -> None:
+def test_a_claim_stale_for_an_interval_is_gone_until_it_is_made_again() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     assert_up(state.record(up(a, "n1", 100.0)))
@@ -254,14 +262,14 @@ def test_stale_owner_hands_over_and_then_is_the_duplicate() -> None:
     assert_duplicate(state.record(up(a, "n1", 131.0)), b, "n1")
 
 
-def test_interval_of_the_owner_decides() -> None:
+def test_the_interval_of_the_earlier_claimant_decides() -> None:
     slow, fast = target("slow", interval=60.0), target("fast", interval=5.0)
     state = fleet(slow, fast)
     assert_up(state.record(up(slow, "n1", 100.0)))
     assert_duplicate(state.record(up(fast, "n1", 130.0)), slow, "n1")
 
 
-def test_not_a_duplicate_after_the_owner_changed_node_id() -> None:
+def test_an_agent_that_reports_another_node_id_moves_its_claim() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     assert_up(state.record(up(a, "n1", 100.0)))
@@ -281,24 +289,22 @@ def test_not_a_duplicate_across_clusters() -> None:
     assert_up(state.record(up(a2, "n9", 101.0, cluster_id="rs1")))
 
 
-def test_failed_polls_do_not_claim_a_node() -> None:
+def test_failed_polls_claim_no_node() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     state.record(down(a, 100.0))
     assert_up(state.record(up(b, "n1", 100.5)))
-    assert_duplicate(state.record(up(a, "n1", 101.0)), b, "n1")
 
 
-def test_removed_owner_releases_its_node() -> None:
+def test_a_removed_target_gives_up_its_claim() -> None:
     a, b = target("a"), target("b")
     state = fleet(a, b)
     assert_up(state.record(up(a, "n1", 100.0)))
     state.set_targets([b])
     assert_up(state.record(up(b, "n1", 101.0)))
-    # a re-added is new: b owns the node now
-    state.set_targets([a, b])
+    state.set_targets([a, b])  # a re-added reports it again: both are duplicates
     assert_duplicate(state.record(up(a, "n1", 102.0)), b, "n1")
-
+    assert_duplicate(views(state)[b.key], a, "n1")
 
 # --- set_targets and snapshot -----------------------------------------------------------
 

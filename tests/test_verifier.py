@@ -18,17 +18,20 @@ from replicante_poller.agentside.verifier import Keyring, Rejection, TrustedKey,
 
 NOW = 1_800_000_000
 PATH = "/api/unstable/actions/schedule/agent.replicante.io/test.ping"
+AGENT = "https://mongo1.example:37017"
 KEY = signer_from_seed(bytes(range(32)))
 OTHER = signer_from_seed(bytes(range(1, 33)))
 
 
 def verifier(store=None, keys=(TrustedKey(KEY.public_key()),), revoked=(), now=NOW) -> Verifier:
-    return Verifier(Keyring(keys, revoked), "rs", "node-1", store or ReplayStore(":memory:"), clock=lambda: now)
+    return Verifier(Keyring(keys, revoked), "rs", "node-1", store or ReplayStore(":memory:"), agent_urls=[AGENT],
+                    clock=lambda: now)
 
 
-def request(signer=KEY, body=None, cluster="rs", node="node-1", created=NOW, ttl=60, nonce=b"n" * 16, path=PATH):
+def request(signer=KEY, body=None, cluster="rs", node="node-1", created=NOW, ttl=60, nonce=b"n" * 16, path=PATH,
+            agent=AGENT):
     body = body if body is not None else json.dumps({"action_id": "a-1", "args": None}).encode()
-    headers = sign_action(method="POST", path=path, body=body, cluster_id=cluster, node_id=node,
+    headers = sign_action(method="POST", path=path, body=body, agent_url=agent, cluster_id=cluster, node_id=node,
                           key_id=signer.key_id, sign=signer.sign, now=created, ttl=ttl, nonce=nonce)
     return "POST", path, headers, body
 
@@ -165,7 +168,7 @@ def forged(params: SignatureParams, signer=KEY, body=None, path=PATH) -> tuple:
     such parameters): what only the verifier's own checks can stop."""
     body = body if body is not None else json.dumps({"action_id": "a-1", "args": None}).encode()
     headers = {"Content-Type": "application/json", "Content-Digest": content_digest(body),
-               "Replicante-Cluster": "rs", "Replicante-Node": "node-1"}
+               "Replicante-Agent": AGENT, "Replicante-Cluster": "rs", "Replicante-Node": "node-1"}
     signature = signer.sign(signature_base("POST", path, None, headers, params))
     headers["Signature-Input"] = f"{LABEL}={params.serialize()}"
     headers["Signature"] = f"{LABEL}=:{base64.b64encode(signature).decode()}:"

@@ -177,7 +177,7 @@ class Dispatcher:
         path, body = protocol.schedule(action)
         settings, signer = self._config
         headers = sign_action(
-            method="POST", path=urlsplit(target.url).path + path, body=body, cluster_id=cluster_id,
+            method="POST", path=urlsplit(target.url).path + path, body=body, agent_url=target.url, cluster_id=cluster_id,
             node_id=node_id, key_id=signer.key_id, sign=signer.sign, now=int(self._clock()),
             ttl=int(settings.ttl), nonce=self._randbytes(16),
         )

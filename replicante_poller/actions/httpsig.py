@@ -20,8 +20,9 @@ from ..limits import CLOCK_SKEW
 from ..limits import MAX_ACTION_TTL as MAX_TTL
 
 LABEL = "replicante"
-TAG = "replicante-action-v1"
-COVERED = ("@method", "@path", "content-type", "content-digest", "replicante-cluster", "replicante-node")
+TAG = "replicante-action-v2"  # v2 adds the signed Replicante-Agent: the endpoint the action is for
+COVERED = ("@method", "@path", "content-type", "content-digest", "replicante-agent", "replicante-cluster",
+           "replicante-node")
 NONCE_SIZE = 16
 MAX_FIELD = 8192  # longest Signature-Input or Signature value parsed
 
@@ -149,9 +150,12 @@ def _check_header_value(name: str, value: str) -> None:
         raise ValueError(f"{name} must be printable ASCII without surrounding spaces, got {value!r}")
 
 
-def sign_action(*, method: str, path: str, body: bytes, cluster_id: str, node_id: str, key_id: str,
+def sign_action(*, method: str, path: str, body: bytes, agent_url: str, cluster_id: str, node_id: str, key_id: str,
                 sign: Callable[[bytes], bytes], now: int, ttl: int = DEFAULT_TTL, nonce: bytes) -> dict[str, str]:
-    """The headers that sign one attempt of an action request (DESIGN section 7)."""
+    """The headers that sign one attempt of an action request (DESIGN section 7).
+
+    `agent_url` is the URL the poller dials for this agent (as discovery lists it, the one
+    whose TLS certificate it verifies); with cluster and node ids it is the audience."""
     if type(ttl) is not int or not 1 <= ttl <= MAX_TTL:
         raise ValueError(f"ttl must be 1..{MAX_TTL} seconds, got {ttl!r}")
     if not isinstance(nonce, (bytes, bytearray)) or len(nonce) != NONCE_SIZE:
@@ -163,7 +167,8 @@ def sign_action(*, method: str, path: str, body: bytes, cluster_id: str, node_id
     _check_header_value("path", path)
     if not path.startswith("/") or "?" in path or "#" in path or " " in path:
         raise ValueError(f"path must be an absolute path without query or fragment, got {path!r}")
-    for name, value in (("cluster_id", cluster_id), ("node_id", node_id), ("key_id", key_id)):
+    for name, value in (("agent_url", agent_url), ("cluster_id", cluster_id), ("node_id", node_id),
+                        ("key_id", key_id)):
         _check_header_value(name, value)
     params = SignatureParams(
         components=COVERED, created=now, expires=now + ttl,
@@ -172,6 +177,7 @@ def sign_action(*, method: str, path: str, body: bytes, cluster_id: str, node_id
     headers = {
         "Content-Type": "application/json",
         "Content-Digest": content_digest(body),
+        "Replicante-Agent": agent_url,
         "Replicante-Cluster": cluster_id,
         "Replicante-Node": node_id,
     }

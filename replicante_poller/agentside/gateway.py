@@ -30,7 +30,7 @@ from .replay import ReplayStore
 from .verifier import Keyring, Rejection, Verdict, Verifier
 
 log = logging.getLogger(__name__)
-FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-cluster", "replicante-node",
+FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-agent", "replicante-cluster", "replicante-node",
                      "signature-input", "signature")
 SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed request
 UPSTREAM_MAX_BODY = 4 * 1024 * 1024
@@ -74,8 +74,8 @@ class Gateway:
         if cluster_id is None or node_id is None:
             cluster_id, node_id = self._identity()
         store = ReplayStore(settings.replay_store)
-        self.verifier = Verifier(keyring, cluster_id, node_id, store, max_body=settings.max_body,
-                                 claim_stale_after=2 * settings.timeout)
+        self.verifier = Verifier(keyring, cluster_id, node_id, store, agent_urls=settings.agent_urls,
+                                 max_body=settings.max_body, claim_stale_after=2 * settings.timeout)
         self._server = _server(self, settings)
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
         log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",

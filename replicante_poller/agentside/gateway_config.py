@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Section, sections
-from ..converters import to_agent_url, to_duration, to_listen, to_size
+from ..converters import to_agent_url, to_agents, to_duration, to_listen, to_size
 from ..errors import ConfigError
 from ..limits import MAX_BODY
 
@@ -22,6 +22,7 @@ class GatewaySettings:
     source: str
     listen: tuple[str, int]
     upstream: str
+    agent_urls: tuple[str, ...]  # the URL(s) Core dials for this agent: signed actions must name one
     keys: tuple[str, ...]  # keyring entries: PATH[;kid=..][;not_before=..][;not_after=..]
     replay_store: str
     upstream_ca_file: Optional[str] = None
@@ -62,12 +63,16 @@ def read_gateway(section: Section) -> GatewaySettings:
     """Validate a `[gateway]` section."""
     listen = section.get("listen", to_listen, None)
     upstream = section.get("upstream", to_agent_url, None)
+    agent_urls = section.get("agent_urls", to_agents, ())
     replay_store = section.path("replay_store")
-    for key, value in (("listen", listen), ("upstream", upstream), ("replay_store", replay_store)):
+    for key, value in (("listen", listen), ("upstream", upstream), ("agent_urls", agent_urls or None),
+                       ("replay_store", replay_store)):
         if value is None:
-            raise section.error(key, "required")
+            raise section.error(key, "required" if key != "agent_urls" else
+                                "required: the URL(s) Core polls this agent at, as in its discovery")
     settings = GatewaySettings(
-        source=section.source, listen=listen, upstream=upstream, keys=_keys(section), replay_store=replay_store,
+        source=section.source, listen=listen, upstream=upstream, agent_urls=agent_urls, keys=_keys(section),
+        replay_store=replay_store,
         upstream_ca_file=section.path("upstream_ca_file"), upstream_client_cert=section.path("upstream_client_cert"),
         upstream_client_key=section.path("upstream_client_key"), server_cert=section.path("server_cert"),
         server_key=section.path("server_key"), revoked=section.get("revoked", _revoked, frozenset()),

@@ -138,12 +138,16 @@ def fingerprint(path: str, body: bytes) -> str:
 
 
 class Verifier:
-    """Verifies schedule requests addressed to one agent (its cluster and node ids)."""
+    """Verifies schedule requests addressed to one agent: the URLs Core dials for it
+    (`agent_urls`, compared with the signed Replicante-Agent) and its cluster and node ids."""
 
     def __init__(self, keyring: Keyring, cluster_id: str, node_id: str, store: ReplayStore,
-                 clock: Callable[[], float] = time.time, max_body: int = MAX_BODY, skew: int = CLOCK_SKEW,
-                 claim_stale_after: float = 60.0):
+                 agent_urls: Iterable[str], clock: Callable[[], float] = time.time, max_body: int = MAX_BODY,
+                 skew: int = CLOCK_SKEW, claim_stale_after: float = 60.0):
         self.keyring, self.cluster_id, self.node_id, self.store = keyring, cluster_id, node_id, store
+        self.agent_urls = frozenset(url.rstrip("/") for url in agent_urls)
+        if not self.agent_urls:
+            raise ValueError("a verifier needs the agent URL(s) it answers for")
         self._clock, self.max_body, self._skew = clock, max_body, skew
         self._stale_after = claim_stale_after
 
@@ -199,6 +203,10 @@ class Verifier:
         audience = (headers.get("replicante-cluster"), headers.get("replicante-node"))
         if audience != (self.cluster_id, self.node_id):
             return reject(Rejection.WRONG_AUDIENCE, f"signed for {audience}, this is {(self.cluster_id, self.node_id)}", key_id)
+        if headers.get("replicante-agent") not in self.agent_urls:
+            # Another endpoint's action relayed here (an agent claiming this node's identity).
+            return reject(Rejection.WRONG_AUDIENCE,
+                          f"signed for agent {headers.get('replicante-agent')!r}, this is {sorted(self.agent_urls)}", key_id)
         if params.created is None or params.expires is None or params.nonce is None:
             return reject(Rejection.MALFORMED, "created, expires and nonce are required", key_id)
         if params.expires <= params.created or params.expires - params.created > MAX_TTL:

@@ -149,7 +149,7 @@ def _demo_forgery(sim: AgentSim, tls: TlsSettings) -> None:
     spec, url = healthy[0]
     forger = signer_from_seed(os.urandom(32))
     path, body = PROTOCOLS[spec.generation].request(str(uuid.uuid4()), DEMO_KIND, None, time.time())
-    headers = sign_action(method="POST", path=path, body=body, cluster_id=spec.cluster_id, node_id=spec.node_id,
+    headers = sign_action(method="POST", path=path, body=body, agent_url=url, cluster_id=spec.cluster_id, node_id=spec.node_id,
                           key_id=forger.key_id, sign=forger.sign, now=int(time.time()), nonce=os.urandom(16))
     parts = urlsplit(url)
     context = ssl.create_default_context(cafile=tls.ca_file)

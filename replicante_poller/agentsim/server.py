@@ -95,11 +95,12 @@ class AgentSim:
         self._keyring = keyring
         self._replay = ReplayStore(":memory:") if keyring is not None else None
 
-    def _enforcing(self, spec: NodeSpec) -> Verifier | None:
-        """The node's signature check in enforcing mode: True, or the refusal reason."""
+    def _enforcing(self, spec: NodeSpec, url: str) -> Verifier | None:
+        """The node's signature check in enforcing mode (for its own URL, cluster and node
+        ids): True, or the refusal reason."""
         if self._keyring is None or self._replay is None:
             return None
-        check = SignatureVerifier(self._keyring, spec.cluster_id, spec.node_id, self._replay)
+        check = SignatureVerifier(self._keyring, spec.cluster_id, spec.node_id, self._replay, agent_urls=[url])
 
         def verify(method: str, path: str, headers: Mapping[str, str], body: bytes) -> bool | str:
             verdict = check.verify(method, path, headers, body)
@@ -132,7 +133,7 @@ class AgentSim:
                 scheme = "http" if context is None else "https"
                 agent.url = f"{scheme}://{url_host}:{listener.getsockname()[1]}"
                 agent.routes = (bodies if spec.generation == LEGACY else replisdk).routes(spec, primary)
-                book.verifier = self._enforcing(spec)
+                book.verifier = self._enforcing(spec, agent.url)
                 self._engine.add(book)
                 self._by_url[agent.url] = agent
         except BaseException:

@@ -38,7 +38,10 @@ class FleetState:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._views: dict[tuple[str, str], TargetView] = {}
-        self._owners: dict[tuple[str, str], tuple[str, str]] = {}  # (cluster, node_id) -> target key
+        # Node ids claimed (writer thread only): each target's latest reported node id and
+        # when, and who claims each (cluster, node id).
+        self._claims: dict[tuple[str, str], tuple[str, float]] = {}
+        self._claimants: dict[tuple[str, str], set[tuple[str, str]]] = {}
 
     def configure(self, fall: int, rise: int, flap_window: float = FLAP_WINDOW, flap_threshold: int = FLAP_THRESHOLD,
                   max_retry_after: float = MAX_RETRY_AFTER) -> None:
@@ -54,7 +57,8 @@ class FleetState:
                 t.key: dataclasses.replace(old[t.key], target=t) if t.key in old else TargetView(t)
                 for t in targets
             }
-            self._owners = {node: key for node, key in self._owners.items() if key in self._views}
+            for key in [k for k in self._claims if k not in self._views]:
+                self._unclaim(key)
 
     def record(self, result: PollResult) -> Optional[TargetView]:
         """Fold one poll result in; None when its target was removed meanwhile."""
@@ -62,8 +66,7 @@ class FleetState:
         view = self._views.get(key)
         if view is None:
             return None
-        if result.ok:
-            result = self._check_duplicate(result)
+        result = self._check_duplicate(result)
         last_success = result.started + result.duration if result.ok else view.last_success
         deferred = None
         if result.retry_after is not None:
@@ -77,23 +80,64 @@ class FleetState:
                 self._changed.notify_all()
         return new
 
+    def _unclaim(self, key: tuple[str, str]) -> None:
+        claim = self._claims.pop(key, None)
+        if claim is not None:
+            node = (key[0], claim[0])
+            claimants = self._claimants.get(node)
+            if claimants is not None:
+                claimants.discard(key)
+                if not claimants:
+                    del self._claimants[node]
+
     def _check_duplicate(self, result: PollResult) -> PollResult:
-        """NODE_DOWN when another live agent of the cluster already reports this node id."""
-        assert result.datastore is not None
-        node = (result.target.cluster_id, result.datastore.node_id)
-        owner_key = self._owners.get(node)
-        if owner_key is not None and owner_key != result.target.key:
-            owner = self._views.get(owner_key)
-            latest = owner.result if owner else None
-            if (latest is not None and latest.ok and latest.datastore is not None
-                    and latest.datastore.node_id == node[1]
-                    and result.started - latest.started < latest.target.poll.interval):
-                return dataclasses.replace(
-                    result, status=Status.NODE_DOWN, reason=Reason.DUPLICATE_NODE,
-                    message=f"node id {node[1]!r} is already reported by {owner_key[1]} in cluster {node[0]!r}",
-                )
-        self._owners[node] = result.target.key
-        return result
+        """NODE_DOWN `duplicate_node` for EVERY agent of the cluster that reported this node id
+        within its interval: nobody keeps an identity by having reported it first, so an agent
+        claiming another node's id cannot take it over when the real node misses a poll.
+
+        A target claims the node id of its latest answer; a failed poll without an answer
+        keeps its claim (for its interval), another node id or cluster moves or drops it."""
+        key = result.target.key
+        if result.reason is Reason.CLUSTER_MISMATCH:  # its node belongs to another cluster
+            self._unclaim(key)
+            return result
+        if result.datastore is None:
+            return result
+        node_id = result.datastore.node_id
+        if self._claims.get(key, (None,))[0] != node_id:
+            self._unclaim(key)
+        self._claims[key] = (node_id, result.started)
+        node = (key[0], node_id)
+        claimants = self._claimants.setdefault(node, set())
+        claimants.add(key)
+        others = []
+        for other in claimants:
+            view = self._views.get(other)
+            if other != key and view is not None and result.started - self._claims[other][1] < view.target.poll.interval:
+                others.append(other)
+        if not others:
+            return result
+        for other in others:
+            self._mark_duplicate(other, node_id, [key])
+        return self._duplicate(result, node_id, others)
+
+    @staticmethod
+    def _duplicate(result: PollResult, node_id: str, others: list[tuple[str, str]]) -> PollResult:
+        names = ", ".join(sorted(url for _, url in others))
+        return dataclasses.replace(
+            result, status=Status.NODE_DOWN, reason=Reason.DUPLICATE_NODE,
+            message=f"node id {node_id!r} is also reported by {names} in cluster {result.target.cluster_id!r}: "
+                    "every agent reporting it is NODE_DOWN, and gets no action, until only one does")
+
+    def _mark_duplicate(self, key: tuple[str, str], node_id: str, others: list[tuple[str, str]]) -> None:
+        """Another target's latest result becomes a duplicate now (its actions stop at once)."""
+        view = self._views.get(key)
+        latest = view.result if view is not None else None
+        if (latest is None or latest.datastore is None or latest.datastore.node_id != node_id
+                or latest.reason is Reason.DUPLICATE_NODE):
+            return
+        with self._lock:
+            self._views[key] = dataclasses.replace(view, result=self._duplicate(latest, node_id, others))
 
     def restore(self, saved: Iterable[TargetView]) -> int:
         """Take back state saved by an earlier run, for targets still known; how many."""
