@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import errno
 
 
 class Status(str, enum.Enum):
@@ -31,7 +32,12 @@ class Reason(str, enum.Enum):
     CLUSTER_MISMATCH = "cluster_mismatch"
     DUPLICATE_NODE = "duplicate_node"
     NODE_UNAVAILABLE = "node_unavailable"  # a replisdk agent reports node_status UNAVAILABLE
+    LOCAL = "local"  # the poller itself could not try (out of file descriptors): not the agent's fault
     INTERNAL = "internal"
+
+
+# errnos that mean this process or host ran out of something, whatever the agent does
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EADDRNOTAVAIL})
 
 
 def transient_status(status: int) -> bool:

@@ -20,6 +20,7 @@ from .actions.journal import Journal
 from .actions.signing import load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
+from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .polling.deadlines import DeadlineReaper
 from .polling.discovery import Target, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
@@ -31,10 +32,12 @@ from .polling.tls import TlsContexts
 from .polling.transport import Transport
 from .reasons import Reason
 from .web.metrics import PollerMetrics, new_registry, render
+from .web.server import MAX_CONNECTIONS
 from .web.status import StatusServer
 
 log = logging.getLogger(__name__)
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
+DISPATCH_FDS = 16  # the action dispatcher's connections and its journal
 
 
 def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsContexts) -> None:
@@ -110,6 +113,7 @@ class Service:
 
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
+        self._check_fd_limit()
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
@@ -149,6 +153,21 @@ class Service:
         log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
         self._actions_api = ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
         return self._actions_api
+
+    def _check_fd_limit(self) -> None:
+        """Enough file descriptors for every worker, listener connection and file, or a
+        clear refusal now (not hundreds of agents failing with `connect` later)."""
+        workers = self.config.poller.workers
+        needed = workers + MAX_CONNECTIONS + DISPATCH_FDS + FILES_RESERVE
+        try:
+            before, after = ensure_fd_limit(needed)
+        except ValueError as exc:
+            raise ConfigError(self.config.source, "poller", "workers",
+                              f"{exc} by {workers} workers, {MAX_CONNECTIONS} listener connections and files: "
+                              "raise it (ulimit -n, LimitNOFILE= in a systemd unit) or lower workers") from None
+        if after != before:
+            log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
+                     before, after, workers, MAX_CONNECTIONS)
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""

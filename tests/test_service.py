@@ -75,7 +75,7 @@ def test_unknown_paths_are_404_and_metrics_have_fixed_reason_set(start_sim, star
     reasons = {dict(labels)["reason"] for name, labels in metrics if name == "replicante_poller_poll_failures_total"}
     assert reasons == {"dns", "connect", "connect_timeout", "tls_handshake", "tls_verify", "tls_pin", "timeout",
                        "protocol", "http_status", "too_large", "content_type", "invalid_json", "schema", "cluster_mismatch",
-                       "duplicate_node", "node_unavailable", "internal"}
+                       "duplicate_node", "node_unavailable", "local", "internal"}
     assert metrics[("replicante_poller_config_last_reload_successful", ())] == 1.0
     assert metrics[("replicante_poller_targets", ())] == 1.0
 

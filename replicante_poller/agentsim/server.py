@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Union
 
 from ..agentapi import ACTION, ACTION_PREFIX, ACTIONS_INDEX, ACTIONS_PREFIX, LEGACY, REPLISDK
 from ..agentside.replay import ReplayStore
+from ..fdlimit import ensure_fd_limit
 from ..agentside.verifier import Keyring
 from ..agentside.verifier import Verifier as SignatureVerifier
 from . import bodies, replisdk
@@ -354,7 +355,8 @@ def _contexts_by_generation(given: ServerContexts | None, generations: set[str])
 
 def _ensure_fd_limit(needed: int) -> None:
     """Raise the soft open-files limit towards the hard one when thousands of ports are bound."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        ensure_fd_limit(needed)
+    except ValueError:
+        ensure_fd_limit(hard)  # as far as it goes: binding will say what did not fit

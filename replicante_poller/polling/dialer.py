@@ -18,10 +18,16 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from ..reasons import Reason
+from ..reasons import LOCAL_ERRNOS, Reason
 
 AddrInfo = tuple[Any, ...]  # (family, type, proto, canonname, sockaddr), as getaddrinfo gives it
 Lookup = Callable[[str, int], list[AddrInfo]]
+
+
+def _local(exc: OSError) -> "DialFailure":
+    """The poller's own shortage (file descriptors, buffers, ports), not the agent's doing."""
+    return DialFailure(Reason.LOCAL, f"the poller could not open a connection: {exc.strerror or exc} "
+                                     "(a shortage of this process or host, not the agent's fault)")
 
 
 class DialFailure(Exception):
@@ -105,7 +111,10 @@ class Dialer:
             if left <= 0:
                 break
             tried += 1
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError as exc:
+                raise _local(exc) from None
             try:
                 sock.settimeout(left / (len(addresses) - index))
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -114,6 +123,8 @@ class Dialer:
                 return sock
             except OSError as exc:
                 sock.close()
+                if exc.errno in LOCAL_ERRNOS:
+                    raise _local(exc) from None
                 last = exc
         count = f"{tried} of {len(addresses)} address{'es' if len(addresses) > 1 else ''} of {host} tried"
         if last is None or isinstance(last, TimeoutError):

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import Callable, Iterable, Optional, Union
 
+from ..reasons import Reason
 from .discovery import Target
 from .poll import PollResult
 from .reporting import PollReporter
@@ -105,6 +106,7 @@ class Schedule:
 
 Command = Callable[[], None]
 _WAKE = object()
+LOCAL_LOG_EVERY = 10.0  # seconds between log lines about the poller's own shortages
 ERROR_PAUSE = 0.1  # after an unexpected error in the loop, so a persistent one cannot spin
 
 
@@ -125,6 +127,7 @@ class Scheduler:
         self._in_flight: set[tuple[str, str]] = set()
         self._unpolled: set[tuple[str, str]] = set()  # not polled since start or the last reload
         self._tasks: list[tuple[Callable[[], float], Command, list[float]]] = []
+        self._local = (0, -LOCAL_LOG_EVERY)  # local failures not logged yet, when the last line went out
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
@@ -186,8 +189,22 @@ class Scheduler:
                 self._metrics.poll_skipped("queue_full")
 
     def record(self, result: PollResult) -> None:
-        """Fold one result into the state and the metrics; log when every target was polled."""
+        """Fold one result into the state and the metrics; log when every target was polled.
+
+        A `local` failure (the poller could not try: out of file descriptors) is counted and
+        logged, at most once per LOCAL_LOG_EVERY, but changes nothing of the agent's state or
+        health: it says nothing about the agent."""
         self._in_flight.discard(result.target.key)
+        if result.reason is Reason.LOCAL:
+            self._metrics.poll_finished(False, Reason.LOCAL, result.duration)
+            count, last = self._local[0] + 1, self._local[1]
+            now = time.monotonic()
+            if now - last >= LOCAL_LOG_EVERY:
+                log.error("%d poll(s) could not be tried: %s (the agents' state is kept; raise the open-file limit "
+                          "or lower [poller] workers)", count, result.message)
+                count, last = 0, now
+            self._local = (count, last)
+            return
         view = self._state.record(result)
         if view is None or view.result is None:
             return

@@ -37,7 +37,7 @@ from urllib3.connection import HTTPSConnection
 from urllib3.util.request import ACCEPT_ENCODING
 
 from .. import __version__
-from ..reasons import Reason
+from ..reasons import LOCAL_ERRNOS, Reason
 from .deadlines import DeadlineReaper, Watch
 from .dialer import Dialer, DialFailure
 from .discovery import Target
@@ -425,6 +425,8 @@ def classify(exc: BaseException) -> Optional[Failure]:
 
     if (e := find(DialFailure)) is not None:
         return Failure(e.reason, e.message)  # type: ignore[attr-defined]
+    if (e := next((x for x in chain if isinstance(x, OSError) and x.errno in LOCAL_ERRNOS), None)) is not None:
+        return Failure(Reason.LOCAL, f"the poller ran short: {_short(e)} (not the agent's fault)")
     if (e := find(socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
         return Failure(Reason.DNS, f"name resolution failed: {_short(e)}")
     if (e := find(ssl.SSLCertVerificationError)) is not None:
