@@ -338,7 +338,8 @@ def run_signing(duration: float) -> dict:
                        "created_ts": "2024-01-01T00:00:00Z", "requester": "CORE_API"}).encode()
     base = httpsig.signature_base("POST", "/api/unstable/actions/schedule/agent.replicante.io/test.ping", None, {
         "content-type": "application/json", "content-digest": httpsig.content_digest(body),
-        "replicante-cluster": "mongo-1", "replicante-node": "mongo-1-node-1"},
+        "replicante-agent": "https://mongo-1-node-1:37017", "replicante-cluster": "mongo-1",
+        "replicante-node": "mongo-1-node-1"},
         httpsig.SignatureParams(components=httpsig.COVERED, created=1700000000, expires=1700000060,
                                 nonce="AAAAAAAAAAAAAAAAAAAAAA", keyid=signer.key_id, tag=httpsig.TAG))
     nonce = os.urandom(16)
