@@ -1,0 +1,43 @@
+"""What etc/ ships for deployment is valid as its tools read it: the systemd units
+(`systemd-analyze verify`) and the Prometheus scrape example (`promtool check config`)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+
+
+def tool(name: str, package: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: .ci/run installs Debian's {package} package")
+    return found
+
+
+@pytest.mark.parametrize("unit", ["replicante-poller.service", "replicante-gateway.service"])
+def test_the_systemd_units_verify(unit, tmp_path):
+    """As installed: the console script where the unit says it is (here: where pip put it)."""
+    script = shutil.which("replicante-poller") or str(Path(sys.executable).with_name("replicante-poller"))
+    text = (ETC / "systemd" / unit).read_text().replace("/usr/local/bin/replicante-poller", script)
+    (tmp_path / unit).write_text(text)
+    done = subprocess.run([tool("systemd-analyze", "systemd"), "verify", "--man=no", str(tmp_path / unit)],
+                          capture_output=True, text=True, timeout=60)
+    problems = [line for line in (done.stdout + done.stderr).splitlines() if unit in line]
+    assert done.returncode == 0 and not problems, done.stdout + done.stderr
+    for setting in ("NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=", "ExecReload=", "User="):
+        assert setting in text, setting
+
+
+def test_the_scrape_example_is_a_valid_prometheus_configuration(tmp_path):
+    rules = ETC / "prometheus" / "replicante-poller.rules.yml"
+    text = (ETC / "prometheus" / "scrape.yml").read_text().replace("/etc/prometheus/replicante-poller.rules.yml",
+                                                                     str(rules))
+    (tmp_path / "prometheus.yml").write_text(text)
+    done = subprocess.run([tool("promtool", "prometheus"), "check", "config", str(tmp_path / "prometheus.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
