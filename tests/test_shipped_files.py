@@ -41,3 +41,25 @@ def test_the_scrape_example_is_a_valid_prometheus_configuration(tmp_path):
     done = subprocess.run([tool("promtool", "prometheus"), "check", "config", str(tmp_path / "prometheus.yml")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def dashboard_queries() -> list[str]:
+    import json
+
+    dashboard = json.loads((ETC / "grafana" / "replicante-poller.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path):
+    """Each panel's query, its template variables filled, as promtool parses rule expressions."""
+    import json
+
+    queries = dashboard_queries()
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": q.replace("$instance", ".*").replace("$cluster", ".*")}
+        for i, q in enumerate(queries)]}]}
+    (tmp_path / "queries.yml").write_text(json.dumps(rules))  # JSON is YAML
+    done = subprocess.run([tool("promtool", "prometheus"), "check", "rules", str(tmp_path / "queries.yml")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in done.stdout
