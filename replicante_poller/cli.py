@@ -6,6 +6,7 @@ one line on stderr, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import importlib
 import json
@@ -21,9 +22,10 @@ from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config
-from .converters import to_agent_url
+from .converters import to_agent_url, to_listen
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
+from .logformat import TEXT_FORMAT, JsonFormatter
 from .polling.discovery import Target
 from .polling.health import Health
 from .polling.poll import poll_target
@@ -36,9 +38,17 @@ from .web.status import target_json
 log = logging.getLogger("replicante_poller")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _listen(text: str) -> tuple[str, int]:
+    try:
+        return to_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _setup_logging(level: str, form: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
 def summary(config: Config, targets: Sequence[Target]) -> str:
@@ -100,9 +110,17 @@ def cmd_poll(args: argparse.Namespace) -> int:
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+def _listen_override(listen: Optional[tuple[str, int]]) -> Callable[[Config], Config]:
+    """`run --listen HOST:PORT` wins over `[http] listen`, at start and at every reload."""
+    if listen is None:
+        return lambda config: config
+    host, port = listen
+    return lambda config: dataclasses.replace(config, http=dataclasses.replace(config.http, host=host, port=port))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)  # a process-wide setting: the entry point of the service owns it
-    service = Service(load_config(args.config), config_path=args.config)
+    service = Service(load_config(args.config), config_path=args.config, adjust=_listen_override(args.listen))
     install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
     service.start()
     try:
@@ -188,20 +206,29 @@ def _tool(module: str) -> Callable[[argparse.Namespace], int]:
 def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The argument parser of every verb; a tool verb's own arguments are added (and its
     module imported) only when `argv` names it."""
-    root = argparse.ArgumentParser(prog="replicante-poller", description="Poll Replicante agents over HTTPS.")
+    # --log-level and --log-format are taken before or after the verb (SUPPRESS: a verb's
+    # parser leaves what the root parser read alone when it is not given again).
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument("--log-level", default=argparse.SUPPRESS, choices=["debug", "info", "warning", "error"],
+                      help="default info")
+    logs.add_argument("--log-format", default=argparse.SUPPRESS, choices=["text", "json"],
+                      help="text (default) or json: one JSON object a line")
+    root = argparse.ArgumentParser(prog="replicante-poller", description="Poll Replicante agents over HTTPS.",
+                                   parents=[logs])
     root.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    root.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     verbs = root.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
              help: str, config: bool = False) -> argparse.ArgumentParser:
-        sub = group.add_parser(name, help=help, description=help)
+        sub = group.add_parser(name, help=help, description=help, parents=[logs])
         sub.set_defaults(func=func)
         if config:
             sub.add_argument("--config", required=True, help="the INI configuration file")
         return sub
 
-    verb(verbs, "run", cmd_run, "run the service until SIGTERM/SIGINT (SIGHUP reloads)", config=True)
+    run = verb(verbs, "run", cmd_run, "run the service until SIGTERM/SIGINT (SIGHUP reloads)", config=True)
+    run.add_argument("--listen", type=_listen, default=None,
+                     help="HOST:PORT of /metrics, the status API and page (overrides [http] listen)")
     verb(verbs, "check-config", cmd_check_config, "validate a configuration and summarise it", config=True)
     poll = verb(verbs, "poll", cmd_poll, "poll one agent once and print the result as JSON (exit 0 when UP)", config=True)
     poll.add_argument("--cluster", help="cluster id to expect, for an agent not in the configuration")
@@ -227,7 +254,7 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser(argv).parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         return args.func(args)
     except PollerError as exc:

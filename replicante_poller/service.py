@@ -79,7 +79,12 @@ class Service:
     """A running poller: `start()`, then `stop()`; `request_reload()` from any thread."""
 
     def __init__(self, config: Config, config_path: Optional[str] = None,
-                 clock: Callable[[], float] = time.time, registry: object = None):
+                 clock: Callable[[], float] = time.time, registry: object = None,
+                 adjust: Callable[[Config], Config] = lambda config: config):
+        """`adjust` is applied to every configuration loaded, the first and each reload's
+        (command-line overrides such as `run --listen`)."""
+        self._adjust = adjust
+        config = adjust(config)
         self.config = config
         self._config_path = config_path
         self._clock = clock
@@ -121,7 +126,8 @@ class Service:
                                  lambda: render(self.registry), self.metrics.thread_error, actions_api)
         self._apply_targets(targets)
         if self.config.poller.state_dir:
-            restored = self.state.restore(load_state(self.config.poller.state_dir, targets))
+            restored = self.state.restore(load_state(self.config.poller.state_dir, targets,
+                                                     self.config.poller.max_retry_after, self._clock))
             log.info("restored the state of %d of %d agents from %s", restored, len(targets), self.config.poller.state_dir)
         self.metrics.config_loaded(True, self._clock())
         self._transport.start()
@@ -267,7 +273,7 @@ class Service:
             self._reload(self.config)
             return
         try:
-            config = load_config(self._config_path)
+            config = self._adjust(load_config(self._config_path))
         except ConfigError as exc:
             self._reload_failed(exc)
             return

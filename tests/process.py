@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 
 class PollerProcess:
-    """Starts `VERB --config PATH` (default `run`), after `prefix` (a wrapper command) if
-    given; `expect(regex)` waits for a log line."""
+    """Starts `VERB --config PATH ARGS...` (default `run`), after `prefix` (a wrapper command)
+    if given; `expect(regex)` waits for a log line."""
 
     def __init__(self, config: Path, verb: str = "run", ready: str = r"status on http://(\S+)/",
-                 prefix: Sequence[str] = ()):
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "replicante_poller", verb, "--config", str(config)],
-                                     stderr=subprocess.PIPE, text=True)
+                 prefix: Sequence[str] = (), args: Sequence[str] = ()):
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "replicante_poller", verb, "--config", str(config),
+                                      *args], stderr=subprocess.PIPE, text=True)
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()
         self.log: list[str] = []
         self._cursor = 0  # expect() matches lines from here on

@@ -210,6 +210,9 @@ class Scheduler:
             return
         final = view.result
         self._metrics.poll_finished(final.ok, final.reason, final.duration)
+        if log.isEnabledFor(logging.DEBUG):  # every poll's outcome, for --log-level debug
+            log.debug("poll of %s (%s): %s %s in %.3fs: %s", final.target.url, final.target.cluster_id,
+                      final.status.value, final.reason.value if final.reason else "-", final.duration, final.message)
         if self._unpolled:
             self._unpolled.discard(result.target.key)
             if not self._unpolled:
