@@ -32,6 +32,7 @@ from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX
 T = TypeVar("T")
 
 DEFAULT_LISTEN = ("127.0.0.1", 9102)
+MAX_DISPATCH_WORKERS = 8  # each holds one connection at a time (the service budgets DISPATCH_FDS for them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +102,13 @@ class HttpSettings:
 
     host: str = DEFAULT_LISTEN[0]
     port: int = DEFAULT_LISTEN[1]
+    tls_cert_file: Optional[str] = None  # with tls_key_file: HTTPS (the bearer token never crosses in clear)
+    tls_key_file: Optional[str] = None
+    tls_client_ca_file: Optional[str] = None  # clients must present a certificate this CA signed
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +123,7 @@ class ActionsSettings:
     backoff: float = 1.0  # first retry delay, doubled per attempt, capped at 60s
     track_interval: float = 2.0  # how often scheduled actions are followed on the agent
     api_token_file: Optional[str] = None
+    dispatch_workers: int = 4  # agents served at once; one agent is served by one worker at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,6 +244,22 @@ def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
 KNOWN_SECTIONS = ("poller", "tls", "discovery", "http", "actions")
 
 
+def read_http(section: Section) -> HttpSettings:
+    """The `[http]` section: where the listener binds, and its optional TLS."""
+    host, port = section.get("listen", to_listen, DEFAULT_LISTEN)
+    http = HttpSettings(host, port, tls_cert_file=section.path("tls_cert_file"),
+                        tls_key_file=section.path("tls_key_file"), tls_client_ca_file=section.path("tls_client_ca_file"))
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(http, key)
+        if path is not None and not os.path.isfile(path):
+            raise section.error(key, f"file {path} does not exist")
+    if (http.tls_cert_file is None) != (http.tls_key_file is None):
+        raise section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
+    if http.tls_client_ca_file is not None and http.tls_cert_file is None:
+        raise section.error("tls_client_ca_file", "needs tls_cert_file and tls_key_file (client certificates need HTTPS)")
+    return http
+
+
 def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
     """The `[actions]` section; when enabled a signing key and a journal are required."""
     default_journal = str(Path(state_dir) / "actions.db") if state_dir else None
@@ -248,7 +273,10 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
         backoff=section.get("backoff", to_duration, default.backoff),
         track_interval=section.get("track_interval", to_duration, default.track_interval),
         api_token_file=section.path("api_token_file"),
+        dispatch_workers=section.get("dispatch_workers", to_positive_int, default.dispatch_workers),
     )
+    if actions.dispatch_workers > MAX_DISPATCH_WORKERS:
+        raise section.error("dispatch_workers", f"must be at most {MAX_DISPATCH_WORKERS}, got {actions.dispatch_workers}")
     if not 1 <= actions.ttl <= MAX_ACTION_TTL:
         raise section.error("ttl", f"must be between 1s and {MAX_ACTION_TTL:g}s, got {actions.ttl:g}s")
     if actions.enabled and actions.signing_key is None:
@@ -306,7 +334,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
             raise d.error(key, f"file {path} does not exist")
     if discovery.http is None and (discovery.http_ca_file or discovery.http_token_file):
         raise d.error("http", "required by http_ca_file and http_token_file")
-    host, port = h.get("listen", to_listen, DEFAULT_LISTEN)
+    http = read_http(h)
     actions = read_actions(a, poller.state_dir)
     for section in (p, t, d, h, a):
         section.finish()
@@ -315,7 +343,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         poller=poller,
         tls=tls,
         discovery=discovery,
-        http=HttpSettings(host, port),
+        http=http,
         clusters=tuple(read_cluster(s, poll, tls) for s in clusters),
         actions=actions,
     )

@@ -195,6 +195,17 @@ def test_the_shards_answer_has_its_own_cap_with_a_default_for_large_brokers() ->
     assert (mongo.poll.max_body, mongo.poll.max_shards_body) == (32 << 10, 8 << 20)
 
 
+def test_the_listener_tls_files_go_together(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    config = parse("[http]\ntls_cert_file = cert.pem\ntls_key_file = key.pem\ntls_client_ca_file = ca.pem\n",
+                   base_dir=tmp_path)
+    assert (config.http.tls, config.http.tls_client_ca_file) == (True, str(tmp_path / "ca.pem"))
+    assert not parse("").http.tls
+    assert_located(parse_error("[http]\ntls_cert_file = cert.pem\n", base_dir=tmp_path), "http", "tls_cert_file")
+    assert_located(parse_error("[http]\ntls_client_ca_file = ca.pem\n", base_dir=tmp_path), "http", "tls_client_ca_file")
+
+
 def test_the_agent_api_generation_is_auto_by_default_and_set_per_cluster() -> None:
     config = parse("[poller]\napi = Legacy\n[cluster:new]\nagents = https://m1:1\napi = replisdk\n"
                    "[cluster:old]\nagents = https://m2:1\n[cluster:any]\nagents = https://m3:1\napi = auto\n")
@@ -418,6 +429,7 @@ def assert_located(error: ConfigError, section: str | None, key: str | None) -> 
     ("[cluster:a]\nagents = https://a:1, https://a:1\n", "cluster:a", "agents"),
     ("[cluster:a]\nagents = https://a:1, https://a:1/\n", "cluster:a", "agents"),
     ("[poller]\napi = v2\n", "poller", "api"),
+    ("[http]\ntls_cert_file = missing.pem\n", "http", "tls_cert_file"),
     ("[cluster:a]\nagents = https://a:1\napi = replisdk-0.8\n", "cluster:a", "api"),
     # TLS values
     ("[tls]\nmin_version = 1.1\n", "tls", "min_version"),
