@@ -168,18 +168,20 @@ class Gateway:
             return self._reject(request, verdict)
         if verdict.duplicate:
             return self._answer_duplicate(request, verdict)
-        assert verdict.action_id is not None
+        assert verdict.action_id is not None and verdict.claim is not None
         store, answered = self.verifier.store, False
         try:
             reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
             if isinstance(reply, Failure) or transient_status(reply.status):
                 detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
                 return self._upstream_failed(request, detail)  # not an answer to keep: a retry may go through
-            store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body)
             answered = True
+            if not store.record_outcome(verdict.action_id, reply.status, reply.content_type, reply.body, verdict.claim):
+                log.warning("action %s: its claim went stale and was taken over; this answer is not kept",
+                            verdict.action_id)
         finally:
-            if not answered:
-                store.release_action(verdict.action_id)
+            if not answered:  # only this request's own claim: never one that took a stale claim over
+                store.release_action(verdict.action_id, verdict.claim)
         self.metrics.request("forwarded")
         log.info("action %s verified (key %s) and forwarded: HTTP %d", verdict.action_id, verdict.key_id, reply.status)
         send(request, reply.status, reply.content_type or "application/json", reply.body)

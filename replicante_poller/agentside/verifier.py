@@ -12,6 +12,7 @@ import enum
 import hashlib
 import json
 import re
+import secrets
 import time
 from typing import Callable, Iterable, Mapping, Optional
 
@@ -61,7 +62,9 @@ class Rejection(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The outcome of verification. `duplicate` with `previous`: a retry of an action
-    already forwarded (answer with the first outcome, do not forward again)."""
+    already forwarded (answer with the first outcome, do not forward again). `claim`: the
+    owner token of the claim an accepted, not duplicate, verdict holds on its action (pass
+    it to the store's record_outcome and release_action)."""
 
     accepted: bool
     reason: Optional[Rejection] = None
@@ -70,6 +73,7 @@ class Verdict:
     action_id: Optional[str] = None
     duplicate: bool = False
     previous: Optional[Outcome] = None
+    claim: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +136,11 @@ def parse_key_entry(entry: str) -> TrustedKey:
     return TrustedKey(key, not_before, not_after)
 
 
+def new_claim_token() -> str:
+    """A claim owner's token: 128 random bits."""
+    return secrets.token_urlsafe(16)
+
+
 def fingerprint(path: str, body: bytes) -> str:
     """What makes two schedule requests the same action: its path (kind) and body."""
     return hashlib.sha256(path.encode() + b"\n" + body).hexdigest()
@@ -143,13 +152,14 @@ class Verifier:
 
     def __init__(self, keyring: Keyring, cluster_id: str, node_id: str, store: ReplayStore,
                  agent_urls: Iterable[str], clock: Callable[[], float] = time.time, max_body: int = MAX_BODY,
-                 skew: int = CLOCK_SKEW, claim_stale_after: float = 60.0):
+                 skew: int = CLOCK_SKEW, claim_stale_after: float = 60.0,
+                 claim_token: Callable[[], str] = new_claim_token):
         self.keyring, self.cluster_id, self.node_id, self.store = keyring, cluster_id, node_id, store
         self.agent_urls = frozenset(url.rstrip("/") for url in agent_urls)
         if not self.agent_urls:
             raise ValueError("a verifier needs the agent URL(s) it answers for")
         self._clock, self.max_body, self._skew = clock, max_body, skew
-        self._stale_after = claim_stale_after
+        self._stale_after, self._claim_token = claim_stale_after, claim_token
 
     def verify(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Verdict:
         """Check one request; header names may be in any case."""
@@ -229,9 +239,10 @@ class Verifier:
             action_id = None
         if not isinstance(action_id, str) or not action_id:
             return Verdict(False, Rejection.MALFORMED, f"body has no {field}", key_id)
-        claimed, known, previous = self.store.claim_action(action_id, fingerprint(path, body), self._stale_after)
+        owner = self._claim_token()
+        claimed, known, previous = self.store.claim_action(action_id, fingerprint(path, body), self._stale_after, owner)
         if claimed:
-            return Verdict(True, key_id=key_id, action_id=action_id)
+            return Verdict(True, key_id=key_id, action_id=action_id, claim=owner)
         if known != fingerprint(path, body):
             return Verdict(False, Rejection.CONFLICT, f"action {action_id} already exists with other content",
                            key_id, action_id)
