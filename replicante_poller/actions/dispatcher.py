@@ -1,5 +1,17 @@
-"""The action dispatcher: a thread, separate from the poll workers, that delivers journaled
-actions to agents, signed right before each attempt, and follows them to a final state.
+"""The action dispatcher: threads, separate from the poll workers, that deliver journaled
+actions to agents, signed right before each attempt, and follow them to a final state.
+
+Fairness: a scheduler thread groups the due actions by agent and hands each agent (a round:
+its due actions, oldest first) to a small pool of workers (`dispatch_workers`, each with its
+own AgentClient); an agent is in one round at a time, so its requests never overlap. A round
+ends after the agent failed to answer (a stalled agent costs one worker one timeout per
+round, then its other actions wait for their next turn) or after ROUND_SECONDS (agents take
+turns). Ready agents are served first come, first served. Actions of different agents never
+wait on each other beyond that.
+Per-agent order: an agent's actions are delivered in submission order. While its oldest
+undelivered action (its head) is not delivered (retrying, waiting for an identity), the
+others wait behind it: they are deferred to just after the head's next attempt, in the
+journal ("queued behind action ..."), so they neither fill the due list nor go first.
 
 Delivery: sign (new nonce and times, same action_id), POST the schedule request in the
 agent's generation (`protocols`), and read the answer: 200 or the generation's "already
@@ -11,11 +23,12 @@ agent's pruning explains it, else LOST.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
 import time
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Iterable, NamedTuple, Optional, Union
 from urllib.parse import urlsplit
 
 from ..agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE
@@ -32,6 +45,9 @@ from .signing import Signer
 
 log = logging.getLogger(__name__)
 IDLE_WAIT = 1.0  # actions submitted by another process (the CLI) are noticed within this
+DUE_LIMIT = 1000  # due actions read per scheduling pass
+ROUND_SECONDS = 1.0  # an agent that keeps answering slowly yields its worker after this long
+BEHIND = 0.001  # seconds after its head's next step that an action waiting behind it is due
 AGENT_STATES = {"NEW": ActionState.SCHEDULED, "RUNNING": ActionState.RUNNING,
                 "DONE": ActionState.DONE, "FAILED": ActionState.FAILED}
 
@@ -57,6 +73,11 @@ def _ambiguous(reply: Union[Reply, Failure]) -> bool:
     return reply.status in (502, 503, 504)
 
 
+def _order(action: Action) -> tuple[float, str]:
+    """Submission order."""
+    return (action.created_ts, action.id)
+
+
 def _header_safe(value: str) -> bool:
     """Printable ASCII without surrounding spaces: what a signed header can carry."""
     return bool(value) and value == value.strip() and all(" " <= ch <= "~" for ch in value)
@@ -75,20 +96,34 @@ class Dispatcher:
         `generation` the generation alone, as last known (tracking needs no fresh identity)."""
         self._journal = journal
         self._config = (settings, signer)  # replaced whole by reconfigure(): never read half-old
-        self._errors: dict[str, int] = {}  # unexpected errors per action (dispatcher thread only)
+        self._errors: dict[str, int] = {}  # unexpected errors per action (written by its agent's worker only)
         self._find_target, self._identity = find_target, identity
         self._generation = generation or (lambda target: (identity(target) or (None, None, None))[2])
         self._transport, self._metrics = transport, metrics
         self._clock, self._randbytes = clock, randbytes
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # the scheduler looks at the journal again
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="action-dispatcher", daemon=True)
+        # Under _lock: agents handed out (queued in _ready or in a worker's round), agents whose
+        # round ended since the scheduler's last read of the journal (that read may predate the
+        # round's writes), and each agent's head (its oldest undelivered action, as last read).
+        self._lock = threading.Condition()
+        self._ready: collections.deque[tuple[str, list[Action]]] = collections.deque()
+        self._busy: set[str] = set()
+        self._ended: set[str] = set()
+        self._heads: dict[str, Action] = {}
+        self._workers = settings.dispatch_workers
+        self._threads = [threading.Thread(target=self._run, name="action-dispatcher", daemon=True)] + [
+            threading.Thread(target=self._work, name=f"action-dispatcher-{n + 1}", daemon=True)
+            for n in range(self._workers)]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def reconfigure(self, settings: ActionsSettings, signer: Signer) -> None:
         """New settings and key (a reload): the next attempt uses them."""
+        if settings.dispatch_workers != self._workers:
+            log.warning("[actions] dispatch_workers changed: takes effect at the next restart")
         self._config = (settings, signer)
 
     @property
@@ -104,35 +139,152 @@ class Dispatcher:
         self._wake.set()
 
     def stop(self) -> None:
+        """Stop handing out work; returns once every worker ended its current step (an
+        attempt in flight ends within its agent's timeout, and its outcome is journaled)."""
         self._stopping.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        with self._lock:
+            self._ready.clear()
+            self._lock.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+    # -- scheduling ------------------------------------------------------------
 
     def _run(self) -> None:
+        """The scheduler: hands each agent with due actions to the workers, one round at a time."""
+        seeded = False
+        while not self._stopping.is_set():
+            try:
+                if not seeded:
+                    self._seed_heads()
+                    seeded = True
+                wait = self._hand_out()
+            except Exception:  # the top of the scheduler loop: log, count, keep going
+                log.exception("action dispatcher error")
+                self._metrics.thread_error("dispatcher")
+                wait = IDLE_WAIT
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _seed_heads(self) -> None:
+        """Each agent's oldest undelivered action, from the journal as a previous run left it
+        (an action submitted while the service was down must not overtake a retried one)."""
+        heads: dict[str, Action] = {}
+        for action in self._journal.due(float("inf"), DUE_LIMIT):
+            head = heads.get(action.agent)
+            if action.state is ActionState.PENDING and (head is None or _order(action) < _order(head)):
+                heads[action.agent] = action
+        with self._lock:
+            for agent, head in heads.items():
+                self._heads.setdefault(agent, head)
+
+    def _hand_out(self) -> float:
+        """Queue a round for every idle agent with due actions; the seconds until the next
+        action is due (at most IDLE_WAIT: other processes submit too). Rounds wake the
+        scheduler when they end, so actions due while their agent is in one are not waited for."""
+        with self._lock:
+            self._ended.clear()
+        now = self._clock()
+        rounds: dict[str, list[Action]] = {}
+        due = self._journal.due(now, DUE_LIMIT)
+        with self._lock:
+            for action in due:
+                if action.agent not in self._busy and action.agent not in self._ended:  # else: in a round, or
+                    rounds.setdefault(action.agent, []).append(action)  # read before its round's last writes
+            for agent, actions in rounds.items():
+                actions.sort(key=_order)
+                self._busy.add(agent)
+                self._ready.append((agent, actions))
+            if rounds:
+                self._lock.notify_all()
+        next_due = self._journal.next_due()
+        return IDLE_WAIT if next_due is None or next_due <= now else min(IDLE_WAIT, next_due - now)
+
+    # -- workers ---------------------------------------------------------------
+
+    def _work(self) -> None:
+        """A worker: one agent's round at a time, with its own AgentClient."""
         client = self._transport.client()
         try:
-            while not self._stopping.is_set():
+            while True:
+                with self._lock:
+                    self._lock.wait_for(lambda: self._ready or self._stopping.is_set())
+                    if self._stopping.is_set():
+                        return
+                    agent, actions = self._ready.popleft()
                 try:
-                    for action in self._journal.due(self._clock()):
-                        if self._stopping.is_set():
-                            break
-                        self._isolated_step(client, action)
-                    next_due = self._journal.next_due()
-                    wait = IDLE_WAIT if next_due is None else min(IDLE_WAIT, max(0.0, next_due - self._clock()))
-                except Exception:  # the top of the dispatcher loop: log, count, keep going
-                    log.exception("action dispatcher error")
+                    self._round(client, agent, actions)
+                except Exception:  # a worker's top: log, count, rest this agent a moment, keep going
+                    log.exception("action dispatcher error (agent %s)", agent)
                     self._metrics.thread_error("dispatcher")
-                    wait = IDLE_WAIT
-                self._wake.wait(wait)
-                self._wake.clear()
+                    self._stopping.wait(IDLE_WAIT)
+                finally:
+                    with self._lock:
+                        self._busy.discard(agent)
+                        self._ended.add(agent)
+                    self._wake.set()
         finally:
             client.close()
 
-    def _isolated_step(self, client: AgentClient, action: Action) -> None:
-        """One action's step; a bug it triggers delays that action only, never the others."""
+    def _round(self, client: AgentClient, agent: str, actions: list[Action]) -> None:
+        """Step `agent`'s due actions in submission order, the ones behind an undelivered
+        head deferred; stop early when the agent did not answer or the round took its time."""
+        with self._lock:
+            head = self._heads.get(agent)
+        if head is not None and all(a.id != head.id for a in actions):
+            head = self._journal.get(head.id)  # not due when the round was made: as it is now
+            if head is None or head.state is not ActionState.PENDING:
+                head = None
+            elif head.next_ts <= self._clock():
+                actions = [head, *actions]  # due since: it goes first
+        started = time.monotonic()
+        for index, action in enumerate(actions):
+            if self._stopping.is_set():
+                break
+            if action.state is ActionState.PENDING and head is not None and _order(head) < _order(action):
+                self._defer(action, head)
+                continue
+            answered = self._isolated_step(client, action)
+            if action.state is ActionState.PENDING:
+                current = self._journal.get(action.id)
+                if current is not None and current.state is ActionState.PENDING:
+                    head = current  # not delivered: the agent's head (anything older was delivered or final)
+                elif head is not None and head.id == action.id:
+                    head = None
+            if not answered:
+                self._after_silence(actions[index + 1:], head)
+                break
+            if time.monotonic() - started >= ROUND_SECONDS:
+                break  # the rest of the round is still due: the agent queues again, behind others
+        with self._lock:
+            if head is None:
+                self._heads.pop(agent, None)
+            else:
+                self._heads[agent] = head
+
+    def _defer(self, action: Action, head: Action) -> None:
+        """`action` waits behind its agent's undelivered head: due just after the head's next step."""
+        due = max(head.next_ts, self._clock()) + BEHIND
+        self._journal.update(action.id, ActionState.PENDING, due, f"queued behind action {head.id}: {head.message}")
+
+    def _after_silence(self, rest: Iterable[Action], head: Optional[Action]) -> None:
+        """The agent did not answer: the round's other tracked actions are looked at after
+        `track_interval`, the ones behind the head after it; an undelivered action that is
+        itself the head stays due (its own attempt decides)."""
+        later = self._clock() + self._settings.track_interval
+        for action in rest:
+            if action.state is not ActionState.PENDING:
+                self._journal.update(action.id, action.state, later, action.message)
+            elif head is not None and _order(head) < _order(action):
+                self._defer(action, head)
+
+    def _isolated_step(self, client: AgentClient, action: Action) -> bool:
+        """One action's step; a bug it triggers delays that action only, never the others.
+        False when the agent did not answer."""
         try:
-            self.step(client, action)
+            return self.step(client, action)
         except Exception as exc:
             log.exception("action %s: unexpected error, retrying it later", action.id)
             self._metrics.thread_error("dispatcher")
@@ -143,35 +295,37 @@ class Dispatcher:
                                      f"not delivered: {errors} internal errors ({exc!r})")
                 self._metrics.action_result("abandoned")
                 self._errors.pop(action.id, None)
-                return
+                return True
             delay = backoff(self._settings.backoff, current.attempts + errors + 1)
             self._journal.update(action.id, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
+            return True
 
-    def step(self, client: AgentClient, action: Action) -> None:
-        """Deliver a PENDING action, or follow a delivered one."""
+    def step(self, client: AgentClient, action: Action) -> bool:
+        """Deliver a PENDING action, or follow a delivered one. False when the agent did not
+        answer (a transport failure: connect, TLS, deadline); True otherwise."""
         now = self._clock()
         target = self._find_target(action.agent)
         if target is None:
             self._journal.update(action.id, action.state, now + IDLE_WAIT * 5,
                                  "the agent is not in the configuration or discovery (waiting)")
-        elif action.state is ActionState.PENDING:
-            self._deliver(client, action, target)
-        else:
-            self._track(client, action, target)
+            return True
+        if action.state is ActionState.PENDING:
+            return self._deliver(client, action, target)
+        return self._track(client, action, target)
 
     # -- delivery --------------------------------------------------------------
 
-    def _deliver(self, client: AgentClient, action: Action, target: Target) -> None:
+    def _deliver(self, client: AgentClient, action: Action, target: Target) -> bool:
         identity = self._identity(target)
         if identity is None:
             self._journal.update(action.id, ActionState.PENDING, self._clock() + IDLE_WAIT,
                                  "waiting for a successful poll to learn the agent's cluster and node ids")
-            return
+            return True
         cluster_id, node_id, api = identity
         if not all(_header_safe(v) for v in (cluster_id, node_id)):
             self._journal.update(action.id, ActionState.PENDING, self._clock() + self._settings.track_interval * 5,
                                  f"the agent reports ids that cannot be signed: {(cluster_id, node_id)!r} (waiting)")
-            return
+            return True
         protocol = PROTOCOLS[api]
         n = self._journal.begin_attempt(action, cluster_id, node_id)
         path, body = protocol.schedule(action)
@@ -186,6 +340,7 @@ class Dispatcher:
         if n >= settings.max_attempts and _ambiguous(reply) and self._agent_knows(client, target, action, protocol):
             reply = Reply(200, "OK", "application/json", b"{}")  # it arrived: the answer was what got lost
         self._delivered(action, n, reply, protocol)
+        return not isinstance(reply, Failure)
 
     def _agent_knows(self, client: AgentClient, target: Target, action: Action, protocol: ActionProtocol) -> bool:
         """Whether the agent has the action (before a last, ambiguous failure becomes ABANDONED)."""
@@ -228,12 +383,12 @@ class Dispatcher:
 
     # -- tracking --------------------------------------------------------------
 
-    def _track(self, client: AgentClient, action: Action, target: Target) -> None:
+    def _track(self, client: AgentClient, action: Action, target: Target) -> bool:
         api = self._generation(target)
         if api is None:
             self._journal.update(action.id, action.state, self._clock() + IDLE_WAIT,
                                  "waiting for a poll to learn the agent's API generation")
-            return
+            return True
         protocol = PROTOCOLS[api]
         with client.connect(target) as conn:
             reply = conn.request("GET", protocol.info_path(action.id))
@@ -245,28 +400,29 @@ class Dispatcher:
         if isinstance(reply, Failure) or reply.status not in (200, 404):
             detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
             self._journal.update(action.id, action.state, later, f"tracking failed, will retry: {detail}")
-            return
+            return not isinstance(reply, Failure)
         if reply.status == 200:
             self._follow(action, protocol, reply, later)
-            return
+            return True
         queue, finished = lists or (b"", b"")
         if isinstance(queue, Failure) or isinstance(finished, Failure):
             self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
-            return
+            return True  # its info answered
         finished_ids = protocol.listed_ids(finished)
         if action.id in protocol.listed_ids(queue) or action.id in finished_ids:
             self._journal.update(action.id, action.state, later, "listed by the agent")
-            return
+            return True
         why = protocol.pruned(action, finished_ids, now)
         if why is not None:
             self._journal.update(action.id, ActionState.PRUNED, now,
                                  f"finished on the agent, which pruned it before its outcome was seen ({why})")
             self._metrics.action_result("pruned")
             log.warning("action %s finished on %s but was pruned before its outcome was seen", action.id, action.agent)
-            return
+            return True
         self._journal.update(action.id, ActionState.LOST, now, "the agent no longer knows this action")
         self._metrics.action_result("lost")
         log.error("action %s was lost by %s", action.id, action.agent)
+        return True
 
     def _follow(self, action: Action, protocol: ActionProtocol, reply: Reply, later: float) -> None:
         report = protocol.report(reply)
