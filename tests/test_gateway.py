@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import ssl
 import time
 import uuid
@@ -38,7 +39,8 @@ def keys(tmp_path):
 def gateway_config(tmp_path, sim_url, pki, keys, trusted=("old", "revoked"), revoked=("revoked",), extra="") -> str:
     entries = ", ".join(str(keys[name]["pub"]) for name in trusted)
     ids = ", ".join(keys[name]["kid"] for name in revoked)
-    return (f"[gateway]\nlisten = 127.0.0.1:0\nupstream = {sim_url}\nupstream_ca_file = {pki['ca']}\n"
+    return (f"[gateway]\nlisten = 127.0.0.1:0\nmetrics_listen = 127.0.0.1:0\nupstream = {sim_url}\n"
+            f"upstream_ca_file = {pki['ca']}\n"
             f"agent_urls = {AGENT_URL}\n"
             f"keys = {entries}\nrevoked = {ids}\nreplay_store = {tmp_path / 'replay.db'}\n{extra}")
 
@@ -186,8 +188,15 @@ def matrix(tmp_path_factory, pki):
     sim.stop()
 
 
+def metrics_url(process) -> str:
+    """The gateway's metrics listener (metrics_listen), as it logged it before it was ready."""
+    found = [m for line in process.log if (m := re.search(r"gateway metrics on (http://\S+)", line))]
+    assert found, "no metrics listener in the log:\n" + "".join(process.log)
+    return found[0].group(1)
+
+
 def rejections(process) -> dict[str, float]:
-    text = requests.get(f"http://{process.address}/gateway/metrics", timeout=5).text
+    text = requests.get(metrics_url(process), timeout=5).text
     return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if s.name == "replicante_gateway_rejections_total"}
 

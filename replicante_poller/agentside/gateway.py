@@ -10,12 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Optional
 
-from ..agentapi import ACTION, SCHEDULE_PREFIX
+from ..agentapi import (
+    ACTION,
+    ACTION_INFO_PREFIX,
+    ACTION_PREFIX,
+    ACTIONS_FINISHED,
+    ACTIONS_INDEX,
+    ACTIONS_PREFIX,
+    ACTIONS_QUEUE,
+    AGENT_INFO,
+    DATASTORE_INFO,
+    NODE_INFO,
+    SCHEDULE_PREFIX,
+    SHARDS,
+    SHARDS_INFO,
+    STORE_INFO,
+)
 from ..config import PollSettings, TlsSettings
 from ..errors import ConfigError, PollerError
 from ..polling.discovery import Target
@@ -35,8 +51,28 @@ FORWARDED_HEADERS = ("content-type", "content-digest", "replicante-agent", "repl
 SINGLE = FORWARDED_HEADERS  # headers that must not appear twice in a signed request
 UPSTREAM_MAX_BODY = 4 * 1024 * 1024
 UNAUTHORIZED = b'{"error":"unauthorized"}'
+BAD_PATH = b'{"error":"the path must be printable ASCII"}'
 METRICS_PATH = "/gateway/metrics"
 UNKNOWN_CLUSTER = "\x00unknown"  # no agent reports it: the identity poll stops at the cluster check
+PRINTABLE_PATH = re.compile(r"/[\x21-\x7e]*")  # raw non-ASCII bytes or controls never reach the agent
+AGENT_GETS = frozenset({  # the agent API's GETs, legacy then replisdk; nothing else is forwarded
+    AGENT_INFO, DATASTORE_INFO, SHARDS, ACTIONS_INDEX, ACTIONS_PREFIX, ACTIONS_QUEUE, ACTIONS_FINISHED,
+    NODE_INFO, STORE_INFO, SHARDS_INFO})
+ACTION_ID_PATHS = (ACTION_INFO_PREFIX, ACTION_PREFIX)  # + an action id (legacy, replisdk)
+ACTION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # ids are UUIDs: no dots, no percent-encoding
+
+
+def agent_get(path: str) -> bool:
+    """Whether `path` is exactly a GET of the agent API of either generation (no query)."""
+    if path in AGENT_GETS:
+        return True
+    return any(path.startswith(prefix) and ACTION_ID.fullmatch(path[len(prefix):]) is not None
+               for prefix in ACTION_ID_PATHS)
+
+
+def _expects_continue(request: BaseHTTPRequestHandler) -> bool:
+    """An HTTP/1.1 client waiting for `100 Continue` before it sends the body."""
+    return request.request_version >= "HTTP/1.1" and request.headers.get("Expect", "").lower() == "100-continue"
 
 
 def _has_body(request: BaseHTTPRequestHandler) -> bool:
@@ -61,6 +97,7 @@ class Gateway:
         self._local = threading.local()
         self.verifier: Optional[Verifier] = None
         self._server: Optional[ThreadingHTTPServer] = None
+        self._metrics_server: Optional[ThreadingHTTPServer] = None
 
     def start(self) -> None:
         """Load keys and the replay store, learn the agent's identity, listen.
@@ -76,10 +113,22 @@ class Gateway:
         store = ReplayStore(settings.replay_store)
         self.verifier = Verifier(keyring, cluster_id, node_id, store, agent_urls=settings.agent_urls,
                                  max_body=settings.max_body, claim_stale_after=2 * settings.timeout)
+        self._start_metrics()
         self._server = _server(self, settings)
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
         log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",
                  settings.upstream, cluster_id, node_id, len(keyring), *self.address)
+
+    def _start_metrics(self) -> None:
+        """The metrics listener (`metrics_listen`), never the public one: rejection reasons
+        and counts are for the operator, not for whoever reaches the gateway."""
+        if self.settings.metrics_listen is None:
+            log.info("gateway metrics are not served (set [gateway] metrics_listen to serve them)")
+            return
+        self._metrics_server = _metrics_server(self, self.settings.metrics_listen)
+        threading.Thread(target=self._metrics_server.serve_forever, name="gateway-metrics", daemon=True).start()
+        host, port = self._metrics_server.server_address[:2]
+        log.info("gateway metrics on http://%s:%d%s", host, port, METRICS_PATH)
 
     def reload(self, path: str) -> None:
         """Re-read the configuration's keyring (`keys`, `revoked`); anything else needs a restart.
@@ -106,9 +155,10 @@ class Gateway:
         return str(host), int(port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in (self._server, self._metrics_server):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self._transport.stop()
 
     def _client(self) -> AgentClient:
@@ -136,39 +186,77 @@ class Gateway:
     # -- request handling (on the server's threads) ----------------------------
 
     def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        if not PRINTABLE_PATH.fullmatch(request.path):
+            return self._refuse(request, 400, BAD_PATH)
         if _has_body(request):  # never leave unread bytes to be parsed as the next request
             return self._refuse(request, 400, b'{"error":"a GET carries no body"}')
-        if request.path == METRICS_PATH:
-            body, content_type = render(self.registry)
-            return send(request, 200, content_type, body)
+        if not agent_get(request.path):  # the agent API only: the agent never sees anything else
+            self.metrics.request("refused")
+            return send(request, 404, "application/json", b'{"error":"not an agent API path"}')
         reply = self.forward("GET", request.path)
         if isinstance(reply, Failure):
             return self._upstream_failed(request, reply.message)
         self.metrics.request("forwarded")
         send(request, reply.status, reply.content_type or "application/json", reply.body)
 
+    def handle_metrics(self, request: BaseHTTPRequestHandler) -> None:
+        """A GET on the metrics listener."""
+        if request.path != METRICS_PATH or _has_body(request):
+            return self._refuse(request, 404, b'{"error":"not found"}')
+        body, content_type = render(self.registry)
+        send(request, 200, content_type, body)
+
     def handle_post(self, request: BaseHTTPRequestHandler) -> None:
+        if not PRINTABLE_PATH.fullmatch(request.path):
+            return self._refuse(request, 400, BAD_PATH)
         if not (request.path.startswith(SCHEDULE_PREFIX) or request.path == ACTION):
             return self._refuse(request, 405, b'{"error":"only signed action schedules are accepted"}')
         assert self.verifier is not None
-        length = request.headers.get("Content-Length", "")
-        if not DIGITS.fullmatch(length) or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
-            request.close_connection = True  # the body is never read
-            return self._reject(request, Verdict(False, Rejection.TOO_LARGE, f"Content-Length {length or 'missing'}"))
-        body = request.rfile.read(int(length))
-        headers = {}
-        for name in request.headers.keys():
-            lower = name.lower()
-            values = request.headers.get_all(name) or []
-            if lower in SINGLE and (len(values) != 1 or lower in headers):
-                return self._reject(request, Verdict(False, Rejection.MALFORMED, f"{name} repeated"))
-            headers[lower] = ", ".join(values)
+        headers = self._signed_head(request)
+        if isinstance(headers, Verdict):
+            return self._reject_head(request, headers)
+        if _expects_continue(request):  # only now that the head passed: 100 Continue invites the body
+            request.send_response_only(100)
+            request.end_headers()
+        body = request.rfile.read(int(headers["content-length"]))
         verdict = self.verifier.verify("POST", request.path, headers, body)
         if not verdict.accepted:
             return self._reject(request, verdict)
         if verdict.duplicate:
             return self._answer_duplicate(request, verdict)
-        assert verdict.action_id is not None and verdict.claim is not None
+        self._forward_action(request, verdict, headers, body)
+
+    def _signed_head(self, request: BaseHTTPRequestHandler) -> dict[str, str] | Verdict:
+        """The headers of an action POST (lower-case names), or why it is refused before a
+        byte of its body is read: size, repeated signed headers, no signature."""
+        length = request.headers.get("Content-Length", "")
+        if not DIGITS.fullmatch(length) or int(length) > self.settings.max_body or "Transfer-Encoding" in request.headers:
+            return Verdict(False, Rejection.TOO_LARGE, f"Content-Length {length or 'missing'}")
+        headers: dict[str, str] = {}
+        for name in request.headers.keys():
+            lower = name.lower()
+            values = request.headers.get_all(name) or []
+            if lower in SINGLE and (len(values) != 1 or lower in headers):
+                return Verdict(False, Rejection.MALFORMED, f"{name} repeated")
+            headers[lower] = ", ".join(values)
+        if "signature-input" not in headers or "signature" not in headers:
+            return Verdict(False, Rejection.MALFORMED, "Signature-Input or Signature missing")
+        return headers
+
+    def _reject_head(self, request: BaseHTTPRequestHandler, verdict: Verdict) -> None:
+        """A POST refused on its head. A body too large, or not sent yet (the client waits for
+        100 Continue), is never read: the connection closes; a small one already on its way
+        is read and dropped, so that the answer is not lost to a reset."""
+        if verdict.reason is Rejection.TOO_LARGE or _expects_continue(request):
+            request.close_connection = True
+        else:
+            request.rfile.read(int(request.headers["Content-Length"]))
+        self._reject(request, verdict)
+
+    def _forward_action(self, request: BaseHTTPRequestHandler, verdict: Verdict, headers: dict[str, str],
+                        body: bytes) -> None:
+        """A verified action to the agent, its answer kept for retries while this request owns the claim."""
+        assert self.verifier is not None and verdict.action_id is not None and verdict.claim is not None
         store, answered = self.verifier.store, False
         try:
             reply = self.forward("POST", request.path, body, {k: headers[k] for k in FORWARDED_HEADERS if k in headers})
@@ -219,6 +307,32 @@ class Gateway:
         send(request, 401, "application/json", UNAUTHORIZED)
 
 
+def _metrics_server(gateway: Gateway, address: tuple[str, int]) -> ThreadingHTTPServer:
+    """The plain HTTP listener of `/gateway/metrics` alone."""
+    class MetricsHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "replicante-gateway"
+
+        def do_GET(self) -> None:
+            gateway.handle_metrics(self)
+
+        def handle_expect_100(self) -> bool:
+            return True  # nothing here takes a body: never invite one
+
+        def _refuse(self) -> None:
+            gateway._refuse(self, 405, b'{"error":"method not allowed"}')
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _refuse
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("gateway metrics: " + format, *args)
+
+    class MetricsServer(CountingServer):
+        on_error = staticmethod(lambda: gateway.metrics.request("error"))
+
+    return MetricsServer(address, MetricsHandler)
+
+
 def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -229,6 +343,9 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
 
         def do_POST(self) -> None:
             gateway.handle_post(self)
+
+        def handle_expect_100(self) -> bool:
+            return True  # no 100 Continue yet: Gateway.handle_post sends it once the head passed its checks
 
         def _refuse(self) -> None:
             gateway._refuse(self, 405, b'{"error":"method not allowed"}')

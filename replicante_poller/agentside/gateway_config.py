@@ -35,6 +35,7 @@ class GatewaySettings:
     cluster_id: Optional[str] = None
     node_id: Optional[str] = None
     timeout: float = 10.0
+    metrics_listen: Optional[tuple[str, int]] = None  # /gateway/metrics, on its own (local) listener only
 
 
 def _revoked(text: str) -> frozenset[str]:
@@ -79,6 +80,7 @@ def read_gateway(section: Section) -> GatewaySettings:
         max_body=section.get("max_body", to_size, MAX_BODY),
         cluster_id=section.get("cluster_id", str, None) or None, node_id=section.get("node_id", str, None) or None,
         timeout=section.get("timeout", to_duration, 10.0),
+        metrics_listen=section.get("metrics_listen", to_listen, None),
     )
     section.finish()
     for key in ("upstream_ca_file", "upstream_client_cert", "upstream_client_key", "server_cert", "server_key"):
@@ -89,6 +91,10 @@ def read_gateway(section: Section) -> GatewaySettings:
         raise section.error("upstream_client_cert", "upstream_client_cert and upstream_client_key go together")
     if (settings.server_cert is None) != (settings.server_key is None):
         raise section.error("server_cert", "server_cert and server_key go together")
+    if settings.metrics_listen is not None and settings.metrics_listen[1] != 0 \
+            and settings.metrics_listen[1] == settings.listen[1]:
+        raise section.error("metrics_listen", "must be another port than listen (metrics are never served to the "
+                                              "clients of listen)")
     if (settings.cluster_id is None) != (settings.node_id is None):
         raise section.error("cluster_id", "cluster_id and node_id go together (or neither: read from the upstream)")
     return settings
