@@ -172,3 +172,28 @@ def test_stop_returns_within_the_in_flight_attempts_timeout(stalled, start_servi
     attempts = service.journal.attempts(queued[0])
     assert attempts and all(a.outcome != "sending" for a in attempts), attempts  # the outcome was committed
     assert all(service.journal.get(action_id).attempts == 0 for action_id in queued[1:])
+
+
+def test_an_action_submitted_while_the_service_was_down_waits_behind_the_one_it_was_retrying(start_sim,
+                                                                                             start_service, pki, keys):
+    """The previous run left the agent's first action retrying (its next attempt in 2s); one
+    submitted since (the CLI writes the journal while the service is down) is due at once,
+    but it is delivered after the first one."""
+    from replicante_poller.actions.journal import Journal
+
+    sim = start_sim([NodeSpec("rs", "node-1")], action_seconds=0.01)
+    url = sim.agents[0][1]
+    journal = Journal(str(keys["journal"]))
+    first = journal.submit(url, PING, None)
+    n = journal.begin_attempt(first, "rs", "node-1")
+    journal.end_attempt(first.id, n, "failed", "connection refused", ActionState.PENDING, time.time() + 2.0,
+                        "attempt 1 failed (connection refused); retrying in 2s")
+    second = journal.submit(url, PING, None)
+    journal.close()
+
+    service = start_service(actions_config([("rs", url)], pki, keys))
+    waiting = service.journal.wait_for(second.id, lambda a: "queued behind" in a.message, 10)
+    assert waiting.state is ActionState.PENDING and waiting.attempts == 0 and first.id in waiting.message
+    assert [final(service, a.id).state for a in (first, second)] == [ActionState.DONE] * 2
+    assert [a["id"] for a in sim.actions(url)] == [first.id, second.id]
+    assert sim.executions(url) == {first.id: 1, second.id: 1}
