@@ -97,7 +97,7 @@ class Gateway:
         self._local = threading.local()
         self.verifier: Optional[Verifier] = None
         self._server: Optional[ThreadingHTTPServer] = None
-        self._metrics_server: Optional[ThreadingHTTPServer] = None
+        self._metrics_server: Optional[CountingServer] = None
 
     def start(self) -> None:
         """Load keys and the replay store, learn the agent's identity, listen.
@@ -307,7 +307,7 @@ class Gateway:
         send(request, 401, "application/json", UNAUTHORIZED)
 
 
-def _metrics_server(gateway: Gateway, address: tuple[str, int]) -> ThreadingHTTPServer:
+def _metrics_server(gateway: Gateway, address: tuple[str, int]) -> CountingServer:
     """The plain HTTP listener of `/gateway/metrics` alone."""
     class MetricsHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
