@@ -2,19 +2,29 @@
 
 Health, last success, last result and deferral of every target are written with
 write-to-temporary, fsync, rename, so a crash leaves the old file or the new one, never
-half of one. A file that cannot be read is moved aside and the service starts fresh.
+half of one. It is read back as strictly as an agent's answer: strict JSON (UTF-8, no
+NaN, no duplicate keys, bounded nesting) and every field of every known target checked
+for type and range (times finite, between 1970 and 9999, and those of the past not in
+the future; known status, reason, health and API values; counts non-negative), the
+agent's models by the poll's own validators. A file that cannot be used is moved aside
+with one log line naming the field, and the service starts fresh. Restored deferrals end
+at most `max_retry_after` from the start, as a fresh Retry-After would.
 """
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, TypeVar
 
 from ..agentapi import GENERATIONS
+from ..limits import MAX_RETRY_AFTER
 from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthState
@@ -22,6 +32,7 @@ from .poll import PollResult
 from .state import TargetView
 from .validation import (
     Invalid,
+    decode_json,
     validate_agent_info,
     validate_datastore_info,
     validate_neutral_shards,
@@ -31,6 +42,10 @@ from .validation import (
 log = logging.getLogger(__name__)
 FORMAT = 1
 FILE_NAME = "state.json"
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last second RFC 3339 (and the status page) shows
+MAX_DURATION = 86400.0  # seconds: a poll lasts at most its timeout
+MAX_COUNT = 2**31 - 1  # health streaks
+T = TypeVar("T")
 
 
 def _result_json(result: PollResult) -> dict[str, Any]:
@@ -87,79 +102,194 @@ def save_state(directory: str, views: Iterable[TargetView], clock: Any = time.ti
     return path
 
 
-def _model(value: Any, validate: Any) -> Any:
+class _Unusable(Exception):
+    """Internal: unwinds the reading of a saved document to `load_state`, which logs it."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+
+
+def _fail(path: str, message: str) -> NoReturn:
+    raise _Unusable(path, message)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), "something else")
+
+
+def _object(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        _fail(path, f"expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(value: Any, path: str) -> list[Any]:
+    if not isinstance(value, list):
+        _fail(path, f"expected a list, got {_kind(value)}")
+    return value
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str):
+        _fail(path, f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _number(value: Any, path: str, low: float, high: float, what: str = "a number") -> float:
+    """A finite JSON number within [low, high] (never a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(path, f"expected {what}, got {_kind(value)}")
+    if not low <= value <= high:  # also false for NaN
+        _fail(path, f"{value!r} is out of range for {what}")
+    return float(value)
+
+
+def _choice(value: Any, path: str, choices: Iterable[str]) -> str:
+    allowed = tuple(choices)
+    if not isinstance(value, str) or value not in allowed:
+        _fail(path, "expected one of " + ", ".join(allowed))
+    return value
+
+
+def _values(kind: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(member.value for member in kind)
+
+
+def _optional(value: Any, path: str, convert: Callable[[Any, str], T]) -> Optional[T]:
+    return None if value is None else convert(value, path)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What the times of a saved document are checked against."""
+
+    now: float
+    max_retry_after: float
+
+    def past(self, value: Any, path: str) -> float:
+        """A moment already past when the file is read (a later one: the clock went back, or
+        the file was made up; a poll of this run must never be taken for a restored one)."""
+        moment = _time(value, path)
+        if moment > self.now:
+            _fail(path, f"{value!r} is in the future")
+        return moment
+
+    def deferral(self, value: Any, path: str) -> float:
+        """`deferred_until`, any time, capped by `max_retry_after` from now as a fresh
+        Retry-After is: however far the file defers an agent, it is polled again soon."""
+        deferred = _number(value, path, 0.0, sys.float_info.max, "a time (unix seconds)")
+        return min(deferred, self.now + self.max_retry_after)
+
+
+def _time(value: Any, path: str) -> float:
+    """Unix seconds between 1970 and 9999 (what RFC 3339 and the status page can show)."""
+    return _number(value, path, 0.0, MAX_TIME, "a time (unix seconds, 1970 to 9999)")
+
+
+def _model(value: Any, path: str, validate: Callable[[Any], Any]) -> Any:
     if value is None:
         return None
     model = validate(value)
     if isinstance(model, Invalid):
-        raise ValueError(f"saved document invalid: {model}")
+        _fail(path + model.path[1:], model.message)  # the validator's `$.x` path, under this field
     return model
 
 
-def _result(doc: Mapping[str, Any], target: Target) -> PollResult:
+def _result(doc: Any, path: str, target: Target, reading: _Reading) -> PollResult:
+    doc = _object(doc, path)
     shards = doc.get("shards")
     return PollResult(
         target=target,
-        status=Status(doc["status"]),
-        reason=Reason(doc["reason"]) if doc.get("reason") else None,
-        message=str(doc["message"]),
-        started=float(doc["started"]),
-        duration=float(doc["duration"]),
-        agent=_model(doc.get("agent"), validate_agent_info),
-        datastore=_model(doc.get("datastore"), validate_datastore_info),
-        shards=None if shards is None else _model({"shards": shards}, validate_neutral_shards),
-        cert_not_after=doc.get("cert_not_after"),
-        retry_after=doc.get("retry_after"),
-        api=_api(doc.get("api")),
-        node_status=_model(doc.get("node_status"), validate_node_status),
+        status=Status(_choice(doc.get("status"), path + ".status", _values(Status))),
+        reason=_optional(doc.get("reason"), path + ".reason", lambda v, p: Reason(_choice(v, p, _values(Reason)))),
+        message=_string(doc.get("message"), path + ".message"),
+        started=reading.past(doc.get("started"), path + ".started"),
+        duration=_number(doc.get("duration"), path + ".duration", 0.0, MAX_DURATION, "a poll's duration (0 to 1 day)"),
+        agent=_model(doc.get("agent"), path + ".agent", validate_agent_info),
+        datastore=_model(doc.get("datastore"), path + ".datastore", validate_datastore_info),
+        shards=None if shards is None else _model({"shards": shards}, path, validate_neutral_shards),
+        cert_not_after=_optional(doc.get("cert_not_after"), path + ".cert_not_after", _time),
+        retry_after=_optional(doc.get("retry_after"), path + ".retry_after",
+                              lambda v, p: _number(v, p, 0.0, MAX_TIME, "a Retry-After (non-negative seconds)")),
+        api=_optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
+        node_status=_model(doc.get("node_status"), path + ".node_status", validate_node_status),
     )
 
 
-def _api(value: Any) -> Optional[str]:
-    if value is not None and value not in GENERATIONS:
-        raise ValueError(f"unknown agent API {value!r}")
+def _count(value: Any, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, f"expected a whole number, got {_kind(value)}")
+    if not 0 <= value <= MAX_COUNT:
+        _fail(path, f"{value} is out of range (0 to {MAX_COUNT})")
     return value
 
 
-def _view(doc: Mapping[str, Any], target: Target) -> TargetView:
-    health = doc["health"]
-    return TargetView(
-        target=target,
-        result=_result(doc["result"], target) if doc.get("result") else None,
-        health=Health(HealthState(health["state"]), int(health["streak"]),
-                      tuple(float(t) for t in health.get("transitions", ()))),
-        last_success=doc.get("last_success"),
-        deferred_until=doc.get("deferred_until"),
-        api=_api(doc.get("api")),
+def _health(doc: Any, path: str, reading: _Reading) -> Health:
+    doc = _object(doc, path)
+    transitions = _list(doc.get("transitions", []), path + ".transitions")
+    return Health(
+        HealthState(_choice(doc.get("state"), path + ".state", _values(HealthState))),
+        _count(doc.get("streak"), path + ".streak"),
+        tuple(reading.past(t, f"{path}.transitions[{i}]") for i, t in enumerate(transitions)),
     )
 
 
-def load_state(directory: str, targets: Iterable[Target]) -> list[TargetView]:
-    """Saved views of the targets still known; [] when there is no usable file."""
-    path = Path(directory) / FILE_NAME
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return []
-    except (OSError, ValueError) as exc:
-        _set_aside(path, exc)
-        return []
+def _view(doc: Mapping[str, Any], path: str, target: Target, reading: _Reading) -> TargetView:
+    result = doc.get("result")
+    return TargetView(
+        target=target,
+        result=_optional(result, path + ".result", lambda v, p: _result(v, p, target, reading)),
+        health=_health(doc.get("health"), path + ".health", reading),
+        last_success=_optional(doc.get("last_success"), path + ".last_success", reading.past),
+        deferred_until=_optional(doc.get("deferred_until"), path + ".deferred_until", reading.deferral),
+        api=_optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
+    )
+
+
+def _views(document: Any, targets: Iterable[Target], reading: _Reading) -> list[TargetView]:
+    """The saved views of the targets still known; the others are dropped unread."""
+    document = _object(document, "$")
+    if type(document.get("format")) is not int or document["format"] != FORMAT:
+        _fail("$.format", f"unknown format {document.get('format')!r} (this version writes {FORMAT})")
+    _optional(document.get("saved_at"), "$.saved_at", reading.past)
     by_key = {t.key: t for t in targets}
     views = []
-    try:
-        if document.get("format") != FORMAT:
-            raise ValueError(f"unknown format {document.get('format')!r}")
-        for doc in document["targets"]:
-            target: Optional[Target] = by_key.get((doc["cluster"], doc["url"]))
-            if target is not None:
-                views.append(_view(doc, target))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        _set_aside(path, exc)
-        return []
+    for i, item in enumerate(_list(document.get("targets"), "$.targets")):
+        path = f"$.targets[{i}]"
+        doc = _object(item, path)
+        target = by_key.get((_string(doc.get("cluster"), path + ".cluster"), _string(doc.get("url"), path + ".url")))
+        if target is not None:
+            views.append(_view(doc, path, target, reading))
     return views
 
 
-def _set_aside(path: Path, problem: Exception) -> None:
+def load_state(directory: str, targets: Iterable[Target], max_retry_after: float = MAX_RETRY_AFTER,
+               clock: Callable[[], float] = time.time) -> list[TargetView]:
+    """Saved views of the targets still known; [] when there is no usable file (set aside
+    with one log line). Deferrals end at most `max_retry_after` from now."""
+    path = Path(directory) / FILE_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        _set_aside(path, f"cannot be read: {exc.strerror or exc}")
+        return []
+    document = decode_json(raw)
+    if isinstance(document, Invalid):
+        _set_aside(path, "not strict JSON: " + document.message.replace("body", "the file", 1))
+        return []
+    try:
+        return _views(document, targets, _Reading(clock(), max_retry_after))
+    except _Unusable as problem:
+        _set_aside(path, str(problem))
+        return []
+
+
+def _set_aside(path: Path, problem: str) -> None:
     aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
     try:
         os.replace(path, aside)
