@@ -37,7 +37,7 @@ from .web.status import StatusServer
 
 log = logging.getLogger(__name__)
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
-DISPATCH_FDS = 16  # the action dispatcher's connections and its journal
+JOURNAL_FDS = 8  # the action journal (SQLite: database, WAL, shared memory, readers)
 
 
 def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsContexts) -> None:
@@ -164,7 +164,8 @@ class Service:
         """Enough file descriptors for every worker, listener connection and file, or a
         clear refusal now (not hundreds of agents failing with `connect` later)."""
         workers = self.config.poller.workers
-        needed = workers + MAX_CONNECTIONS + DISPATCH_FDS + FILES_RESERVE
+        dispatch = self.config.actions.dispatch_workers + JOURNAL_FDS if self.config.actions.enabled else 0
+        needed = workers + MAX_CONNECTIONS + dispatch + FILES_RESERVE
         try:
             before, after = ensure_fd_limit(needed)
         except ValueError as exc:
