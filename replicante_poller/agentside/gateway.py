@@ -40,7 +40,7 @@ from ..polling.transport import AgentClient, Failure, Reply, Transport
 from ..polling.poll import poll_target
 from ..reasons import transient_status
 from ..web.metrics import GatewayMetrics, new_registry, render
-from ..web.server import DIGITS, IDLE_TIMEOUT, CountingServer, send
+from ..web.server import DIGITS, CountingServer, send
 from .gateway_config import GatewaySettings, load_gateway_config
 from .replay import ReplayStore
 from .verifier import Keyring, Rejection, Verdict, Verifier
@@ -78,7 +78,6 @@ def _expects_continue(request: BaseHTTPRequestHandler) -> bool:
 def _has_body(request: BaseHTTPRequestHandler) -> bool:
     length = request.headers.get("Content-Length", "0").strip()
     return "Transfer-Encoding" in request.headers or length not in ("", "0")
-HANDSHAKE_TIMEOUT = 10.0
 
 
 class Gateway:
@@ -333,7 +332,10 @@ def _metrics_server(gateway: Gateway, address: tuple[str, int]) -> CountingServe
     return MetricsServer(address, MetricsHandler)
 
 
-def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
+def _server(gateway: Gateway, settings: GatewaySettings) -> CountingServer:
+    """The gateway's listener: TLS handshake and whole request within its deadline, a fair
+    share per peer address, refusals counted in replicante_gateway_listener_refusals_total
+    (web.server.CountingServer, which also adds nosniff and CSP to every response)."""
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "replicante-gateway"
@@ -364,17 +366,5 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> ThreadingHTTPServer:
     class Server(CountingServer):
         on_error = staticmethod(lambda: gateway.metrics.request("error"))
 
-        def prepare(self, request: Any) -> Any:
-            """TLS handshakes happen here, on the connection's thread, never in the accept loop."""
-            request = super().prepare(request)
-            if context is None:
-                return request
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                wrapped = context.wrap_socket(request, server_side=True)
-            except OSError:
-                return None
-            wrapped.settimeout(IDLE_TIMEOUT)
-            return wrapped
-
-    return Server(settings.listen, Handler)
+    return Server(settings.listen, Handler, name="gateway", ssl_context=context, max_body=settings.max_body,
+                  on_refusal=gateway.metrics.listener.refused)

@@ -19,6 +19,7 @@ from prometheus_client.utils import floatToGoString
 from ..models import NODE_STATUSES
 from ..polling.state import TargetView
 from ..reasons import Reason, Status
+from .server import REFUSAL_REASONS
 
 PREFIX = "replicante_poller_"
 ACTION_RESULTS = ("delivered", "retry", "rejected", "abandoned", "done", "failed", "lost", "pruned")
@@ -230,6 +231,21 @@ def sample(registry: CollectorRegistry, name: str, labels: "dict[str, str] | Non
     return registry.get_sample_value(name, labels or {})
 
 
+class ListenerMetrics:
+    """What a listener (web.server.CountingServer) refused, by reason: `PREFIX`listener_refusals_total."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = PREFIX):
+        refusals = Counter(prefix + "listener_refusals",
+                           "Connections the HTTP listener refused or dropped, by reason: capacity (listener full), "
+                           "peer_share (the address holds its share), deadline (request or handshake not whole in "
+                           "time), too_large (request head), tls_handshake (failed), fd_limit (out of file descriptors).",
+                           ["reason"], registry=registry)
+        self._refusals = {reason: refusals.labels(reason) for reason in REFUSAL_REASONS}
+
+    def refused(self, reason: str) -> None:
+        self._refusals[reason].inc()
+
+
 GATEWAY_RESULTS = ("forwarded", "duplicate", "rejected", "refused", "upstream_error", "error")
 
 
@@ -241,6 +257,7 @@ class GatewayMetrics:
         self._requests = {r: requests.labels(r) for r in GATEWAY_RESULTS}
         self._rejections = Counter("replicante_gateway_rejections", "Refused signed requests by internal reason.",
                                    ["reason"], registry=registry)
+        self.listener = ListenerMetrics(registry, "replicante_gateway_")
 
     def request(self, result: str) -> None:
         self._requests[result].inc()

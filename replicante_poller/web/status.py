@@ -6,6 +6,8 @@ are action submissions, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 import logging
@@ -16,6 +18,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 from ..durations import rfc3339
 from ..limits import MAX_BODY
 from ..polling.state import TargetView
+from .metrics import PREFIX, ListenerMetrics, new_registry, render
 from .server import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,10 @@ _STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collap
           "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}"
           "td:last-child{white-space:normal}"
           ".UP{color:#176f2c}.AGENT_DOWN,.NODE_DOWN{color:#b00020;font-weight:bold}")
+# The page is self-contained: its one inline <style> (allowed by its hash), links, nothing else.
+PAGE_CSP = ("default-src 'none'; style-src 'sha256-"
+            + base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
+            + "'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def status_page(views: Iterable[TargetView]) -> str:
@@ -90,12 +97,17 @@ class ActionRoutes(Protocol):
 
 
 class StatusServer:
-    """The HTTP listener of the service, on its own threads."""
+    """The HTTP listener of the service, on its own threads (web.server.CountingServer).
+
+    Its refusals are counted in `replicante_poller_listener_refusals_total{reason}`, served
+    at the end of /metrics."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
                  metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None,
                  actions: Optional[ActionRoutes] = None):
         self._snapshot, self._metrics, self._actions = snapshot, metrics, actions
+        self._listener_registry = new_registry()
+        listener = ListenerMetrics(self._listener_registry, PREFIX)
         outer = self
 
         class Server(CountingServer):
@@ -115,7 +127,7 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("status api: " + format, *args)
 
-        self._server = Server((host, port), Handler)
+        self._server = Server((host, port), Handler, name="status api", on_refusal=listener.refused, max_body=MAX_BODY)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-api", daemon=True)
 
     @property
@@ -133,13 +145,16 @@ class StatusServer:
 
     def _get(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
+        headers: tuple[tuple[str, str], ...] = ()
         if path == "/metrics":
             body, content_type = self._metrics()
+            body += render(self._listener_registry)[0]
         elif path == "/api/v1/targets":
             body = json.dumps(targets_document(self._snapshot()), indent=1).encode()
             content_type = "application/json"
         elif path == "/":
             body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"
+            headers = (("Content-Security-Policy", PAGE_CSP),)
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
                 return send_json(request, 404, {"error": "actions are not enabled"})
@@ -147,7 +162,7 @@ class StatusServer:
         else:
             body, content_type = b'{"error":"not found"}', "application/json"
             return send(request, 404, content_type, body)
-        send(request, 200, content_type, body, compressible=True)
+        send(request, 200, content_type, body, compressible=True, headers=headers)
 
     def _post(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
