@@ -13,6 +13,7 @@ from ..limits import FLAP_THRESHOLD, FLAP_WINDOW, MAX_RETRY_AFTER
 from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthPolicy
+from .history import PollHistory
 from .poll import PollResult
 
 
@@ -27,6 +28,9 @@ class TargetView:
     deferred_until: Optional[float] = None  # the agent asked (Retry-After) not to be polled before
     flapping: bool = False  # health changed too often within the flap window
     api: Optional[str] = None  # the agent's API generation, as its answers last showed it
+    # Its recent polls, failures kept longer: memory only (not in the state file), so not
+    # part of what makes two views equal (a view restored from the file equals the saved one).
+    recent: PollHistory = dataclasses.field(default=PollHistory(), compare=False)
 
 
 class FleetState:
@@ -73,7 +77,8 @@ class FleetState:
             deferred = result.started + min(result.retry_after, self._max_retry_after)
         health = view.health.apply(result.ok, self.policy, result.started)
         api = result.api or view.api  # a poll that learned nothing keeps what was known
-        new = TargetView(view.target, result, health, last_success, deferred, health.flapping(self.policy), api)
+        new = TargetView(view.target, result, health, last_success, deferred, health.flapping(self.policy), api,
+                         view.recent.add(result))
         with self._lock:
             if key in self._views:
                 self._views[key] = new
