@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import queue
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from .actions.signing import load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
+from .filestamp import Stamp, file_stamp
 from .polling.deadlines import DeadlineReaper
 from .polling.discovery import Target, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
@@ -37,6 +39,7 @@ from .web.status import StatusServer
 
 log = logging.getLogger(__name__)
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
+RELOAD_WAIT = 30.0  # seconds POST /-/reload waits for the scheduler to run the reload
 JOURNAL_FDS = 8  # the action journal (SQLite: database, WAL, shared memory, readers)
 
 
@@ -48,6 +51,39 @@ def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsCon
         except ConfigError as exc:
             section = "tls" if target.tls == config.tls else f"cluster:{target.cluster_id}"
             raise ConfigError(config.source, section, None, exc.message + f" ({exc.source})") from None
+
+
+def listener_context(config: Config) -> Optional[tuple[ssl.SSLContext, Stamp]]:
+    """The listener's server TLS context from `[http] tls_*` (and the files' stamp), or None
+    for plain HTTP. ConfigError names the key whose file cannot be used."""
+    http = config.http
+    if not http.tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_listener_files(context, config)
+    return context, _listener_stamp(config)
+
+
+def _listener_stamp(config: Config) -> Stamp:
+    http = config.http
+    return file_stamp(p for p in (http.tls_cert_file, http.tls_key_file, http.tls_client_ca_file) if p)
+
+
+def _load_listener_files(context: ssl.SSLContext, config: Config) -> None:
+    http = config.http
+    try:
+        context.load_cert_chain(http.tls_cert_file, http.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(config.source, "http", "tls_cert_file",
+                          f"cannot use {http.tls_cert_file} with {http.tls_key_file}: {getattr(exc, 'reason', None) or exc}") from None
+    if http.tls_client_ca_file:
+        try:
+            context.load_verify_locations(cafile=http.tls_client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(config.source, "http", "tls_client_ca_file",
+                              f"cannot load {http.tls_client_ca_file}: {getattr(exc, 'reason', None) or exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
 
 
 def http_discovery(config: Config) -> HttpDiscovery:
@@ -122,8 +158,11 @@ class Service:
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
+        self._listener_tls = listener_context(self.config)
         self._api = StatusServer(self.config.http.host, self.config.http.port, self.state.snapshot,
-                                 lambda: render(self.registry), self.metrics.thread_error, actions_api)
+                                 lambda: render(self.registry), self.metrics.thread_error, actions_api,
+                                 lifecycle=self, registry=self.registry,
+                                 ssl_context=self._listener_tls[0] if self._listener_tls else None)
         self._apply_targets(targets)
         if self.config.poller.state_dir:
             restored = self.state.restore(load_state(self.config.poller.state_dir, targets,
@@ -204,6 +243,28 @@ class Service:
         """Ask the scheduler to re-read configuration and discovery (from any thread)."""
         self._scheduler.call(self._reload_from_file)
 
+    def reload(self, timeout: float = RELOAD_WAIT) -> tuple[bool, str]:
+        """Reload now and wait for the outcome (`POST /-/reload`): (ok, what happened)."""
+        outcome: list[tuple[bool, str]] = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome.append(self._reload_from_file())
+            finally:
+                done.set()
+        self._scheduler.call(run)
+        if not done.wait(timeout):
+            return False, f"the reload did not finish within {timeout:g}s"
+        return outcome[0] if outcome else (False, "the reload failed unexpectedly")
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether every agent was polled once since start (`/-/ready`), and how far it is."""
+        polled, known = self._scheduler.progress()
+        if self._scheduler.ready.is_set():
+            return True, f"ready: {known} agents polled since start"
+        return False, f"not ready: {polled} of {known} agents polled since start"
+
     def stop(self) -> None:
         """Stop scheduling, let in-flight polls end by their deadline, save state, close."""
         self.stopping.set()
@@ -255,9 +316,27 @@ class Service:
         """Rebuild changed TLS contexts; re-read discovery when one of its files changed."""
         for problem in self.contexts.refresh():
             log.error("TLS material changed but cannot be loaded, keeping the previous: %s", problem)
+        self._refresh_listener_tls()
         if discovery_stamp(self.config) != self._stamp:
             log.info("discovery files changed, re-reading them")
             self._reload(self.config)
+
+    def _refresh_listener_tls(self) -> None:
+        """Load the listener's certificate (and client CA) again when their files changed;
+        new connections get them, a file that cannot be used keeps the previous."""
+        if self._listener_tls is None:
+            return
+        context, stamp = self._listener_tls
+        now = _listener_stamp(self.config)
+        if now == stamp:
+            return
+        try:
+            _load_listener_files(context, self.config)
+        except ConfigError as exc:
+            log.error("listener TLS files changed but cannot be loaded, keeping the previous: %s", exc)
+        else:
+            log.info("listener TLS certificate reloaded")
+        self._listener_tls = (context, now)
 
     def _apply_targets(self, targets: tuple[Target, ...]) -> None:
         self._targets = targets
@@ -267,27 +346,24 @@ class Service:
         self._by_url = by_url
         self._scheduler.set_targets(targets)
 
-    def _reload_from_file(self) -> None:
+    def _reload_from_file(self) -> tuple[bool, str]:
         log.info("reloading configuration")
         self._check_files()
         if self._config_path is None:
-            self._reload(self.config)
-            return
+            return self._reload(self.config)
         try:
             config = self._adjust(load_config(self._config_path))
         except ConfigError as exc:
-            self._reload_failed(exc)
-            return
-        self._reload(config)
+            return self._reload_failed(exc)
+        return self._reload(config)
 
-    def _reload(self, config: Config) -> None:
+    def _reload(self, config: Config) -> tuple[bool, str]:
         """Adopt `config` and its discovery; on any error keep the last good ones."""
         try:
             targets = self._discover(config)
             self._reload_actions(config.actions)
         except PollerError as exc:
-            self._reload_failed(exc)
-            return
+            return self._reload_failed(exc)
         for name, old, new in (("[http] listen", self.config.http, config.http),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
                                ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
@@ -303,6 +379,7 @@ class Service:
         self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
+        return True, f"configuration reloaded: {len(targets)} agents"
 
     def _reload_actions(self, new: ActionsSettings) -> None:
         """Apply a changed `[actions]` live: signing key (rotation), token, ttl, retries.
@@ -325,9 +402,10 @@ class Service:
         if signer.key_id != previous.key_id:
             log.info("[actions] reloaded: signing with key %s", signer.key_id)
 
-    def _reload_failed(self, exc: PollerError) -> None:
+    def _reload_failed(self, exc: PollerError) -> tuple[bool, str]:
         log.error("configuration reload failed, still running the last good one: %s", exc)
         self.metrics.config_loaded(False, self._clock())
+        return False, f"reload failed, still running the last good configuration: {exc}"
 
     # -- persistence -----------------------------------------------------------
 

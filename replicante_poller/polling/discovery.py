@@ -20,6 +20,7 @@ import yaml
 from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections
 from ..converters import to_agents, to_cluster_id
 from ..errors import ConfigError
+from ..filestamp import Stamp, file_stamp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,16 +47,9 @@ def discovery_files(config: Config) -> list[Path]:
     return [Path(p) for p in sorted(found)]
 
 
-def discovery_stamp(config: Config) -> tuple[tuple[str, float, int], ...]:
+def discovery_stamp(config: Config) -> Stamp:
     """Names, mtimes and sizes of the discovery files: changes when any file does."""
-    stamps = []
-    for path in discovery_files(config):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        stamps.append((str(path), st.st_mtime, st.st_size))
-    return tuple(stamps)
+    return file_stamp(discovery_files(config))
 
 
 def parse_json_discovery(text: str, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:

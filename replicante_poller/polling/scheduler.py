@@ -126,12 +126,18 @@ class Scheduler:
         self._schedule = Schedule()
         self._in_flight: set[tuple[str, str]] = set()
         self._unpolled: set[tuple[str, str]] = set()  # not polled since start or the last reload
+        self.ready = threading.Event()  # every agent known at start polled once (or none known): /-/ready
         self._tasks: list[tuple[Callable[[], float], Command, list[float]]] = []
         self._local = (0, -LOCAL_LOG_EVERY)  # local failures not logged yet, when the last line went out
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
 
     # -- what the service calls ---------------------------------------------------
+
+    def progress(self) -> tuple[int, int]:
+        """(agents polled, agents known) since start or the last reload (any thread: approximate)."""
+        known = len(self._state)
+        return known - len(self._unpolled), known
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         """Schedule exactly `targets` (unchanged ones keep slot and state) and report when
@@ -141,6 +147,8 @@ class Scheduler:
         self._state.set_targets(targets)
         self._metrics.targets_changed(len(targets))
         self._unpolled = {t.key for t in targets}
+        if not self._unpolled:
+            self.ready.set()
 
     def every(self, period: Callable[[], float], task: Command) -> None:
         """Run `task` on the scheduler thread every `period()` seconds (read after each run)."""
@@ -216,6 +224,7 @@ class Scheduler:
         if self._unpolled:
             self._unpolled.discard(result.target.key)
             if not self._unpolled:
+                self.ready.set()
                 views = self._state.snapshot()
                 up = sum(1 for v in views if v.result is not None and v.result.ok)
                 log.info("all %d agents polled: %d UP, %d down", len(views), up, len(views) - up)

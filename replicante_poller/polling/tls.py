@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from typing import Optional
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ..config import TlsSettings
 from ..errors import ConfigError
+from ..filestamp import Stamp, file_stamp
 
 log = logging.getLogger(__name__)
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -61,15 +61,8 @@ def _files(tls: TlsSettings) -> tuple[str, ...]:
     return tuple(p for p in (tls.ca_file, tls.client_cert, tls.client_key) if p)
 
 
-def _stamp(tls: TlsSettings) -> tuple[tuple[str, float, int], ...]:
-    stamps = []
-    for path in _files(tls):
-        try:
-            st = os.stat(path)
-            stamps.append((path, st.st_mtime, st.st_size))
-        except OSError:
-            stamps.append((path, -1.0, -1))
-    return tuple(stamps)
+def _stamp(tls: TlsSettings) -> Stamp:
+    return file_stamp(_files(tls))
 
 
 def _key(tls: TlsSettings) -> TlsSettings:

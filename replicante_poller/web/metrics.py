@@ -7,15 +7,17 @@ from a state snapshot, so a removed target's series disappear with it.
 from __future__ import annotations
 
 import contextlib
+import platform
 import threading
 import weakref
 from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.utils import floatToGoString
 
+from .. import __version__
 from ..models import NODE_STATUSES
 from ..polling.state import TargetView
 from ..reasons import Reason, Status
@@ -41,23 +43,29 @@ TARGET_FAMILIES = (
     ("deferred", PREFIX + "agent_deferred_until_timestamp_seconds",
      "Polls deferred until then, as the agent asked with Retry-After."),
     ("node_status", PREFIX + "node_status", "node_status a replisdk agent reported in its latest answer, one-hot."),
+    ("reason", PREFIX + "agent_reason", "1 for the reason of the latest poll's failure (absent while UP)."),
 )
-ONE_HOT = ("status", "node_status")  # the families with a `status` label
+EXTRA_LABEL = {"status": "status", "node_status": "status", "reason": "reason"}  # families with a third label
+CLUSTER_INFO = (PREFIX + "cluster_info", "1 for every cluster polled, with its display name (empty when none).")
+THREADS = ("worker", "scheduler", "dispatcher", "reaper", "status_api")  # thread_errors_total labels
 
 
 def _target_values(view: TargetView) -> Iterator[tuple[str, "str | None", float]]:
-    """(family key, status label or None, value) of every per-target sample of `view`."""
+    """(family key, third label's value or None, value) of every per-target sample of `view`.
+
+    Every agent has up, status, healthy, flapping and last success from the start (0 before
+    its first poll or success), so "down" and "stale" alerts catch agents never seen UP."""
     result = view.result
-    if result is not None:
-        yield "up", None, 1.0 if result.ok else 0.0
-        for candidate in Status:
-            yield "status", candidate.value, 1.0 if result.status is candidate else 0.0
-        yield "healthy", None, 1.0 if view.health.healthy else 0.0
-        yield "flapping", None, 1.0 if view.flapping else 0.0
-        if result.cert_not_after is not None:
-            yield "expiry", None, result.cert_not_after
-    if view.last_success is not None:
-        yield "success", None, view.last_success
+    yield "up", None, 1.0 if result is not None and result.ok else 0.0
+    for candidate in Status:
+        yield "status", candidate.value, 1.0 if result is not None and result.status is candidate else 0.0
+    yield "healthy", None, 1.0 if result is not None and view.health.healthy else 0.0
+    yield "flapping", None, 1.0 if view.flapping else 0.0
+    if result is not None and result.cert_not_after is not None:
+        yield "expiry", None, result.cert_not_after
+    yield "success", None, view.last_success or 0.0
+    if result is not None and result.reason is not None:
+        yield "reason", result.reason.value, 1.0
     if view.deferred_until is not None:
         yield "deferred", None, view.deferred_until
     if result is not None and result.node_status is not None:
@@ -73,6 +81,11 @@ def _label_value(text: str) -> str:
 def _help(text: str) -> str:
     """A HELP text escaped as the text format wants: backslash and newline."""
     return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _clusters(views: Iterable[TargetView]) -> list[tuple[str, str]]:
+    """(cluster id, display name or "") of every cluster, sorted."""
+    return sorted({(v.target.cluster_id, v.target.display_name or "") for v in views})
 
 
 class TargetCollector:
@@ -94,13 +107,18 @@ class TargetCollector:
         if getattr(self._apart, "active", False):
             return iter(())
         labels = ["cluster", "agent"]
-        families = {key: GaugeMetricFamily(name, documentation, labels=labels + ["status"] if key in ONE_HOT else labels)
+        families = {key: GaugeMetricFamily(name, documentation,
+                                           labels=labels + [EXTRA_LABEL[key]] if key in EXTRA_LABEL else labels)
                     for key, name, documentation in TARGET_FAMILIES}
-        for view in self._snapshot():
+        clusters = GaugeMetricFamily(*CLUSTER_INFO, labels=["cluster", "display_name"])
+        views = list(self._snapshot())
+        for view in views:
             values = [view.target.cluster_id, view.target.url]
-            for key, status, value in _target_values(view):
-                families[key].add_metric(values + [status] if status else values, value)
-        return iter(families.values())
+            for key, extra, value in _target_values(view):
+                families[key].add_metric(values + [extra] if extra else values, value)
+        for cluster, display_name in _clusters(views):
+            clusters.add_metric([cluster, display_name], 1.0)
+        return iter([*families.values(), clusters])
 
     @contextlib.contextmanager
     def rendered_apart(self) -> Iterator[None]:
@@ -115,16 +133,21 @@ class TargetCollector:
         """The text exposition of the per-target families (labels sorted, as generate_latest)."""
         lines: dict[str, list[str]] = {key: [] for key, _, _ in TARGET_FAMILIES}
         names = {key: name for key, name, _ in TARGET_FAMILIES}
-        for view in self._snapshot():
+        views = list(self._snapshot())
+        for view in views:
             labels = f'agent="{_label_value(view.target.url)}",cluster="{_label_value(view.target.cluster_id)}"'
-            for key, status, value in _target_values(view):
-                extra = f',status="{_label_value(status)}"' if status else ""
-                lines[key].append(f"{names[key]}{{{labels}{extra}}} {floatToGoString(value)}\n")
+            for key, extra, value in _target_values(view):
+                third = f',{EXTRA_LABEL[key]}="{_label_value(extra)}"' if extra else ""
+                lines[key].append(f"{names[key]}{{{labels}{third}}} {floatToGoString(value)}\n")
         out = []
         for key, name, documentation in TARGET_FAMILIES:
             out.append(f"# HELP {name} {_help(documentation)}\n")
             out.append(f"# TYPE {name} gauge\n")
             out.extend(lines[key])
+        name, documentation = CLUSTER_INFO
+        out.append(f"# HELP {name} {_help(documentation)}\n# TYPE {name} gauge\n")
+        out.extend(f'{name}{{cluster="{_label_value(cluster)}",display_name="{_label_value(display)}"}} 1.0\n'
+                   for cluster, display in _clusters(views))
         return "".join(out)
 
 
@@ -158,7 +181,13 @@ class PollerMetrics:
         self._dispatch = Histogram(PREFIX + "action_dispatch_seconds", "From submission to delivery of an action.",
                                    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900), registry=registry)
         errors = Counter(PREFIX + "thread_errors", "Unexpected exceptions survived by a thread loop.", ["thread"], registry=registry)
+        for thread in THREADS:
+            errors.labels(thread)  # every thread's series exists from the start, at 0
         self._errors = errors
+        Gauge(PREFIX + "build_info", "1, labelled with the running version and Python.", ["version", "python"],
+              registry=registry).labels(__version__, platform.python_version()).set(1)
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         collector = TargetCollector(snapshot)
         registry.register(collector)
         _RENDERED_APART[registry] = collector

@@ -11,6 +11,7 @@ import hashlib
 import html
 import json
 import logging
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Optional, Protocol
@@ -96,18 +97,28 @@ class ActionRoutes(Protocol):
     def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]: ...
 
 
+class Lifecycle(Protocol):
+    """What `/-/ready` and `POST /-/reload` ask of the service."""
+
+    def ready(self) -> tuple[bool, str]: ...
+
+    def reload(self) -> tuple[bool, str]: ...
+
+
 class StatusServer:
     """The HTTP listener of the service, on its own threads (web.server.CountingServer).
 
-    Its refusals are counted in `replicante_poller_listener_refusals_total{reason}`, served
-    at the end of /metrics."""
+    Its refusals are counted in `replicante_poller_listener_refusals_total{reason}`, in
+    `registry` (the service's) or else in one of its own, served at the end of /metrics.
+    `ssl_context` serves it over HTTPS (`[http] tls_*`)."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], list[TargetView]],
                  metrics: Callable[[], tuple[bytes, str]], on_error: Callable[[str], None] = lambda name: None,
-                 actions: Optional[ActionRoutes] = None):
-        self._snapshot, self._metrics, self._actions = snapshot, metrics, actions
-        self._listener_registry = new_registry()
-        listener = ListenerMetrics(self._listener_registry, PREFIX)
+                 actions: Optional[ActionRoutes] = None, lifecycle: Optional[Lifecycle] = None,
+                 registry: Optional[Any] = None, ssl_context: Optional[ssl.SSLContext] = None):
+        self._snapshot, self._metrics, self._actions, self._lifecycle = snapshot, metrics, actions, lifecycle
+        self._listener_registry = new_registry() if registry is None else None
+        listener = ListenerMetrics(registry if registry is not None else self._listener_registry, PREFIX)
         outer = self
 
         class Server(CountingServer):
@@ -127,7 +138,8 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("status api: " + format, *args)
 
-        self._server = Server((host, port), Handler, name="status api", on_refusal=listener.refused, max_body=MAX_BODY)
+        self._server = Server((host, port), Handler, name="status api", on_refusal=listener.refused, max_body=MAX_BODY,
+                              ssl_context=ssl_context)
         self._thread = threading.Thread(target=self._server.serve_forever, name="status-api", daemon=True)
 
     @property
@@ -146,9 +158,12 @@ class StatusServer:
     def _get(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
         headers: tuple[tuple[str, str], ...] = ()
+        if path.startswith("/-/"):
+            return self._lifecycle_get(request, path)
         if path == "/metrics":
             body, content_type = self._metrics()
-            body += render(self._listener_registry)[0]
+            if self._listener_registry is not None:
+                body += render(self._listener_registry)[0]
         elif path == "/api/v1/targets":
             body = json.dumps(targets_document(self._snapshot()), indent=1).encode()
             content_type = "application/json"
@@ -164,8 +179,26 @@ class StatusServer:
             return send(request, 404, content_type, body)
         send(request, 200, content_type, body, compressible=True, headers=headers)
 
+    def _lifecycle_get(self, request: BaseHTTPRequestHandler, path: str) -> None:
+        """`/-/healthy`: 200 while the process serves; `/-/ready`: 200 once every agent was
+        polled after start, else 503; `/-/reload` takes POST only."""
+        if path == "/-/healthy":
+            return send(request, 200, "text/plain; charset=utf-8", b"replicante-poller is healthy\n")
+        if path == "/-/ready":
+            ok, note = self._lifecycle.ready() if self._lifecycle is not None else (True, "ready")
+            return send(request, 200 if ok else 503, "text/plain; charset=utf-8", note.encode() + b"\n")
+        if path == "/-/reload":
+            return send(request, 405, "text/plain; charset=utf-8", b"POST /-/reload reloads the configuration\n",
+                        headers=(("Allow", "POST"),))
+        return send_json(request, 404, {"error": "not found"})
+
     def _post(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
+        if path == "/-/reload" and self._lifecycle is not None:
+            if request.headers.get("Content-Length", "0") not in ("", "0") or "Transfer-Encoding" in request.headers:
+                request.close_connection = True  # a body is never read: never parsed as the next request
+            ok, note = self._lifecycle.reload()
+            return send_json(request, 200 if ok else 500, {"reloaded": ok, "message": note})
         if path != "/api/v1/actions" or self._actions is None:
             return send_json(request, 404, {"error": "not found"})
         length = request.headers.get("Content-Length", "")
