@@ -63,3 +63,26 @@ def test_every_dashboard_query_is_valid_promql(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(queries)} rules found" in done.stdout
+
+
+def test_every_metric_the_dashboard_and_rules_use_is_exported(start_sim, start_service, pki):
+    """No panel or alert reads a metric the service does not export (a typo would be silent)."""
+    import re
+
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from replicante_poller.agentsim import Fault, NodeSpec
+
+    from harness import all_polled, config_text
+
+    sim = start_sim([NodeSpec("rs", "ok"), NodeSpec("rs", "bad", fault=Fault.NODE_DOWN),
+                     NodeSpec("rs2", "sdk", generation="replisdk")])
+    service = start_service(config_text([(spec.cluster_id, url) for spec, url in sim.agents], pki["ca"]))
+    all_polled(service)
+    host, port = service.api_address
+    text = requests.get(f"http://{host}:{port}/metrics", timeout=5).text
+    exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    used_text = " ".join(dashboard_queries()) + (ETC / "prometheus" / "replicante-poller.rules.yml").read_text()
+    used = set(re.findall(r"\b(?:replicante_poller|process)_[a-z_]+\b", used_text))
+    assert used and used <= exported, sorted(used - exported)
