@@ -11,6 +11,7 @@ import gc
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -51,6 +52,10 @@ def _setup_logging(level: str, form: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def summary(config: Config, targets: Sequence[Target]) -> str:
     """What a configuration amounts to, for `check-config`."""
     poll = config.poller.poll
@@ -65,7 +70,7 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
         f"  http: listening on {config.http.host}:{config.http.port}",
         f"  discovery: {', '.join(config.discovery.files) or 'no files'}, checked every {format_duration(config.discovery.refresh)}",
         "  actions: " + (f"enabled, key {actions.signing_key}, journal {actions.journal}" if actions.enabled else "disabled"),
-        f"  {len(targets)} agents in {len(clusters)} clusters",
+        f"  {_count(len(targets), 'agent')} in {_count(len(clusters), 'cluster')}",
     ]
     for cluster in clusters:
         members = [t for t in targets if t.cluster_id == cluster]
@@ -260,6 +265,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except PollerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `action list | head -1`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -232,7 +232,10 @@ def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> Clus
 
 def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
     """The sections of INI `text`, with parser errors located in `source`."""
-    parser = configparser.ConfigParser(interpolation=None, default_section="\x00defaults")
+    # Inline comments as operators write them: ` ; why` or ` # why` after a value (a space
+    # before the mark; no value the configuration takes contains one).
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00defaults",
+                                       inline_comment_prefixes=(";", "#"))
     try:
         parser.read_string(text, source=source)
     except configparser.Error as exc:

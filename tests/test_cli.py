@@ -27,7 +27,7 @@ def test_check_config_summarises_a_valid_file(tmp_path, pki):
     path.write_text(config_text([("rs", "https://127.0.0.1:9"), ("rs", "https://127.0.0.1:10")], pki["ca"]))
     done = run("check-config", "--config", str(path))
     assert done.returncode == 0, done.stderr
-    assert "OK" in done.stdout and "2 agents in 1 clusters" in done.stdout
+    assert "OK" in done.stdout and "2 agents in 1 cluster" in done.stdout
 
 
 def test_check_config_names_file_section_and_key_and_exits_2(tmp_path):
