@@ -127,6 +127,16 @@ class ActionsSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class CoordinationSettings:
+    """The `[coordination]` section: several instances sharing the fleet (DESIGN section 9)."""
+
+    backend: str = "none"  # none: this instance polls everything; zookeeper
+    hosts: str = ""  # ZooKeeper's host:port,host:port
+    path: str = "/replicante-poller"
+    session_timeout: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """The whole, validated configuration."""
 
@@ -137,6 +147,7 @@ class Config:
     http: HttpSettings
     clusters: tuple[ClusterConfig, ...]
     actions: ActionsSettings = ActionsSettings()
+    coordination: CoordinationSettings = CoordinationSettings()
 
 
 class Section:
@@ -244,7 +255,7 @@ def sections(text: str, source: str, base_dir: Path) -> Iterator[Section]:
         yield Section(source, name, parser[name], base_dir)
 
 
-KNOWN_SECTIONS = ("poller", "tls", "discovery", "http", "actions")
+KNOWN_SECTIONS = ("poller", "tls", "discovery", "http", "actions", "coordination")
 
 
 def read_http(section: Section) -> HttpSettings:
@@ -293,6 +304,37 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
     return actions
 
 
+def read_coordination(section: Section, actions: ActionsSettings) -> CoordinationSettings:
+    """The `[coordination]` section; zookeeper needs hosts, and no actions until the elected
+    dispatcher exists (two dispatchers must never run)."""
+    default = CoordinationSettings()
+
+    def backend(value: str) -> str:
+        if value not in ("none", "zookeeper"):
+            raise ValueError(f"expected none or zookeeper, got {value!r}")
+        return value
+
+    coordination = CoordinationSettings(
+        backend=section.get("backend", backend, default.backend),
+        hosts=section.get("hosts", lambda v: ",".join(h.strip() for h in v.split(",") if h.strip()), default.hosts),
+        path=section.get("path", str, default.path),
+        session_timeout=section.get("session_timeout", to_duration, default.session_timeout),
+    )
+    if coordination.backend == "none":
+        return coordination
+    if not coordination.hosts:
+        raise section.error("hosts", "required with backend = zookeeper (host:port, comma-separated)")
+    if not coordination.path.startswith("/") or coordination.path.rstrip("/") == "" or "//" in coordination.path:
+        raise section.error("path", f"must be an absolute ZooKeeper path such as /replicante-poller, got {coordination.path!r}")
+    if not 1 <= coordination.session_timeout <= 60:
+        raise section.error("session_timeout", f"must be between 1s and 60s, got {coordination.session_timeout:g}s")
+    if actions.enabled:
+        raise ConfigError(section.source, "actions", "enabled",
+                          "signed actions cannot run with [coordination] backend = zookeeper yet (the elected "
+                          "dispatcher is not built; two dispatchers must never run): set [actions] enabled = false")
+    return coordination
+
+
 def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] = None) -> Config:
     """Parse and validate a whole configuration file's text."""
     base = base_dir or Path.cwd()
@@ -304,9 +346,9 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         elif section.name in KNOWN_SECTIONS:
             by_name[section.name] = section
         else:
-            raise section.error(None, "unknown section (expected poller, tls, discovery, http, actions or cluster:ID)")
+            raise section.error(None, "unknown section (expected poller, tls, discovery, http, actions, coordination or cluster:ID)")
     empty = {name: Section(source, name, {}, base) for name in KNOWN_SECTIONS}
-    p, t, d, h, a = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
+    p, t, d, h, a, c = (by_name.get(name, empty[name]) for name in KNOWN_SECTIONS)
 
     poll = read_poll(p, PollSettings())
     default = PollerSettings()
@@ -339,7 +381,8 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         raise d.error("http", "required by http_ca_file and http_token_file")
     http = read_http(h)
     actions = read_actions(a, poller.state_dir)
-    for section in (p, t, d, h, a):
+    coordination = read_coordination(c, actions)
+    for section in (p, t, d, h, a, c):
         section.finish()
     return Config(
         source=source,
@@ -349,6 +392,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         http=http,
         clusters=tuple(read_cluster(s, poll, tls) for s in clusters),
         actions=actions,
+        coordination=coordination,
     )
 
 

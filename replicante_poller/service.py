@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import queue
+import socket
 import ssl
 import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
@@ -36,6 +39,9 @@ from .reasons import Reason
 from .web.metrics import PollerMetrics, new_registry, render
 from .web.server import MAX_CONNECTIONS
 from .web.status import StatusServer
+
+if TYPE_CHECKING:
+    from .coordination.zookeeper import ZkCoordinator
 
 log = logging.getLogger(__name__)
 UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
@@ -146,6 +152,9 @@ class Service:
         self.journal: Optional[Journal] = None
         self._dispatcher: Optional[Dispatcher] = None
         self._actions_api: Optional[ActionsApi] = None
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._coordinator: Optional["ZkCoordinator"] = None  # [coordination] backend = zookeeper
+        self._held: Optional[frozenset[str]] = None  # the clusters this instance may poll; None: all
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -163,6 +172,7 @@ class Service:
                                  lambda: render(self.registry), self.metrics.thread_error, actions_api,
                                  lifecycle=self, registry=self.registry,
                                  ssl_context=self._listener_tls[0] if self._listener_tls else None)
+        self._open_coordination()
         self._apply_targets(targets)
         if self.config.poller.state_dir:
             restored = self.state.restore(load_state(self.config.poller.state_dir, targets,
@@ -183,7 +193,41 @@ class Service:
             self._http_thread.start()
         if self._dispatcher is not None:
             self._dispatcher.start()
+        if self._coordinator is not None:
+            self._coordinator.start()
         log.info("polling %d agents; status on http://%s:%d/", len(targets), *self.api_address)
+
+    def _open_coordination(self) -> None:
+        """With `[coordination] backend = zookeeper`: poll only the clusters held (none until
+        the session is up). kazoo is imported only then."""
+        settings = self.config.coordination
+        if settings.backend != "zookeeper":
+            return
+        from .coordination.zookeeper import ZkCoordinator
+
+        listen = "%s:%d" % self.api_address
+        self._held = frozenset()
+        self._coordinator = ZkCoordinator(settings, self.instance_id, listen,
+                                          lambda held: self._scheduler.call(lambda: self._held_changed(held)),
+                                          self.metrics.thread_error)
+        self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
+                                          self._coordinator.owned)
+        log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
+
+    def _held_changed(self, held: frozenset[str]) -> None:
+        """The coordinator's new set of held clusters (on the scheduler thread): poll exactly
+        those; a released cluster's lock goes once its last poll ended."""
+        if self._held is None or self._coordinator is None:
+            return
+        released = self._held - held
+        self._held = held
+        self._apply_targets(self._targets)
+        if released:
+            self._scheduler.when_idle(released, lambda: self._coordinator.released(released) if self._coordinator else None)
+
+    def owner(self, cluster_id: str) -> Optional[str]:
+        """The instance polling the cluster (`/api/v1/targets`): this one without coordination."""
+        return self._coordinator.owner(cluster_id) if self._coordinator is not None else self.instance_id
 
     def _open_actions(self) -> ActionsApi:
         """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
@@ -275,6 +319,8 @@ class Service:
             self._dispatcher.stop()
         self._pool.stop()
         self._scheduler.drain()
+        if self._coordinator is not None:
+            self._coordinator.stop()  # after the last poll: closing the session releases every lock
         self._save()
         self._transport.stop()
         if self._api is not None:
@@ -344,7 +390,10 @@ class Service:
         for target in targets:
             by_url.setdefault(target.url, target)
         self._by_url = by_url
-        self._scheduler.set_targets(targets)
+        held = self._held
+        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held))
+        if self._coordinator is not None:
+            self._coordinator.set_clusters(frozenset(t.cluster_id for t in targets))
 
     def _reload_from_file(self) -> tuple[bool, str]:
         log.info("reloading configuration")
@@ -367,6 +416,7 @@ class Service:
         for name, old, new in (("[http] listen", self.config.http, config.http),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
                                ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
+                               ("[coordination]", self.config.coordination, config.coordination),
                                ("[discovery] http settings", dataclasses.replace(self.config.discovery, files=(), refresh=0),
                                 dataclasses.replace(config.discovery, files=(), refresh=0))):
             if old != new:

@@ -128,6 +128,7 @@ class Scheduler:
         self._unpolled: set[tuple[str, str]] = set()  # not polled since start or the last reload
         self.ready = threading.Event()  # every agent known at start polled once (or none known): /-/ready
         self._tasks: list[tuple[Callable[[], float], Command, list[float]]] = []
+        self._idle_waiters: list[tuple[frozenset[str], Command]] = []  # see when_idle
         self._local = (0, -LOCAL_LOG_EVERY)  # local failures not logged yet, when the last line went out
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
@@ -153,6 +154,21 @@ class Scheduler:
     def every(self, period: Callable[[], float], task: Command) -> None:
         """Run `task` on the scheduler thread every `period()` seconds (read after each run)."""
         self._tasks.append((period, task, [self._clock() + period()]))
+
+    def when_idle(self, clusters: frozenset[str], command: Command) -> None:
+        """Run `command` once no poll of `clusters` is queued or in flight (on the scheduler
+        thread, which calls this): a released cluster's lock goes after its last poll."""
+        self._idle_waiters.append((clusters, command))
+        self._run_idle_waiters()
+
+    def _run_idle_waiters(self) -> None:
+        if not self._idle_waiters:
+            return
+        busy = {cluster for cluster, _ in self._in_flight}
+        ready = [command for clusters, command in self._idle_waiters if not clusters & busy]
+        self._idle_waiters = [(clusters, command) for clusters, command in self._idle_waiters if clusters & busy]
+        for command in ready:
+            command()
 
     def call(self, command: Command) -> None:
         """Run `command` on the scheduler thread, soon (from any thread)."""
@@ -203,6 +219,7 @@ class Scheduler:
         logged, at most once per LOCAL_LOG_EVERY, but changes nothing of the agent's state or
         health: it says nothing about the agent."""
         self._in_flight.discard(result.target.key)
+        self._run_idle_waiters()
         if result.reason is Reason.LOCAL:
             self._metrics.poll_finished(False, Reason.LOCAL, result.duration)
             count, last = self._local[0] + 1, self._local[1]

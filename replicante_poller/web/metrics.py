@@ -231,6 +231,18 @@ class PollerMetrics:
         self.workers_busy.set_function(busy)
         self.polls_stuck.set_function(stuck)
 
+    def observe_coordination(self, connected: Callable[[], float], members: Callable[[], float],
+                             owned: Callable[[], float]) -> None:
+        """`[coordination] backend = zookeeper`: the session, the live members and the clusters
+        this instance holds, read at scrape time. `coordination_leader` stays 0 until the
+        elected dispatcher exists."""
+        for name, help_text, read in (
+                ("coordination_connected", "1 while the ZooKeeper session is connected.", connected),
+                ("coordination_members", "Live poller instances registered in ZooKeeper.", members),
+                ("coordination_clusters_owned", "Clusters whose lock this instance holds (and polls).", owned),
+                ("coordination_leader", "1 on the elected dispatcher (not elected yet: always 0).", lambda: 0.0)):
+            Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
+
     def thread_error(self, thread: str) -> None:
         """A thread loop caught an unexpected exception and went on."""
         self._errors.labels(thread).inc()

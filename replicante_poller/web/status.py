@@ -50,10 +50,12 @@ def target_json(view: TargetView) -> dict[str, Any]:
     }
 
 
-def targets_document(views: Iterable[TargetView]) -> dict[str, Any]:
-    """The `/api/v1/targets` document, sorted by cluster then URL."""
+def targets_document(views: Iterable[TargetView],
+                     owner: Callable[[str], Optional[str]] = lambda cluster: None) -> dict[str, Any]:
+    """The `/api/v1/targets` document, sorted by cluster then URL; `owner` names the
+    instance polling a cluster ([coordination])."""
     ordered = sorted(views, key=lambda v: v.target.key)
-    return {"targets": [target_json(v) for v in ordered]}
+    return {"targets": [dict(target_json(v), owner=owner(v.target.cluster_id)) for v in ordered]}
 
 
 _STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
@@ -165,7 +167,7 @@ class StatusServer:
             if self._listener_registry is not None:
                 body += render(self._listener_registry)[0]
         elif path == "/api/v1/targets":
-            body = json.dumps(targets_document(self._snapshot()), indent=1).encode()
+            body = json.dumps(targets_document(self._snapshot(), getattr(self._lifecycle, "owner", lambda cluster: None)), indent=1).encode()
             content_type = "application/json"
         elif path == "/":
             body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"

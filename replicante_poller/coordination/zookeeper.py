@@ -1,0 +1,262 @@
+"""The ZooKeeper coordinator (kazoo): members, per-cluster locks, and which clusters this
+instance polls (DESIGN section 9).
+
+Layout under `path`: `members/ID` (ephemeral, JSON {"id", "listen"}) and `locks/CLUSTER`
+(ephemeral, data the holder's id). Each instance computes the rendezvous assignment over the
+live members and takes, without blocking, the lock of each cluster assigned to it; it polls a
+cluster only while it holds the lock. A cluster no longer assigned is announced as not held
+and its lock deleted once its last poll ended (`released`); a lock held by another is retried
+when its deletion watch fires. Session SUSPENDED: held clusters are kept until
+`session_timeout` passed without contact (the server expires the session then), LOST: all
+dropped; a new connection joins again. Every kazoo callback only queues an event: one
+thread of this class does all the work.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Optional
+from urllib.parse import quote, unquote
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NodeExistsError, NoNodeError
+from kazoo.retry import KazooRetry
+
+from ..config import CoordinationSettings
+from .rendezvous import assigned
+
+log = logging.getLogger(__name__)
+_STOP = ("stop", None)
+
+
+class ZkCoordinator:
+    """Owns the kazoo client; `on_held(frozenset)` is called (on this class's thread) with
+    the clusters this instance may poll, each time they change."""
+
+    def __init__(self, settings: CoordinationSettings, member_id: str, listen: str,
+                 on_held: Callable[[frozenset[str]], None], on_error: Callable[[str], None] = lambda name: None):
+        self.id = member_id
+        self._settings, self._listen, self._on_held, self._on_error = settings, listen, on_held, on_error
+        self._events: "queue.Queue[tuple[str, object]]" = queue.Queue()
+        self._client = KazooClient(hosts=settings.hosts, timeout=settings.session_timeout,
+                                   connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0))
+        self._client.add_listener(lambda state: self._events.put(("state", state)))
+        root = settings.path.rstrip("/")
+        self._members_path, self._locks_path = f"{root}/members", f"{root}/locks"
+        self._clusters: frozenset[str] = frozenset()
+        self._members: tuple[str, ...] = ()
+        self._held: set[str] = set()
+        self._releasing: set[str] = set()  # lock still ours, polling being stopped
+        self._waiting: set[str] = set()  # lock held by another, deletion watch set
+        self._unlock: set[str] = set()  # polling stopped, lock to delete
+        self._announced: frozenset[str] = frozenset()
+        self._owners: dict[str, str] = {}  # cluster -> holder, from the locks (other instances')
+        self._joined = False
+        self._connected = False
+        self._suspended_at: Optional[float] = None
+        self._dirty = {"members": True, "locks": True}
+        self._watchers: dict[str, Callable[[object], None]] = {}
+        self._thread = threading.Thread(target=self._run, name="coordination", daemon=True)
+
+    # -- any thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background: clusters are held once the session is up."""
+        self._thread.start()
+        self._client.start_async()
+        self._events.put(("check", None))
+
+    def stop(self) -> None:
+        """Close the session: the member znode and every lock vanish at once."""
+        self._events.put(_STOP)
+        self._thread.join()
+        try:
+            self._client.stop()
+        finally:
+            self._client.close()
+
+    def set_clusters(self, clusters: frozenset[str]) -> None:
+        """Every cluster known from configuration and discovery."""
+        self._events.put(("clusters", frozenset(clusters)))
+
+    def released(self, clusters: frozenset[str]) -> None:
+        """The last polls of `clusters` ended: their locks may go."""
+        self._events.put(("released", frozenset(clusters)))
+
+    def owner(self, cluster_id: str) -> Optional[str]:
+        """Who polls the cluster: this instance, or the lock's holder as last seen."""
+        return self.id if cluster_id in self._announced else self._owners.get(cluster_id)
+
+    def connected(self) -> float:
+        return 1.0 if self._connected else 0.0
+
+    def members(self) -> float:
+        return float(len(self._members)) if self._joined else 0.0
+
+    def owned(self) -> float:
+        return float(len(self._announced))
+
+    # -- the coordination thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            timeout = None
+            if self._suspended_at is not None:
+                timeout = max(0.0, self._suspended_at + self._settings.session_timeout - time.monotonic())
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                self._drop(f"no contact with ZooKeeper for {self._settings.session_timeout:g}s: "
+                           "the session is expired, dropping every cluster until it reconnects")
+                self._suspended_at = None
+                continue
+            if event == _STOP:
+                return
+            try:
+                self._handle(*event)
+                self._sync()
+            except KazooException as exc:  # connection trouble: the next state event resumes
+                log.warning("coordination: ZooKeeper operation failed (%s), waiting for the connection", exc)
+            except Exception:
+                log.exception("coordination loop error")
+                self._on_error("coordination")
+
+    def _handle(self, kind: str, arg: object) -> None:
+        if kind == "state" or kind == "check":
+            self._state(self._client.state if kind == "check" else arg)
+        elif kind in self._dirty:
+            self._dirty[kind] = True
+        elif kind == "clusters":
+            assert isinstance(arg, frozenset)
+            self._clusters = arg
+        elif kind == "lock_gone":
+            self._waiting.discard(str(arg))
+        elif kind == "released":
+            assert isinstance(arg, frozenset)
+            self._release(arg)
+
+    def _state(self, state: object) -> None:
+        if state == KazooState.CONNECTED:
+            if not self._connected:
+                log.info("coordination: connected to ZooKeeper (%s)", self._settings.hosts)
+            self._connected, self._suspended_at = True, None
+            if not self._joined:
+                self._join()
+            self._dirty = {"members": True, "locks": True}
+        elif state == KazooState.SUSPENDED:
+            if self._connected:
+                log.warning("coordination: ZooKeeper connection suspended: polling the %d held clusters "
+                            "until the session expires (%gs)", len(self._held), self._settings.session_timeout)
+                self._suspended_at = time.monotonic()
+            self._connected = False
+        elif state == KazooState.LOST:
+            self._connected, self._suspended_at = False, None
+            self._drop("ZooKeeper session lost: dropping every cluster until a new session joins")
+
+    def _join(self) -> None:
+        """Register this instance's member znode (ours already if the session survived)."""
+        data = json.dumps({"id": self.id, "listen": self._listen}).encode()
+        try:
+            self._client.create(f"{self._members_path}/{quote(self.id, safe='')}", data, ephemeral=True, makepath=True)
+        except NodeExistsError:
+            pass
+        self._client.ensure_path(self._locks_path)
+        self._joined, self._waiting = True, set()
+        log.info("coordination: joined as %s", self.id)
+
+    def _drop(self, why: str) -> None:
+        """Stop polling everything at once (the locks are gone or going with the session)."""
+        if self._joined or self._held or self._releasing:
+            log.warning("coordination: %s", why)
+        self._joined = False
+        self._held, self._releasing, self._waiting, self._unlock = set(), set(), set(), set()
+        self._owners = {}
+        self._announce()
+
+    def _sync(self) -> None:
+        """Read what changed, then hold exactly the clusters assigned to this instance."""
+        if not (self._connected and self._joined):
+            return
+        if self._dirty["members"]:
+            self._dirty["members"] = False
+            names = self._client.get_children(self._members_path, watch=self._watch("members"))
+            members = tuple(sorted(unquote(n) for n in names))
+            if members != self._members:
+                log.info("coordination: %d members: %s", len(members), ", ".join(members))
+            self._members = members
+        if self._dirty["locks"]:
+            self._dirty["locks"] = False
+            self._read_owners()
+        for cluster in sorted(self._unlock):
+            try:
+                self._client.delete(f"{self._locks_path}/{quote(cluster, safe='')}")
+            except NoNodeError:
+                pass
+            self._unlock.discard(cluster)
+        mine = assigned(self.id, self._clusters, self._members)
+        for cluster in self._held - mine:
+            self._held.discard(cluster)
+            self._releasing.add(cluster)
+        for cluster in sorted(mine - self._held - self._releasing - self._waiting):
+            self._acquire(cluster)
+        self._announce()
+
+    def _acquire(self, cluster: str) -> None:
+        """Take the cluster's lock if free (or ours); else watch it for its deletion."""
+        path = f"{self._locks_path}/{quote(cluster, safe='')}"
+        try:
+            self._client.create(path, self.id.encode(), ephemeral=True)
+            self._held.add(cluster)
+            return
+        except NodeExistsError:
+            pass
+        try:
+            data, _ = self._client.get(path, watch=self._watch_lock(cluster))
+        except NoNodeError:
+            self._events.put(("lock_gone", cluster))  # deleted meanwhile: try again
+            return
+        if data.decode(errors="replace") == self.id:
+            self._held.add(cluster)
+        else:
+            self._waiting.add(cluster)
+
+    def _release(self, clusters: frozenset[str]) -> None:
+        """Queue the locks of released clusters for deletion (`_sync`), unless assigned here
+        again meanwhile."""
+        mine = assigned(self.id, self._clusters, self._members) if self._joined else frozenset()
+        for cluster in clusters & self._releasing:
+            self._releasing.discard(cluster)
+            (self._held if cluster in mine else self._unlock).add(cluster)
+
+    def _read_owners(self) -> None:
+        """Every lock's holder (pipelined reads), with a watch on the locks' list."""
+        names = self._client.get_children(self._locks_path, watch=self._watch("locks"))
+        pending = [(unquote(n), self._client.get_async(f"{self._locks_path}/{n}")) for n in names]
+        owners: dict[str, str] = {}
+        for cluster, result in pending:
+            try:
+                owners[cluster] = result.get()[0].decode(errors="replace")
+            except NoNodeError:
+                continue
+        self._owners = owners
+
+    def _announce(self) -> None:
+        held = frozenset(self._held)
+        if held != self._announced:
+            log.info("coordination: holding %d clusters (%d members)", len(held), len(self._members))
+            self._announced = held
+            self._on_held(held)
+
+    def _watch(self, kind: str) -> Callable[[object], None]:
+        if kind not in self._watchers:
+            self._watchers[kind] = lambda event: self._events.put((kind, None))
+        return self._watchers[kind]
+
+    def _watch_lock(self, cluster: str) -> Callable[[object], None]:
+        key = "lock:" + cluster
+        if key not in self._watchers:
+            self._watchers[key] = lambda event: self._events.put(("lock_gone", cluster))
+        return self._watchers[key]

@@ -1,0 +1,258 @@
+"""Several pollers sharing the fleet through a real ZooKeeper (DESIGN section 9), and the
+rendezvous assignment they compute."""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pytest
+
+from replicante_poller.agentsim import NodeSpec
+from replicante_poller.config import parse_config
+from replicante_poller.coordination.rendezvous import assigned, assignment, owner
+from replicante_poller.errors import ConfigError
+from conftest import free_port
+from harness import config_text
+from process import PollerProcess
+
+ZK_JAR = Path("/usr/share/java/zookeeper.jar")
+CLUSTERS, NODES = 60, 4
+SESSION_TIMEOUT, INTERVAL = 4.0, 1.0
+REQUESTS_PER_POLL = 3  # a healthy legacy agent: agent info, datastore info, shards
+
+
+# -- the rendezvous assignment (pure) -----------------------------------------------------
+
+def test_rendezvous_is_stable_and_balanced() -> None:
+    clusters = [f"c{i}" for i in range(3000)]
+    members = ["a", "b", "c"]
+    shares = assignment(clusters, members)
+    assert shares == assignment(clusters, list(reversed(members)))  # order of listing does not matter
+    assert sorted(len(s) for s in shares.values())[0] > 900  # about 1000 each
+    assert set().union(*shares.values()) == set(clusters)
+    assert sum(len(s) for s in shares.values()) == len(clusters)
+    assert assigned("b", clusters, members) == shares["b"]
+    assert owner("x", []) is None
+
+
+def test_rendezvous_moves_only_what_it_must() -> None:
+    clusters = [f"c{i}" for i in range(3000)]
+    before = {c: owner(c, ["a", "b", "c"]) for c in clusters}
+    joined = {c: owner(c, ["a", "b", "c", "d"]) for c in clusters}
+    moved = [c for c in clusters if before[c] != joined[c]]
+    assert all(joined[c] == "d" for c in moved)  # a join takes only for the newcomer
+    assert 600 < len(moved) < 900  # about a quarter
+    left = {c: owner(c, ["a", "c"]) for c in clusters}
+    assert all(left[c] == before[c] for c in clusters if before[c] != "b")  # a leave moves only its clusters
+
+
+def test_coordination_settings() -> None:
+    config = parse_config("[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:2181, h2:2181\nsession_timeout = 4s\n")
+    assert config.coordination.hosts == "127.0.0.1:2181,h2:2181"
+    assert config.coordination.path == "/replicante-poller" and config.coordination.session_timeout == 4.0
+    assert parse_config("").coordination.backend == "none"
+    with pytest.raises(ConfigError, match="hosts"):
+        parse_config("[coordination]\nbackend = zookeeper\n")
+    with pytest.raises(ConfigError, match="backend"):
+        parse_config("[coordination]\nbackend = etcd\n")
+
+
+def test_actions_are_refused_with_zookeeper(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text("x")
+    with pytest.raises(ConfigError, match=r"\[actions\] enabled"):
+        parse_config(f"[actions]\nenabled = true\nsigning_key = {key}\njournal = {tmp_path / 'j.db'}\n"
+                     "[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:2181\n")
+
+
+def test_none_mode_does_not_import_kazoo() -> None:
+    code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
+            "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
+            "assert 'kazoo' not in sys.modules, 'kazoo imported'\n")
+    subprocess.run(["python3", "-c", code], check=True, timeout=30)
+
+
+# -- a real ZooKeeper ------------------------------------------------------------------------
+
+class ZooKeeper:
+    """Debian's ZooKeeper server on loopback, own data dir and port; `stop()`/`start()` again."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.hosts = f"127.0.0.1:{self.port}"
+        (folder / "data").mkdir()
+        self.config = folder / "zoo.cfg"
+        self.config.write_text(f"tickTime=500\ndataDir={folder / 'data'}\nclientPort={self.port}\n"
+                               "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+                               "4lw.commands.whitelist=ruok,srvr\nminSessionTimeout=1000\nmaxSessionTimeout=60000\n")
+        self.log = folder / "zookeeper.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        from kazoo.client import KazooClient
+
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["java", "-cp", f"/etc/zookeeper/conf:{ZK_JAR}",
+                                          "org.apache.zookeeper.server.ZooKeeperServerMain", str(self.config)],
+                                         stdout=out, stderr=subprocess.STDOUT)
+        client = KazooClient(self.hosts, timeout=5)
+        try:
+            client.start(timeout=30)  # kazoo retries the connection until the server listens
+        finally:
+            client.stop()
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
+    if not ZK_JAR.exists() or shutil.which("java") is None:
+        pytest.skip("Debian's zookeeper package is not installed (.ci/run installs it)")
+    server = ZooKeeper(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class AgentWatch:
+    """Samples the agents' own request counts and remembers, per agent, the longest time
+    without a new request since `mark()` (a sampler thread, stopped by `close`)."""
+
+    def __init__(self, sim, urls: list[str], period: float = 0.1):
+        self.sim, self.urls, self.period = sim, urls, period
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        now = time.monotonic()
+        self._seen = {u: sim.requests_seen(u) for u in urls}
+        self._last = {u: now for u in urls}
+        self._gap = {u: 0.0 for u in urls}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            now = time.monotonic()
+            with self._lock:
+                for url in self.urls:
+                    seen = self.sim.requests_seen(url)
+                    if seen != self._seen[url]:
+                        self._gap[url] = max(self._gap[url], now - self._last[url])
+                        self._seen[url], self._last[url] = seen, now
+
+    def mark(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._gap = {u: 0.0 for u in self.urls}
+            self._last = {u: now for u in self.urls}
+
+    def gaps(self) -> dict[str, float]:
+        now = time.monotonic()
+        with self._lock:
+            return {u: max(self._gap[u], now - self._last[u]) for u in self.urls}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Check `predicate` every 0.2s until true (the processes are observed from outside)."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        pause.wait(0.2)
+
+
+def ownership(pollers: list[PollerProcess]) -> dict[str, list[str]]:
+    """Agent URL -> owners claiming it across the instances' /api/v1/targets."""
+    owners: dict[str, list[str]] = {}
+    for poller in pollers:
+        for url, target in poller.targets().items():
+            owners.setdefault(url, []).append(target["owner"])
+    return owners
+
+
+def metric(poller: PollerProcess, name: str) -> float:
+    return poller.metrics()[("replicante_poller_" + name, ())]
+
+
+def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dict, tmp_path: Path) -> None:
+    nodes = [NodeSpec(f"cluster-{c:02d}", f"node-{n}") for c in range(CLUSTERS) for n in range(NODES)]
+    sim = start_sim(nodes)
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    urls = [url for _, url in agents]
+    section = (f"[coordination]\nbackend = zookeeper\nhosts = {zookeeper.hosts}\npath = /test-poller\n"
+               f"session_timeout = {SESSION_TIMEOUT:g}s\n")
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms", extra=section))
+    pollers = [PollerProcess(path) for _ in range(3)]
+    watch = AgentWatch(sim, urls)
+    try:
+        def shared() -> bool:
+            owners = ownership(pollers)
+            return len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
+        wait_for(shared, 30, "every agent held by exactly one instance")
+        wait_for(lambda: all(metric(p, "coordination_members") == 3 for p in pollers), 10, "3 members")
+        ids = {p: {t["owner"] for t in p.targets().values()} for p in pollers}
+        assert all(len(i) == 1 for i in ids.values())  # each instance lists itself as owner of what it polls
+        per_instance = [len(p.targets()) for p in pollers]
+        owned = [metric(p, "coordination_clusters_owned") for p in pollers]
+        assert sum(per_instance) == len(urls) and sum(owned) == CLUSTERS and min(per_instance) > 0
+        assert all(metric(p, "coordination_connected") == 1 and metric(p, "coordination_leader") == 0 for p in pollers)
+        print(f"\nagents per instance: {per_instance}, clusters per instance: {owned}")
+
+        # Every agent polled by exactly one instance per interval, counted at the agents.
+        before = {u: sim.requests_seen(u) for u in urls}
+        window = 5.0
+        threading.Event().wait(window)
+        polls = {u: (sim.requests_seen(u) - before[u]) / REQUESTS_PER_POLL for u in urls}
+        assert min(polls.values()) >= window / INTERVAL - 1.5, sorted(polls.values())[:5]
+        assert max(polls.values()) <= window / INTERVAL + 1.5, sorted(polls.values())[-5:]  # two pollers would be ~10
+        print(f"polls per agent in {window:g}s: min {min(polls.values()):g}, max {max(polls.values()):g}")
+
+        # SIGKILL one: its clusters are polled again within session_timeout + one interval.
+        victim, survivors = pollers[0], pollers[1:]
+        victims = list(victim.targets())
+        watch.mark()
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+
+        def taken_over() -> bool:
+            owners = ownership(survivors)
+            return len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
+        wait_for(taken_over, SESSION_TIMEOUT + 10, "survivors hold every agent")
+        threading.Event().wait(2 * INTERVAL)  # a gap still open shows as now - last request
+        gaps = watch.gaps()
+        gap = max(gaps[u] for u in victims)
+        print(f"longest polling gap of the killed instance's {len(victims)} agents: {gap:.2f}s "
+              f"(bound {SESSION_TIMEOUT + INTERVAL:g}s)")
+        assert gap <= SESSION_TIMEOUT + INTERVAL + 1.0  # + the sampler's and the slot grid's resolution
+        others = max(gaps[u] for u in urls if u not in victims)
+        assert others <= 2 * INTERVAL + 0.5, others  # nobody else's agents missed a beat
+
+        # ZooKeeper stopped and restarted under the pollers: they keep polling meanwhile.
+        watch.mark()
+        zookeeper.stop()
+        wait_for(lambda: all(metric(p, "coordination_connected") == 0 for p in survivors), 10, "connected 0")
+        threading.Event().wait(1.0)
+        zookeeper.start()
+        wait_for(lambda: all(metric(p, "coordination_connected") == 1 for p in survivors), 20, "connected 1")
+        wait_for(taken_over, 20, "every agent held by exactly one instance after the restart")
+        outage = max(watch.gaps().values())
+        print(f"longest polling gap across the ZooKeeper restart: {outage:.2f}s")
+        assert outage <= SESSION_TIMEOUT + INTERVAL + 1.0
+    finally:
+        watch.close()
+        for poller in pollers:
+            poller.stop()
