@@ -93,6 +93,15 @@ class ActionsApi:
                  token: Optional[bytes], on_submit: Callable[[], None]):
         self._journal, self._find_target, self.token, self._on_submit = journal, find_target, token, on_submit
 
+    def agent_actions(self, agent: str, limit: int = 20, scan: int = 500) -> list[dict[str, Any]]:
+        """The newest actions of one agent (among the journal's newest `scan`) for its status
+        page, which has no token: id, kind, state, attempts and times, never the args.
+        StoreError when the journal cannot be read."""
+        agent = agent.rstrip("/")
+        found = [a for a in self._journal.list(scan) if a.agent == agent][:limit]
+        return [{"id": a.id, "kind": a.kind, "state": a.state.value, "attempts": a.attempts,
+                 "created_ts": a.created_ts, "updated_ts": a.updated_ts} for a in found]
+
     def get(self, path: str) -> tuple[int, dict[str, Any]]:
         if path == "/api/v1/actions":
             return 200, {"actions": [a.to_json() for a in self._journal.list()]}

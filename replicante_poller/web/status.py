@@ -1,18 +1,16 @@
-"""The status listener: `/metrics`, `/api/v1/targets`, an HTML page at `/`, and the
-actions API (`/api/v1/actions`, handed to `ActionsApi`).
+"""The status listener: `/metrics`, `/api/v1/targets`, the status pages (`web.page`: `/`,
+`/agent` and their script), and the actions API (`/api/v1/actions`, handed to `ActionsApi`).
 
 Metrics, targets and the page are read-only views over state snapshots; the only writes
 are action submissions, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import html
 import json
 import logging
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Iterable, Optional, Protocol
 
@@ -20,6 +18,8 @@ from ..durations import rfc3339
 from ..limits import MAX_BODY
 from ..polling.state import TargetView
 from .metrics import PREFIX, ListenerMetrics, new_registry, render
+from .page import PATHS as PAGE_PATHS
+from .page import serve as serve_page
 from .server import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
@@ -58,45 +58,15 @@ def targets_document(views: Iterable[TargetView],
     return {"targets": [dict(target_json(v), owner=owner(v.target.cluster_id)) for v in ordered]}
 
 
-_STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse}"
-          "td,th{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:left;white-space:nowrap}"
-          "td:last-child{white-space:normal}"
-          ".UP{color:#176f2c}.AGENT_DOWN,.NODE_DOWN{color:#b00020;font-weight:bold}")
-# The page is self-contained: its one inline <style> (allowed by its hash), links, nothing else.
-PAGE_CSP = ("default-src 'none'; style-src 'sha256-"
-            + base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()
-            + "'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
-def status_page(views: Iterable[TargetView]) -> str:
-    """A plain HTML table of every target."""
-    views = list(views)
-    rows = []
-    for item in targets_document(views)["targets"]:
-        status = item["status"] or "PENDING"
-        health = item["health"] + (" (flapping)" if item["flapping"] else "") + (
-            f" (deferred until {item['deferred_until']})" if item["deferred_until"] else "")
-        cells = [item["cluster"], item["url"], status, item["reason"] or "", health,
-                 item["last_poll"] or "", item["message"]]
-        rows.append("<tr>" + "".join(
-            f'<td class="{html.escape(status)}">{html.escape(str(c))}</td>' if i == 2 else f"<td>{html.escape(str(c))}</td>"
-            for i, c in enumerate(cells)) + "</tr>")
-    up = sum(1 for v in views if v.result and v.result.ok)
-    return (
-        "<!doctype html><html><head><meta charset=utf-8><title>replicante-poller</title>"
-        f"<style>{_STYLE}</style></head><body><h1>replicante-poller</h1>"
-        f"<p>{up} of {len(rows)} agents UP. <a href=/metrics>metrics</a> · <a href=/api/v1/targets>targets JSON</a></p>"
-        "<table><tr><th>cluster</th><th>agent</th><th>status</th><th>reason</th><th>health</th>"
-        "<th>last poll</th><th>message</th></tr>" + "".join(rows) + "</table></body></html>"
-    )
-
-
 class ActionRoutes(Protocol):
     """The actions API behind `/api/v1/actions` (`actions.api.ActionsApi`): status and document."""
 
     def get(self, path: str) -> tuple[int, dict[str, Any]]: ...
 
     def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]: ...
+
+    def agent_actions(self, agent: str, limit: int = 20) -> list[dict[str, Any]]:
+        """An agent's recent actions for its status page, without args (StoreError: unreadable)."""
 
 
 class Lifecycle(Protocol):
@@ -169,9 +139,9 @@ class StatusServer:
         elif path == "/api/v1/targets":
             body = json.dumps(targets_document(self._snapshot(), getattr(self._lifecycle, "owner", lambda cluster: None)), indent=1).encode()
             content_type = "application/json"
-        elif path == "/":
-            body, content_type = status_page(self._snapshot()).encode(), "text/html; charset=utf-8"
-            headers = (("Content-Security-Policy", PAGE_CSP),)
+        elif path in PAGE_PATHS:
+            page = serve_page(path, request.path.partition("?")[2], self._snapshot, self._actions, time.time())
+            return send(request, page.status, page.content_type, page.body, compressible=True, headers=page.headers)
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
                 return send_json(request, 404, {"error": "actions are not enabled"})
