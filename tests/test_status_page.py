@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import time
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -297,3 +298,66 @@ def test_pages_are_self_contained_and_unknown_agents_are_404(fleet):
                            timeout=5)
     assert missing.status_code == 404 and "No such agent" in missing.text
     assert missing.headers["Content-Security-Policy"] == policy
+
+
+# --- rendering without a browser: every agent-reported string is escaped -------------------
+
+PROBE = '<xss-probe a="1">\'"&'
+
+
+class HostileActions:
+    """An actions provider whose journal holds an action with hostile fields."""
+
+    def agent_actions(self, agent: str, limit: int = 20) -> list[dict]:
+        return [{"id": PROBE, "kind": PROBE, "state": PROBE, "attempts": 1, "created_ts": 1.0, "updated_ts": 2.0}]
+
+
+def hostile_view(now: float):
+    """A target whose configuration and every answer field carry PROBE."""
+    from replicante_poller.config import PollSettings, TlsSettings
+    from replicante_poller.models import AgentInfo, AgentVersion, DatastoreInfo, NodeStatus, Offset, Shard
+    from replicante_poller.polling.discovery import Target
+    from replicante_poller.polling.poll import PollResult
+    from replicante_poller.polling.state import FleetState
+    from replicante_poller.reasons import Reason, Status
+
+    target = Target(PROBE, "https://agent:1/" + PROBE, PROBE, PollSettings(10.0, 1.0), TlsSettings())
+    state = FleetState(fall=1, rise=1)
+    state.set_targets([target])
+    answered = dict(agent=AgentInfo(AgentVersion(PROBE, PROBE, PROBE)),
+                    datastore=DatastoreInfo(PROBE, PROBE, PROBE, PROBE, PROBE),
+                    shards=(Shard(PROBE, "unknown", PROBE, Offset(PROBE, 1, True), Offset(PROBE, 2, True)),),
+                    cert_not_after=now + 86400, node_status=NodeStatus("UNKNOWN", PROBE), api="replisdk")
+    state.record(PollResult(target, Status.UP, None, PROBE, now - 20, 0.1, **answered))
+    state.record(PollResult(target, Status.NODE_DOWN, Reason.CLUSTER_MISMATCH, PROBE, now - 10, 0.1, retry_after=30,
+                            **answered))
+    return state.snapshot()
+
+
+def test_every_agent_reported_string_is_escaped_in_both_pages():
+    from replicante_poller.web.page import serve
+
+    now = time.time()
+    views = hostile_view(now)
+    target = views[0].target
+    overview = serve("/", "", lambda: views, None, now)
+    agent = serve("/agent", urlencode({"cluster": target.cluster_id, "url": target.url}), lambda: views,
+                  HostileActions(), now)
+    assert overview.status == agent.status == 200
+    for page in (overview.body.decode(), agent.body.decode()):
+        assert "<xss-probe" not in page and 'a="1"' not in page
+        assert "&lt;xss-probe a=&quot;1&quot;&gt;&#x27;&quot;&amp;" in page
+    agent_text = agent.body.decode()
+    assert agent_text.count("&lt;xss-probe") >= 12  # node, clusters, versions, shard, units, status, message, action
+    assert "cluster_mismatch" in agent_text and "deferred" in agent_text  # the note of a deferred agent
+
+
+def test_query_parameters_not_understood_change_nothing():
+    from replicante_poller.web.page import DEFAULT_REFRESH, MAX_ROWS, Filters, _params
+
+    filters = Filters.parse(_params("status=nope&reason=%3Cb%3E&limit=%C2%B2&refresh=-1&q=++node-1++"))
+    assert (filters.status, filters.reason, filters.limit, filters.refresh, filters.text) == \
+        ("", "", MAX_ROWS, DEFAULT_REFRESH, "node-1")
+    assert filters.ignored == ("status 'nope'", "reason '<b>'")
+    assert Filters.parse(_params("refresh=0&limit=all")).refresh == 0.0
+    assert Filters.parse(_params("refresh=2.5&limit=7")).limit == 7

@@ -211,9 +211,10 @@ def _headline(ranked: list[tuple[int, TargetView]], problems: int, pending: int)
 
 
 def _tiles(scoped: list[tuple[int, TargetView]], filters: Filters) -> str:
-    counts = {"": len(scoped), "problems": sum(1 for r, _ in scoped if r in (DOWN, WARN))}
-    for status in ("AGENT_DOWN", "NODE_DOWN", "PENDING", "UP"):
-        counts[status] = sum(1 for _, v in scoped if status_of(v) == status)
+    counts = dict.fromkeys(("AGENT_DOWN", "NODE_DOWN", "PENDING", "UP"), 0)
+    for _, view in scoped:
+        counts[status_of(view)] += 1
+    counts.update({"": len(scoped), "problems": sum(1 for r, _ in scoped if r in (DOWN, WARN))})
     names = {"": "agents", "problems": "problems", "AGENT_DOWN": "agent down", "NODE_DOWN": "node down",
              "PENDING": "not polled", "UP": "up"}
     colour = {"problems": "bad", "AGENT_DOWN": "bad", "NODE_DOWN": "node", "UP": "good"}
