@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
             "assert 'kazoo' not in sys.modules, 'kazoo imported'\n")
-    subprocess.run(["python3", "-c", code], check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
 
 
 # -- a real ZooKeeper ------------------------------------------------------------------------
@@ -124,8 +125,9 @@ def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
 
 
 class AgentWatch:
-    """Samples the agents' own request counts and remembers, per agent, the longest time
-    without a new request since `mark()` (a sampler thread, stopped by `close`)."""
+    """Samples the agents' own request counts: per agent, the longest time between two
+    requests among gaps ending after `mark()`, and the first request after it (a sampler
+    thread, stopped by `close`)."""
 
     def __init__(self, sim, urls: list[str], period: float = 0.1):
         self.sim, self.urls, self.period = sim, urls, period
@@ -135,6 +137,8 @@ class AgentWatch:
         self._seen = {u: sim.requests_seen(u) for u in urls}
         self._last = {u: now for u in urls}
         self._gap = {u: 0.0 for u in urls}
+        self._first: dict[str, float] = {}  # first new request after mark()
+        self._marked = now
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -146,18 +150,25 @@ class AgentWatch:
                     seen = self.sim.requests_seen(url)
                     if seen != self._seen[url]:
                         self._gap[url] = max(self._gap[url], now - self._last[url])
+                        self._first.setdefault(url, now)
                         self._seen[url], self._last[url] = seen, now
 
     def mark(self) -> None:
         with self._lock:
             now = time.monotonic()
-            self._gap = {u: 0.0 for u in self.urls}
-            self._last = {u: now for u in self.urls}
+            self._gap = {u: 0.0 for u in self.urls}  # gaps that end from now on, counted from the poll before
+            self._first, self._marked = {}, now
 
     def gaps(self) -> dict[str, float]:
         now = time.monotonic()
         with self._lock:
             return {u: max(self._gap[u], now - self._last[u]) for u in self.urls}
+
+    def unpolled(self, urls: list[str]) -> float:
+        """The longest time from mark() to an agent's first new request (now if none yet)."""
+        now = time.monotonic()
+        with self._lock:
+            return max(self._first.get(u, now) - self._marked for u in urls)
 
     def close(self) -> None:
         self._stop.set()
@@ -234,10 +245,13 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         wait_for(taken_over, SESSION_TIMEOUT + 10, "survivors hold every agent")
         threading.Event().wait(2 * INTERVAL)  # a gap still open shows as now - last request
         gaps = watch.gaps()
-        gap = max(gaps[u] for u in victims)
-        print(f"longest polling gap of the killed instance's {len(victims)} agents: {gap:.2f}s "
-              f"(bound {SESSION_TIMEOUT + INTERVAL:g}s)")
-        assert gap <= SESSION_TIMEOUT + INTERVAL + 1.0  # + the sampler's and the slot grid's resolution
+        gap, unpolled = max(gaps[u] for u in victims), watch.unpolled(victims)
+        print(f"the killed instance's {len(victims)} agents: unpolled for at most {unpolled:.2f}s after the kill "
+              f"(bound session_timeout + interval = {SESSION_TIMEOUT + INTERVAL:g}s), longest gap between two "
+              f"polls {gap:.2f}s (the last poll before the kill was up to one interval earlier)")
+        # + ZooKeeper's expiry tick (tickTime 0.5s here) and the sampler's period
+        assert unpolled <= SESSION_TIMEOUT + INTERVAL + 0.5 + 0.2
+        assert gap <= SESSION_TIMEOUT + 2 * INTERVAL + 0.5 + 0.2
         others = max(gaps[u] for u in urls if u not in victims)
         assert others <= 2 * INTERVAL + 0.5, others  # nobody else's agents missed a beat
 
@@ -252,6 +266,22 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         outage = max(watch.gaps().values())
         print(f"longest polling gap across the ZooKeeper restart: {outage:.2f}s")
         assert outage <= SESSION_TIMEOUT + INTERVAL + 1.0
+
+        # A joining instance takes its share without a gap, and no agent is polled twice meanwhile.
+        watch.mark()
+        before = {u: sim.requests_seen(u) for u in urls}
+        started = time.monotonic()
+        pollers.append(PollerProcess(path))
+        survivors.append(pollers[-1])
+        wait_for(lambda: taken_over() and len(pollers[-1].targets()) > 0, 20, "the newcomer holds its share")
+        threading.Event().wait(2 * INTERVAL)
+        elapsed = time.monotonic() - started
+        join_gap = max(watch.gaps().values())
+        polls = {u: (sim.requests_seen(u) - before[u]) / REQUESTS_PER_POLL for u in urls}
+        print(f"joining: {len(pollers[-1].targets())} agents moved, longest gap {join_gap:.2f}s, "
+              f"at most {max(polls.values()):g} polls of an agent in {elapsed:.1f}s")
+        assert join_gap <= 2 * INTERVAL + 0.5  # a slot falling within the handover's milliseconds is missed once
+        assert max(polls.values()) <= elapsed / INTERVAL + 1.5
     finally:
         watch.close()
         for poller in pollers:
