@@ -177,6 +177,9 @@ def test_overview_shows_problems_first_counts_and_agent_strings_as_text(fleet, b
     assert browser.execute_script("return document.documentElement.scrollWidth") <= WIDE[0]
     load(browser, fleet["base"] + "/")  # as an operator opens it: refreshing every 10 s
     screenshot(browser, "overview-1400")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    screenshot(browser, "overview-1400-dark")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
 def test_filters_in_the_url_select_and_survive_as_links(fleet, browser):
