@@ -155,6 +155,7 @@ class Service:
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._coordinator: Optional["ZkCoordinator"] = None  # [coordination] backend = zookeeper
         self._held: Optional[frozenset[str]] = None  # the clusters this instance may poll; None: all
+        self._saved: list[TargetView] = []  # the state file's views of clusters not taken yet (coordinated)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -175,8 +176,9 @@ class Service:
         self._open_coordination()
         self._apply_targets(targets)
         if self.config.poller.state_dir:
-            restored = self.state.restore(load_state(self.config.poller.state_dir, targets,
-                                                     self.config.poller.max_retry_after, self._clock))
+            saved = load_state(self.config.poller.state_dir, targets, self.config.poller.max_retry_after, self._clock)
+            restored = self.state.restore(saved)
+            self._saved = saved if self._held is not None else []  # coordinated: restored as clusters are taken
             log.info("restored the state of %d of %d agents from %s", restored, len(targets), self.config.poller.state_dir)
         self.metrics.config_loaded(True, self._clock())
         self._transport.start()
@@ -222,6 +224,10 @@ class Service:
         released = self._held - held
         self._held = held
         self._apply_targets(self._targets)
+        taken = [view for view in self._saved if view.target.cluster_id in held]
+        if taken:  # once, at the first take after start: later the cluster's state is another instance's
+            self._saved = [view for view in self._saved if view.target.cluster_id not in held]
+            log.info("restored the state of %d agents of the clusters taken", self.state.restore(taken))
         if released:
             self._scheduler.when_idle(released, lambda: self._coordinator.released(released) if self._coordinator else None)
 
