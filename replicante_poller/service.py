@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
@@ -210,26 +210,29 @@ class Service:
         listen = "%s:%d" % self.api_address
         self._held = frozenset()
         self._coordinator = ZkCoordinator(settings, self.instance_id, listen,
-                                          lambda held: self._scheduler.call(lambda: self._held_changed(held)),
+                                          lambda held, since: self._scheduler.call(lambda: self._held_changed(held, since)),
                                           self.metrics.thread_error)
         self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
                                           self._coordinator.owned)
         log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
 
-    def _held_changed(self, held: frozenset[str]) -> None:
+    def _held_changed(self, held: frozenset[str], since: Mapping[str, float]) -> None:
         """The coordinator's new set of held clusters (on the scheduler thread): poll exactly
-        those; a released cluster's lock goes once its last poll ended."""
+        those (`since`: when their previous owner stopped, for those handed over); a released
+        cluster's lock goes once its last poll ended, with when it left the schedule."""
         if self._held is None or self._coordinator is None:
             return
         released = self._held - held
         self._held = held
-        self._apply_targets(self._targets)
+        self._apply_targets(self._targets, since)
+        stopped = self._clock()
         taken = [view for view in self._saved if view.target.cluster_id in held]
         if taken:  # once, at the first take after start: later the cluster's state is another instance's
             self._saved = [view for view in self._saved if view.target.cluster_id not in held]
             log.info("restored the state of %d agents of the clusters taken", self.state.restore(taken))
         if released:
-            self._scheduler.when_idle(released, lambda: self._coordinator.released(released) if self._coordinator else None)
+            self._scheduler.when_idle(
+                released, lambda: self._coordinator.released(released, stopped) if self._coordinator else None)
 
     def owner(self, cluster_id: str) -> Optional[str]:
         """The instance polling the cluster (`/api/v1/targets`): this one without coordination."""
@@ -390,14 +393,14 @@ class Service:
             log.info("listener TLS certificate reloaded")
         self._listener_tls = (context, now)
 
-    def _apply_targets(self, targets: tuple[Target, ...]) -> None:
+    def _apply_targets(self, targets: tuple[Target, ...], since: Mapping[str, float] = {}) -> None:
         self._targets = targets
         by_url: dict[str, Target] = {}
         for target in targets:
             by_url.setdefault(target.url, target)
         self._by_url = by_url
         held = self._held
-        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held))
+        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held), since)
         if self._coordinator is not None:
             self._coordinator.set_clusters(frozenset(t.cluster_id for t in targets))
 

@@ -14,9 +14,11 @@ from typing import Callable, Iterator, Optional
 import pytest
 
 from replicante_poller.agentsim import NodeSpec
-from replicante_poller.config import parse_config
+from replicante_poller.config import PollSettings, TlsSettings, parse_config
 from replicante_poller.coordination.rendezvous import assigned, assignment, owner
 from replicante_poller.errors import ConfigError
+from replicante_poller.polling.discovery import Target
+from replicante_poller.polling.scheduler import Schedule, slot
 from conftest import free_port
 from harness import config_text
 from process import PollerProcess
@@ -51,6 +53,20 @@ def test_rendezvous_moves_only_what_it_must() -> None:
     assert 600 < len(moved) < 900  # about a quarter
     left = {c: owner(c, ["a", "c"]) for c in clusters}
     assert all(left[c] == before[c] for c in clusters if before[c] != "b")  # a leave moves only its clusters
+
+
+def test_a_handover_misses_no_slot() -> None:
+    target = Target("c1", "https://a:1", None, PollSettings(interval=10.0, timeout=1.0), TlsSettings())
+    now = 1000.0 + slot(target) + 2.0  # its slot passed 2s ago
+
+    def due_now(since: dict[str, float]) -> bool:
+        schedule = Schedule()
+        schedule.set_targets([target], now, since)
+        return [d.due for d in schedule.pop_due(now)] == [now - 2.0]
+    assert due_now({"c1": now - 3.0})  # the previous owner stopped before that slot: polled at once
+    assert not due_now({"c1": now - 1.0})  # it polled that slot itself
+    assert due_now({"c1": now - 30.0})  # unpolled for longer: polled at once all the same
+    assert not due_now({})
 
 
 def test_coordination_settings() -> None:
@@ -186,6 +202,22 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         pause.wait(0.2)
 
 
+def instance_id(poller: PollerProcess) -> str:
+    return poller.expect(r"coordination through ZooKeeper \S+ as (\S+)").group(1)
+
+
+def settled(pollers: list[PollerProcess], ids: list[str], cluster_of: dict[str, str]) -> bool:
+    """Each instance lists exactly the agents of the clusters the rendezvous gives it, as owner."""
+    shares = assignment(set(cluster_of.values()), ids)
+    for poller, me in zip(pollers, ids):
+        targets = poller.targets()
+        if {cluster_of[u] for u in targets} != shares[me] or any(t["owner"] != me for t in targets.values()):
+            return False
+        if len(targets) != sum(1 for c in cluster_of.values() if c in shares[me]):
+            return False
+    return True
+
+
 def ownership(pollers: list[PollerProcess]) -> dict[str, list[str]]:
     """Agent URL -> owners claiming it across the instances' /api/v1/targets."""
     owners: dict[str, list[str]] = {}
@@ -208,16 +240,15 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
                f"session_timeout = {SESSION_TIMEOUT:g}s\n")
     path = tmp_path / "poller.ini"
     path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms", extra=section))
+    cluster_of = {url: cluster for cluster, url in agents}
     pollers = [PollerProcess(path) for _ in range(3)]
+    ids = [instance_id(p) for p in pollers]
     watch = AgentWatch(sim, urls)
     try:
-        def shared() -> bool:
-            owners = ownership(pollers)
-            return len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
-        wait_for(shared, 30, "every agent held by exactly one instance")
+        wait_for(lambda: settled(pollers, ids, cluster_of), 30, "every cluster held by its rendezvous owner")
         wait_for(lambda: all(metric(p, "coordination_members") == 3 for p in pollers), 10, "3 members")
-        ids = {p: {t["owner"] for t in p.targets().values()} for p in pollers}
-        assert all(len(i) == 1 for i in ids.values())  # each instance lists itself as owner of what it polls
+        owners = ownership(pollers)
+        assert len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
         per_instance = [len(p.targets()) for p in pollers]
         owned = [metric(p, "coordination_clusters_owned") for p in pollers]
         assert sum(per_instance) == len(urls) and sum(owned) == CLUSTERS and min(per_instance) > 0
@@ -236,15 +267,14 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         print(f"polls per agent in {window:g}s: min {min(polls.values()):g}, max {max(polls.values()):g}")
 
         # SIGKILL one: its clusters are polled again within session_timeout + one interval.
-        victim, survivors = pollers[0], pollers[1:]
+        victim, survivors, survivor_ids = pollers[0], pollers[1:], ids[1:]
         victims = list(victim.targets())
         watch.mark()
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
 
         def taken_over() -> bool:
-            owners = ownership(survivors)
-            return len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
+            return settled(survivors, survivor_ids, cluster_of)
         wait_for(taken_over, SESSION_TIMEOUT + 10, "survivors hold every agent")
         threading.Event().wait(2 * INTERVAL)  # a gap still open shows as now - last request
         gaps = watch.gaps()
@@ -277,14 +307,20 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         started = time.monotonic()
         pollers.append(PollerProcess(path))
         survivors.append(pollers[-1])
+        survivor_ids.append(instance_id(pollers[-1]))
         wait_for(lambda: taken_over() and len(pollers[-1].targets()) > 0, 20, "the newcomer holds its share")
         threading.Event().wait(2 * INTERVAL)
         elapsed = time.monotonic() - started
-        join_gap = max(watch.gaps().values())
+        gaps = watch.gaps()
+        moved = set(pollers[-1].targets())
+        join_gap = max(gaps.values())
         polls = {u: (sim.requests_seen(u) - before[u]) / REQUESTS_PER_POLL for u in urls}
-        print(f"joining: {len(pollers[-1].targets())} agents moved, longest gap {join_gap:.2f}s, "
+        print(f"joining: {len(moved)} agents moved, longest gap {max(gaps[u] for u in moved):.2f}s "
+              f"(others {max(gaps[u] for u in urls if u not in moved):.2f}s), "
               f"at most {max(polls.values()):g} polls of an agent in {elapsed:.1f}s")
-        assert join_gap <= 2 * INTERVAL + 0.5  # a slot falling within the handover's milliseconds is missed once
+        # the slots that passed during the handover are polled by the newcomer at once: one
+        # interval plus the handover's time (0.3 to 0.5s measured), loaded machines allowed for
+        assert join_gap <= 2 * INTERVAL + 0.5
         assert max(polls.values()) <= elapsed / INTERVAL + 1.5
     finally:
         watch.close()

@@ -1,8 +1,10 @@
 """The ZooKeeper coordinator (kazoo): members, per-cluster locks, and which clusters this
 instance polls (DESIGN section 9).
 
-Layout under `path`: `members/ID` (ephemeral, JSON {"id", "listen"}) and `locks/CLUSTER`
-(ephemeral, data the holder's id). Each instance computes the rendezvous assignment over the
+Layout under `path`: `members/ID` (ephemeral, JSON {"id", "listen"}), `locks/CLUSTER`
+(ephemeral, data the holder's id) and `handover/CLUSTER` (when its last owner stopped polling
+it, written before the lock is deleted and deleted by the next owner, who then polls at once
+the slots that passed meanwhile). Each instance computes the rendezvous assignment over the
 live members and takes, without blocking, the lock of each cluster assigned to it; it polls a
 cluster only while it holds the lock. A cluster no longer assigned is announced as not held
 and its lock deleted once its last poll ended (`released`); a lock held by another is retried
@@ -18,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient, KazooState
@@ -33,11 +35,12 @@ _STOP = ("stop", None)
 
 
 class ZkCoordinator:
-    """Owns the kazoo client; `on_held(frozenset)` is called (on this class's thread) with
-    the clusters this instance may poll, each time they change."""
+    """Owns the kazoo client; `on_held(held, since)` is called (on this class's thread) with
+    the clusters this instance may poll, each time they change, and for clusters just handed
+    over by another instance, when it stopped polling them (wall clock)."""
 
     def __init__(self, settings: CoordinationSettings, member_id: str, listen: str,
-                 on_held: Callable[[frozenset[str]], None], on_error: Callable[[str], None] = lambda name: None):
+                 on_held: Callable[[frozenset[str], Mapping[str, float]], None], on_error: Callable[[str], None] = lambda name: None):
         self.id = member_id
         self._settings, self._listen, self._on_held, self._on_error = settings, listen, on_held, on_error
         self._events: "queue.Queue[tuple[str, object]]" = queue.Queue()
@@ -45,13 +48,14 @@ class ZkCoordinator:
                                    connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0))
         self._client.add_listener(lambda state: self._events.put(("state", state)))
         root = settings.path.rstrip("/")
-        self._members_path, self._locks_path = f"{root}/members", f"{root}/locks"
+        self._members_path, self._locks_path, self._handover_path = f"{root}/members", f"{root}/locks", f"{root}/handover"
         self._clusters: frozenset[str] = frozenset()
         self._members: tuple[str, ...] = ()
         self._held: set[str] = set()
         self._releasing: set[str] = set()  # lock still ours, polling being stopped
         self._waiting: set[str] = set()  # lock held by another, deletion watch set
-        self._unlock: set[str] = set()  # polling stopped, lock to delete
+        self._unlock: dict[str, float] = {}  # polling stopped (when), lock to delete
+        self._since: dict[str, float] = {}  # taken from another instance: when it stopped
         self._announced: frozenset[str] = frozenset()
         self._owners: dict[str, str] = {}  # cluster -> holder, from the locks (other instances')
         self._joined = False
@@ -82,9 +86,10 @@ class ZkCoordinator:
         """Every cluster known from configuration and discovery."""
         self._events.put(("clusters", frozenset(clusters)))
 
-    def released(self, clusters: frozenset[str]) -> None:
-        """The last polls of `clusters` ended: their locks may go."""
-        self._events.put(("released", frozenset(clusters)))
+    def released(self, clusters: frozenset[str], stopped_at: float) -> None:
+        """The last polls of `clusters` ended (they left the schedule at `stopped_at`, wall
+        clock): their locks may go."""
+        self._events.put(("released", (frozenset(clusters), stopped_at)))
 
     def owner(self, cluster_id: str) -> Optional[str]:
         """Who polls the cluster: this instance, or the lock's holder as last seen."""
@@ -135,8 +140,8 @@ class ZkCoordinator:
         elif kind == "lock_gone":
             self._waiting.discard(str(arg))
         elif kind == "released":
-            assert isinstance(arg, frozenset)
-            self._release(arg)
+            assert isinstance(arg, tuple)
+            self._release(*arg)
 
     def _state(self, state: object) -> None:
         if state == KazooState.CONNECTED:
@@ -172,7 +177,7 @@ class ZkCoordinator:
         if self._joined or self._held or self._releasing:
             log.warning("coordination: %s", why)
         self._joined = False
-        self._held, self._releasing, self._waiting, self._unlock = set(), set(), set(), set()
+        self._held, self._releasing, self._waiting, self._unlock = set(), set(), set(), {}
         self._owners = {}
         self._announce()
 
@@ -190,12 +195,9 @@ class ZkCoordinator:
         if self._dirty["locks"]:
             self._dirty["locks"] = False
             self._read_owners()
-        for cluster in sorted(self._unlock):
-            try:
-                self._client.delete(f"{self._locks_path}/{quote(cluster, safe='')}")
-            except NoNodeError:
-                pass
-            self._unlock.discard(cluster)
+        for cluster, stopped_at in sorted(self._unlock.items()):
+            self._hand_over(cluster, stopped_at)
+            del self._unlock[cluster]
         mine = assigned(self.id, self._clusters, self._members)
         for cluster in self._held - mine:
             self._held.discard(cluster)
@@ -210,6 +212,7 @@ class ZkCoordinator:
         try:
             self._client.create(path, self.id.encode(), ephemeral=True)
             self._held.add(cluster)
+            self._take_over(cluster)
             return
         except NodeExistsError:
             pass
@@ -223,13 +226,42 @@ class ZkCoordinator:
         else:
             self._waiting.add(cluster)
 
-    def _release(self, clusters: frozenset[str]) -> None:
+    def _hand_over(self, cluster: str, stopped_at: float) -> None:
+        """Say when this instance stopped polling the cluster, then delete its lock."""
+        name = quote(cluster, safe='')
+        data = json.dumps({"stopped_at": stopped_at, "by": self.id}).encode()
+        try:
+            self._client.set(f"{self._handover_path}/{name}", data)
+        except NoNodeError:
+            self._client.create(f"{self._handover_path}/{name}", data, makepath=True)
+        try:
+            self._client.delete(f"{self._locks_path}/{name}")
+        except NoNodeError:
+            pass
+
+    def _take_over(self, cluster: str) -> None:
+        """After taking a lock: when its previous owner stopped polling, if it handed it over."""
+        path = f"{self._handover_path}/{quote(cluster, safe='')}"
+        try:
+            data, _ = self._client.get(path)
+            self._client.delete(path)
+        except NoNodeError:
+            return
+        try:
+            self._since[cluster] = float(json.loads(data)["stopped_at"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("coordination: unreadable handover of cluster %s, ignored", cluster)
+
+    def _release(self, clusters: frozenset[str], stopped_at: float) -> None:
         """Queue the locks of released clusters for deletion (`_sync`), unless assigned here
         again meanwhile."""
         mine = assigned(self.id, self._clusters, self._members) if self._joined else frozenset()
         for cluster in clusters & self._releasing:
             self._releasing.discard(cluster)
-            (self._held if cluster in mine else self._unlock).add(cluster)
+            if cluster in mine:
+                self._held.add(cluster)
+            else:
+                self._unlock[cluster] = stopped_at
 
     def _read_owners(self) -> None:
         """Every lock's holder (pipelined reads), with a watch on the locks' list."""
@@ -248,7 +280,8 @@ class ZkCoordinator:
         if held != self._announced:
             log.info("coordination: holding %d clusters (%d members)", len(held), len(self._members))
             self._announced = held
-            self._on_held(held)
+            since, self._since = {c: t for c, t in self._since.items() if c in held}, {}
+            self._on_held(held, since)
 
     def _watch(self, kind: str) -> Callable[[object], None]:
         if kind not in self._watchers:

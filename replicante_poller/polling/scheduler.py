@@ -16,7 +16,7 @@ import math
 import queue
 import threading
 import time
-from typing import Callable, Iterable, Optional, Union
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 from ..reasons import Reason
 from .discovery import Target
@@ -70,15 +70,22 @@ class Schedule:
         self._targets: dict[tuple[str, str], Target] = {}
         self._seq = itertools.count()
 
-    def set_targets(self, targets: Iterable[Target], now: float) -> None:
-        """Schedule exactly `targets`; a target whose interval is unchanged keeps its slot."""
+    def set_targets(self, targets: Iterable[Target], now: float, since: Mapping[str, float] = {}) -> None:
+        """Schedule exactly `targets`; a target whose interval is unchanged keeps its slot.
+
+        `since[cluster]`: when another instance stopped polling the cluster (a handover); a
+        new target of it whose slot passed since then is due at once, at that slot (its phase
+        kept), so the handover misses no slot."""
         new = {t.key: t for t in targets}
         keep = {k for k, t in new.items() if k in self._targets and self._targets[k].poll.interval == t.poll.interval}
         self._heap = [e for e in self._heap if e[2] in keep]
         heapq.heapify(self._heap)
         for key, target in new.items():
             if key not in keep:
-                heapq.heappush(self._heap, (next_slot(target, now), next(self._seq), key))
+                when, stopped = next_slot(target, now), since.get(target.cluster_id)
+                if stopped is not None and when - target.poll.interval > stopped:
+                    when -= target.poll.interval
+                heapq.heappush(self._heap, (when, next(self._seq), key))
         self._targets = new
 
     def pop_due(self, now: float) -> list[Due]:
@@ -140,11 +147,12 @@ class Scheduler:
         known = len(self._state)
         return known - len(self._unpolled), known
 
-    def set_targets(self, targets: Iterable[Target]) -> None:
+    def set_targets(self, targets: Iterable[Target], since: Mapping[str, float] = {}) -> None:
         """Schedule exactly `targets` (unchanged ones keep slot and state) and report when
-        each has been polled once. From the scheduler thread, or before `start`."""
+        each has been polled once. From the scheduler thread, or before `start`. `since`:
+        clusters handed over by another instance (`Schedule.set_targets`)."""
         targets = tuple(targets)
-        self._schedule.set_targets(targets, self._clock())
+        self._schedule.set_targets(targets, self._clock(), since)
         self._state.set_targets(targets)
         self._metrics.targets_changed(len(targets))
         self._unpolled = {t.key for t in targets}
