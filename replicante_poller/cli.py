@@ -50,6 +50,8 @@ def _setup_logging(level: str, form: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+    if level.lower() != "debug":  # kazoo logs each reconnection attempt; the coordinator says what matters once
+        logging.getLogger("kazoo").setLevel(logging.ERROR)
 
 
 def _count(n: int, noun: str) -> str:
