@@ -292,13 +292,17 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         # ZooKeeper stopped and restarted under the pollers: they keep polling meanwhile.
         watch.mark()
         zookeeper.stop()
+        down = time.monotonic()
         wait_for(lambda: all(metric(p, "coordination_connected") == 0 for p in survivors), 10, "connected 0")
         threading.Event().wait(1.0)
         zookeeper.start()
+        down = time.monotonic() - down
         wait_for(lambda: all(metric(p, "coordination_connected") == 1 for p in survivors), 20, "connected 1")
         wait_for(taken_over, 20, "every agent held by exactly one instance after the restart")
         outage = max(watch.gaps().values())
-        print(f"longest polling gap across the ZooKeeper restart: {outage:.2f}s")
+        print(f"ZooKeeper restarted ({down:.2f}s without it): longest polling gap {outage:.2f}s")
+        if down < SESSION_TIMEOUT - 1.0:  # a session that cannot have expired: polling went on
+            assert outage <= 2 * INTERVAL + 0.5
         assert outage <= SESSION_TIMEOUT + INTERVAL + 1.0
 
         # A joining instance takes its share without a gap, and no agent is polled twice meanwhile.
@@ -322,6 +326,24 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         # interval plus the handover's time (0.3 to 0.5s measured), loaded machines allowed for
         assert join_gap <= 2 * INTERVAL + 0.5
         assert max(polls.values()) <= elapsed / INTERVAL + 1.5
+
+        # ZooKeeper gone for longer than the session: each instance stops polling when its
+        # session must have expired (never two pollers), and takes its share again after.
+        zookeeper.stop()
+        stopped = time.monotonic()
+        wait_for(lambda: all(metric(p, "coordination_clusters_owned") == 0 for p in survivors), SESSION_TIMEOUT + 5,
+                 "every cluster dropped")
+        dropped = time.monotonic() - stopped
+        threading.Event().wait(INTERVAL)  # the last polls end
+        before = {u: sim.requests_seen(u) for u in urls}
+        threading.Event().wait(INTERVAL + 0.5)
+        assert all(sim.requests_seen(u) == before[u] for u in urls)  # nobody polls without a session
+        zookeeper.start()
+        restarted = time.monotonic()
+        wait_for(taken_over, 20, "every cluster held again after a long outage")
+        print(f"ZooKeeper down: clusters dropped after {dropped:.2f}s (session_timeout {SESSION_TIMEOUT:g}s), "
+              f"held again {time.monotonic() - restarted:.2f}s after it answered")
+        assert SESSION_TIMEOUT - 0.5 <= dropped <= SESSION_TIMEOUT + 2.0
     finally:
         watch.close()
         for poller in pollers:
