@@ -75,8 +75,9 @@ class ZkCoordinator:
 
     def stop(self) -> None:
         """Close the session: the member znode and every lock vanish at once."""
-        self._events.put(_STOP)
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._events.put(_STOP)
+            self._thread.join()
         try:
             self._client.stop()
         finally:
