@@ -4,6 +4,10 @@ Nothing is lost: an action is committed before anyone hears its id, an attempt i
 committed before its request leaves, and its outcome after the answer. After a crash an
 action is re-sent with the SAME action_id, which the agent's idempotency turns into
 "already exists": delivered exactly once, or still pending.
+
+A journal is checked whole when it is opened (the base's integrity check, and every
+record readable): a damaged one is refused, and left as it is, rather than recreated or
+half used. A submission is acknowledged only after its COMMIT returned.
 """
 from __future__ import annotations
 
@@ -120,6 +124,13 @@ def _action(row: sqlite3.Row) -> Action:
     return Action(**values)
 
 
+# The first record the journal could not decode: one makes an existing journal damaged.
+UNREADABLE = """
+SELECT id FROM actions WHERE NOT json_valid(args) OR (agent_history IS NOT NULL AND NOT json_valid(agent_history))
+    OR state NOT IN ({}) LIMIT 1
+""".format(", ".join("'%s'" % state.value for state in ActionState))
+
+
 class Journal(SqliteStore):
     """SQLite journal shared by the service, the API and the CLI (several processes)."""
 
@@ -138,6 +149,21 @@ class Journal(SqliteStore):
         with self.locked() as db:
             db.row_factory = sqlite3.Row
             db.execute("SELECT COUNT(*) FROM actions").fetchone()
+
+    def damage(self, db: sqlite3.Connection) -> Optional[str]:
+        """An existing journal without its actions table, or with a record that cannot be read."""
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'actions'").fetchone() is None:
+            return "it has no actions table"
+        row = db.execute(UNREADABLE).fetchone()
+        return None if row is None else f"the record of action {row[0]} cannot be read"
+
+    def _decode(self, row: sqlite3.Row) -> Action:
+        """The action of a row; StoreError when the record was damaged while the journal was open."""
+        try:
+            return _action(row)
+        except (ValueError, TypeError):
+            problem = f"the record of action {row['id']} cannot be read (damaged?)"
+            raise StoreError(self._path, self.what, problem) from None
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -161,13 +187,14 @@ class Journal(SqliteStore):
         """Durably queue a new action; its id is the action_id the agent will see."""
         now = self._clock()
         action_id = str(uuid.uuid4())
-        self._write(
-            "INSERT INTO actions (id, agent, kind, args, requester, created_ts, state, next_ts, message, updated_ts)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, 'queued', ?)",
-            action_id, agent, kind, json.dumps(args), requester, now, now, now,
-        )
-        action = self.get(action_id)
-        assert action is not None
+        with self._transaction() as db:  # read back before COMMIT: returned only once stored and readable
+            db.execute(
+                "INSERT INTO actions (id, agent, kind, args, requester, created_ts, state, next_ts, message, updated_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'PENDING', ?, 'queued', ?)",
+                (action_id, agent, kind, json.dumps(args), requester, now, now, now))
+            action = self._get(action_id)
+            if action is None:  # rolled back: never acknowledged
+                raise StoreError(self._path, self.what, f"action {action_id} could not be read back")
         return action
 
     def get(self, action_id: str) -> Optional[Action]:
@@ -176,7 +203,7 @@ class Journal(SqliteStore):
 
     def _get(self, action_id: str) -> Optional[Action]:
         row = self._db.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
-        return _action(row) if row else None
+        return self._decode(row) if row else None
 
     def wait_for(self, action_id: str, predicate: Callable[[Action], bool], timeout: float) -> Optional[Action]:
         """Block until the action satisfies `predicate` after a write by this process, or timeout.
@@ -196,7 +223,7 @@ class Journal(SqliteStore):
         """Newest first."""
         with self.locked() as db:
             rows = db.execute("SELECT * FROM actions ORDER BY created_ts DESC, id LIMIT ?", (limit,)).fetchall()
-        return [_action(r) for r in rows]
+        return [self._decode(r) for r in rows]
 
     def attempts(self, action_id: str) -> list[Attempt]:
         with self.locked() as db:
@@ -210,7 +237,7 @@ class Journal(SqliteStore):
             rows = db.execute(
                 "SELECT * FROM actions WHERE state IN ('PENDING', 'SCHEDULED', 'RUNNING') AND next_ts <= ?"
                 " ORDER BY next_ts LIMIT ?", (now, limit)).fetchall()
-        return [_action(r) for r in rows]
+        return [self._decode(r) for r in rows]
 
     def next_due(self) -> Optional[float]:
         with self.locked() as db:
