@@ -71,9 +71,11 @@ def test_action_is_signed_delivered_once_and_tracked_to_done(start_sim, start_se
     assert headers["content-digest"] == content_digest(LegacyActions().schedule(done)[1])
     assert json.loads(LegacyActions().schedule(done)[1])["action_id"] == action_id
 
-    listed = requests.get("http://%s:%d/api/v1/actions" % service.api_address, timeout=5).json()["actions"]
+    bearer = {"Authorization": f"Bearer {TOKEN}"}  # reading actions needs the token too
+    listed = requests.get("http://%s:%d/api/v1/actions" % service.api_address, headers=bearer, timeout=5).json()["actions"]
     assert [(a["id"], a["state"]) for a in listed] == [(action_id, "DONE")]
-    shown = requests.get("http://%s:%d/api/v1/actions/%s" % (*service.api_address, action_id), timeout=5).json()
+    shown = requests.get("http://%s:%d/api/v1/actions/%s" % (*service.api_address, action_id), headers=bearer,
+                         timeout=5).json()
     assert [a["outcome"] for a in shown["attempts_log"]] == ["accepted"]
 
     registry = service.registry

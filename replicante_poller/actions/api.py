@@ -1,18 +1,20 @@
 """Submitting and reading actions: the `/api/v1/actions` endpoints and the CLI share this.
 
 Submissions are validated here and written to the journal; the dispatcher does the rest.
-POST needs `Authorization: Bearer <token>` with the token of `[actions] api_token_file`,
-compared in constant time.
+Every request, GET (actions and their args) as POST, needs `Authorization: Bearer <token>`
+with the token of `[actions] api_token_file`, compared in constant time. A submission is
+acknowledged (202) only once the journal committed it; a journal that fails is a 503.
 """
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
 from typing import Any, Callable, Optional
 
 from ..converters import read_secret
-from ..errors import SubmissionError
+from ..errors import StoreError, SubmissionError
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
 from .journal import Action, Journal
@@ -26,6 +28,8 @@ _ENVELOPE = len(json.dumps({"action_id": "0" * 36, "args": None, "created_ts": "
                             "requester": "CORE_API"}, separators=(",", ":"))) - len("null")
 MAX_ARGS_BYTES = MAX_SCHEDULE_BODY - _ENVELOPE
 MAX_SUBMISSION = MAX_BODY
+Reply = tuple[int, dict[str, Any]]
+log = logging.getLogger(__name__)
 
 
 def check_kind(kind: Any) -> str:
@@ -87,7 +91,7 @@ def action_json(journal: Journal, action: Action) -> dict[str, Any]:
 
 
 class ActionsApi:
-    """HTTP handling of `/api/v1/actions` (list, show, submit)."""
+    """HTTP handling of `/api/v1/actions` (list, show, submit), all behind the bearer token."""
 
     def __init__(self, journal: Journal, find_target: Callable[[str], Optional[Target]],
                  token: Optional[bytes], on_submit: Callable[[], None]):
@@ -102,7 +106,27 @@ class ActionsApi:
         return [{"id": a.id, "kind": a.kind, "state": a.state.value, "attempts": a.attempts,
                  "created_ts": a.created_ts, "updated_ts": a.updated_ts} for a in found]
 
-    def get(self, path: str) -> tuple[int, dict[str, Any]]:
+    def refusal(self, authorization: Optional[str]) -> Optional[Reply]:
+        """The answer to a request without the right bearer token, or None when it has it."""
+        token = self.token  # one read: a reload may replace it
+        if token is None:
+            return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
+        presented = (authorization or "").encode("utf-8", "replace")
+        if not hmac.compare_digest(presented, b"Bearer " + token):
+            return 401, {"error": "unauthorized"}
+        return None
+
+    def get(self, path: str, authorization: Optional[str] = None) -> Reply:
+        refused = self.refusal(authorization)
+        if refused is not None:
+            return refused
+        try:
+            return self._read(path)
+        except StoreError as exc:
+            log.error("actions API: %s", exc)
+            return 503, {"error": f"the action journal cannot be read: {exc}"}
+
+    def _read(self, path: str) -> Reply:
         if path == "/api/v1/actions":
             return 200, {"actions": [a.to_json() for a in self._journal.list()]}
         action = self._journal.get(path.rsplit("/", 1)[1])
@@ -110,13 +134,10 @@ class ActionsApi:
             return 404, {"error": "no such action"}
         return 200, action_json(self._journal, action)
 
-    def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]:
-        token = self.token  # one read: a reload may replace it
-        if token is None:
-            return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
-        presented = (authorization or "").encode("utf-8", "replace")
-        if not hmac.compare_digest(presented, b"Bearer " + token):
-            return 401, {"error": "unauthorized"}
+    def post(self, authorization: Optional[str], body: bytes) -> Reply:
+        refused = self.refusal(authorization)
+        if refused is not None:
+            return refused
         try:
             document = json.loads(body)
             if not isinstance(document, dict):
@@ -127,5 +148,8 @@ class ActionsApi:
             return 400, {"error": "the body is nested too deeply to be an action"}
         except (ValueError, SubmissionError) as exc:
             return 400, {"error": str(exc)}
+        except StoreError as exc:  # not committed: never acknowledged
+            log.error("actions API: action not stored: %s", exc)
+            return 503, {"error": f"the action was not stored: {exc}"}
         self._on_submit()
         return 202, {"id": action.id, "state": action.state.value}
