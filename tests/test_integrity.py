@@ -117,12 +117,20 @@ def overwrite_a_record(path: Path) -> None:
     db.close()
 
 
+def another_programs_database(path: Path) -> None:
+    path.unlink()
+    db = sqlite3.connect(str(path))
+    db.execute("CREATE TABLE photos (name TEXT, taken REAL)")
+    db.commit()
+    db.close()
+
+
 def not_a_database(path: Path) -> None:
     path.write_bytes(b"this is not SQLite at all, but it is where the journal was\n" * 100)
 
 
 @pytest.mark.parametrize("damage", [truncate_to_nothing, truncate_the_tail, truncate_half, overwrite_a_page,
-                                    overwrite_a_record, not_a_database])
+                                    overwrite_a_record, another_programs_database, not_a_database])
 def test_a_damaged_journal_stops_the_service_and_the_cli_and_is_kept_as_it_is(config, keys, damage):
     journal = keys["journal"]
     journal_with_history(journal)
