@@ -61,7 +61,7 @@ def targets_document(views: Iterable[TargetView],
 class ActionRoutes(Protocol):
     """The actions API behind `/api/v1/actions` (`actions.api.ActionsApi`): status and document."""
 
-    def get(self, path: str) -> tuple[int, dict[str, Any]]: ...
+    def get(self, path: str, authorization: Optional[str] = None) -> tuple[int, dict[str, Any]]: ...
 
     def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]: ...
 
@@ -145,7 +145,7 @@ class StatusServer:
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
                 return send_json(request, 404, {"error": "actions are not enabled"})
-            return send_json(request, *self._actions.get(path))
+            return send_json(request, *self._actions.get(path, request.headers.get("Authorization")))
         else:
             body, content_type = b'{"error":"not found"}', "application/json"
             return send(request, 404, content_type, body)
