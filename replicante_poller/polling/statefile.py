@@ -21,10 +21,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NoReturn, Optional, TypeVar
+from typing import Any, Callable, Iterable, Mapping
 
 from ..agentapi import GENERATIONS
 from ..limits import MAX_RETRY_AFTER
+from ..jsoncheck import Problem, expect_list, expect_object, expect_string, fail, kind, optional
 from ..reasons import Reason, Status
 from .discovery import Target
 from .health import Health, HealthState
@@ -45,7 +46,6 @@ FILE_NAME = "state.json"
 MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z, the last second RFC 3339 (and the status page) shows
 MAX_DURATION = 86400.0  # seconds: a poll lasts at most its timeout
 MAX_COUNT = 2**31 - 1  # health streaks
-T = TypeVar("T")
 
 
 def _result_json(result: PollResult) -> dict[str, Any]:
@@ -102,64 +102,24 @@ def save_state(directory: str, views: Iterable[TargetView], clock: Any = time.ti
     return path
 
 
-class _Unusable(Exception):
-    """Internal: unwinds the reading of a saved document to `load_state`, which logs it."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(f"{path}: {message}")
-
-
-def _fail(path: str, message: str) -> NoReturn:
-    raise _Unusable(path, message)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), "something else")
-
-
-def _object(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {_kind(value)}")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if not isinstance(value, list):
-        _fail(path, f"expected a list, got {_kind(value)}")
-    return value
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        _fail(path, f"expected a string, got {_kind(value)}")
-    return value
-
-
 def _number(value: Any, path: str, low: float, high: float, what: str = "a number") -> float:
     """A finite JSON number within [low, high] (never a boolean)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(path, f"expected {what}, got {_kind(value)}")
+        fail(path, f"expected {what}, got {kind(value)}")
     if not low <= value <= high:  # also false for NaN
-        _fail(path, f"{value!r} is out of range for {what}")
+        fail(path, f"{value!r} is out of range for {what}")
     return float(value)
 
 
 def _choice(value: Any, path: str, choices: Iterable[str]) -> str:
     allowed = tuple(choices)
     if not isinstance(value, str) or value not in allowed:
-        _fail(path, "expected one of " + ", ".join(allowed))
+        fail(path, "expected one of " + ", ".join(allowed))
     return value
 
 
 def _values(kind: type[enum.Enum]) -> tuple[str, ...]:
     return tuple(member.value for member in kind)
-
-
-def _optional(value: Any, path: str, convert: Callable[[Any, str], T]) -> Optional[T]:
-    return None if value is None else convert(value, path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +134,7 @@ class _Reading:
         the file was made up; a poll of this run must never be taken for a restored one)."""
         moment = _time(value, path)
         if moment > self.now:
-            _fail(path, f"{value!r} is in the future")
+            fail(path, f"{value!r} is in the future")
         return moment
 
     def deferral(self, value: Any, path: str) -> float:
@@ -194,42 +154,42 @@ def _model(value: Any, path: str, validate: Callable[[Any], Any]) -> Any:
         return None
     model = validate(value)
     if isinstance(model, Invalid):
-        _fail(path + model.path[1:], model.message)  # the validator's `$.x` path, under this field
+        fail(path + model.path[1:], model.message)  # the validator's `$.x` path, under this field
     return model
 
 
 def _result(doc: Any, path: str, target: Target, reading: _Reading) -> PollResult:
-    doc = _object(doc, path)
+    doc = expect_object(doc, path)
     shards = doc.get("shards")
     return PollResult(
         target=target,
         status=Status(_choice(doc.get("status"), path + ".status", _values(Status))),
-        reason=_optional(doc.get("reason"), path + ".reason", lambda v, p: Reason(_choice(v, p, _values(Reason)))),
-        message=_string(doc.get("message"), path + ".message"),
+        reason=optional(doc.get("reason"), path + ".reason", lambda v, p: Reason(_choice(v, p, _values(Reason)))),
+        message=expect_string(doc.get("message"), path + ".message"),
         started=reading.past(doc.get("started"), path + ".started"),
         duration=_number(doc.get("duration"), path + ".duration", 0.0, MAX_DURATION, "a poll's duration (0 to 1 day)"),
         agent=_model(doc.get("agent"), path + ".agent", validate_agent_info),
         datastore=_model(doc.get("datastore"), path + ".datastore", validate_datastore_info),
         shards=None if shards is None else _model({"shards": shards}, path, validate_neutral_shards),
-        cert_not_after=_optional(doc.get("cert_not_after"), path + ".cert_not_after", _time),
-        retry_after=_optional(doc.get("retry_after"), path + ".retry_after",
+        cert_not_after=optional(doc.get("cert_not_after"), path + ".cert_not_after", _time),
+        retry_after=optional(doc.get("retry_after"), path + ".retry_after",
                               lambda v, p: _number(v, p, 0.0, MAX_TIME, "a Retry-After (non-negative seconds)")),
-        api=_optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
+        api=optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
         node_status=_model(doc.get("node_status"), path + ".node_status", validate_node_status),
     )
 
 
 def _count(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"expected a whole number, got {_kind(value)}")
+        fail(path, f"expected a whole number, got {kind(value)}")
     if not 0 <= value <= MAX_COUNT:
-        _fail(path, f"{value} is out of range (0 to {MAX_COUNT})")
+        fail(path, f"{value} is out of range (0 to {MAX_COUNT})")
     return value
 
 
 def _health(doc: Any, path: str, reading: _Reading) -> Health:
-    doc = _object(doc, path)
-    transitions = _list(doc.get("transitions", []), path + ".transitions")
+    doc = expect_object(doc, path)
+    transitions = expect_list(doc.get("transitions", []), path + ".transitions")
     return Health(
         HealthState(_choice(doc.get("state"), path + ".state", _values(HealthState))),
         _count(doc.get("streak"), path + ".streak"),
@@ -241,26 +201,26 @@ def _view(doc: Mapping[str, Any], path: str, target: Target, reading: _Reading) 
     result = doc.get("result")
     return TargetView(
         target=target,
-        result=_optional(result, path + ".result", lambda v, p: _result(v, p, target, reading)),
+        result=optional(result, path + ".result", lambda v, p: _result(v, p, target, reading)),
         health=_health(doc.get("health"), path + ".health", reading),
-        last_success=_optional(doc.get("last_success"), path + ".last_success", reading.past),
-        deferred_until=_optional(doc.get("deferred_until"), path + ".deferred_until", reading.deferral),
-        api=_optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
+        last_success=optional(doc.get("last_success"), path + ".last_success", reading.past),
+        deferred_until=optional(doc.get("deferred_until"), path + ".deferred_until", reading.deferral),
+        api=optional(doc.get("api"), path + ".api", lambda v, p: _choice(v, p, GENERATIONS)),
     )
 
 
 def _views(document: Any, targets: Iterable[Target], reading: _Reading) -> list[TargetView]:
     """The saved views of the targets still known; the others are dropped unread."""
-    document = _object(document, "$")
+    document = expect_object(document, "$")
     if type(document.get("format")) is not int or document["format"] != FORMAT:
-        _fail("$.format", f"unknown format {document.get('format')!r} (this version writes {FORMAT})")
-    _optional(document.get("saved_at"), "$.saved_at", reading.past)
+        fail("$.format", f"unknown format {document.get('format')!r} (this version writes {FORMAT})")
+    optional(document.get("saved_at"), "$.saved_at", reading.past)
     by_key = {t.key: t for t in targets}
     views = []
-    for i, item in enumerate(_list(document.get("targets"), "$.targets")):
+    for i, item in enumerate(expect_list(document.get("targets"), "$.targets")):
         path = f"$.targets[{i}]"
-        doc = _object(item, path)
-        target = by_key.get((_string(doc.get("cluster"), path + ".cluster"), _string(doc.get("url"), path + ".url")))
+        doc = expect_object(item, path)
+        target = by_key.get((expect_string(doc.get("cluster"), path + ".cluster"), expect_string(doc.get("url"), path + ".url")))
         if target is not None:
             views.append(_view(doc, path, target, reading))
     return views
@@ -284,7 +244,7 @@ def load_state(directory: str, targets: Iterable[Target], max_retry_after: float
         return []
     try:
         return _views(document, targets, _Reading(clock(), max_retry_after))
-    except _Unusable as problem:
+    except Problem as problem:
         _set_aside(path, str(problem))
         return []
 

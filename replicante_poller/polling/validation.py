@@ -9,6 +9,7 @@ import dataclasses
 import json
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
 
+from ..jsoncheck import Problem, expect_object, expect_string, fail, kind, optional
 from ..models import NODE_STATUSES, AgentInfo, AgentVersion, DatastoreInfo, NodeStatus, Offset, Shard
 from ..reasons import Reason
 
@@ -43,31 +44,19 @@ class NodeReport:
         return DatastoreInfo(None, cluster_id, self.store_id, self.node_id, self.store_version)
 
 
-class _Problem(Exception):
-    """Internal: unwinds validation to the public boundary, which makes it a value."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(path, message)
-        self.path, self.message = path, message
-
-
-def _fail(path: str, message: str) -> NoReturn:
-    raise _Problem(path, message)
-
-
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     document = dict(pairs)
     if len(document) != len(pairs):
         seen: set[str] = set()
         for key, _ in pairs:
             if key in seen:
-                _fail("$", f"duplicate key {key!r}")
+                fail("$", f"duplicate key {key!r}")
             seen.add(key)
     return document
 
 
 def _no_constants(name: str) -> NoReturn:
-    _fail("$", f"{name} is not valid JSON")
+    fail("$", f"{name} is not valid JSON")
 
 
 def decode_json(body: bytes) -> Union[Any, Invalid]:
@@ -75,7 +64,7 @@ def decode_json(body: bytes) -> Union[Any, Invalid]:
     try:
         text = body.decode("utf-8")
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _Problem as problem:
+    except Problem as problem:
         return Invalid(Reason.INVALID_JSON, problem.path, problem.message)
     except UnicodeDecodeError as exc:
         return Invalid(Reason.INVALID_JSON, "$", f"body is not UTF-8 ({exc.reason} at byte {exc.start})")
@@ -85,35 +74,12 @@ def decode_json(body: bytes) -> Union[Any, Invalid]:
         return Invalid(Reason.INVALID_JSON, "$", f"body is not JSON: {exc}")
 
 
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(path, f"expected an object, got {_kind(value)}")
-    return value
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        _fail(path, f"expected a string, got {_kind(value)}")
-    return value
-
-
-def _optional(value: Any, path: str, convert: Callable[[Any, str], T]) -> Optional[T]:
-    return None if value is None else convert(value, path)
-
-
 def _int64(value: Any, path: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        _fail(path, f"expected an integer, got {_kind(value)}")
+        fail(path, f"expected an integer, got {kind(value)}")
     if not INT64_MIN <= value <= INT64_MAX:
-        _fail(path, "integer out of int64 range")
+        fail(path, "integer out of int64 range")
     return value
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 # The shard validators run once per shard (20,000 on a large Kafka broker): they format the
@@ -134,22 +100,22 @@ class ShardDialect:
         if role is not None:
             return role, None
         if isinstance(value, dict) and len(value) == 1 and self.other_role in value:
-            return "unknown", _string(value[self.other_role], f"$.shards[{i}].role.{self.other_role}")
-        _fail(f"$.shards[{i}].role", f"expected {self.expected_role}")
+            return "unknown", expect_string(value[self.other_role], f"$.shards[{i}].role.{self.other_role}")
+        fail(f"$.shards[{i}].role", f"expected {self.expected_role}")
 
     def offset(self, value: Any, i: int, field: str) -> Offset:
         if not isinstance(value, dict):
-            _object(value, f"$.shards[{i}].{field}")
+            expect_object(value, f"$.shards[{i}].{field}")
         unit = value.get("unit")
         if isinstance(unit, str) and unit in self.units:
             name, custom = unit, False
         elif isinstance(unit, dict):
             name, custom = unit.get("unit"), True
             if not isinstance(name, str):
-                _string(name, f"$.shards[{i}].{field}.unit.unit")
+                expect_string(name, f"$.shards[{i}].{field}.unit.unit")
         else:
             plain = " or ".join(f'"{u}"' for u in sorted(self.units))
-            _fail(f"$.shards[{i}].{field}.unit", f'expected {plain} or {{"unit": NAME}}')
+            fail(f"$.shards[{i}].{field}.unit", f'expected {plain} or {{"unit": NAME}}')
         number = value.get("value")
         if type(number) is not int or not INT64_MIN <= number <= INT64_MAX:
             _int64(number, f"$.shards[{i}].{field}.value")
@@ -157,14 +123,14 @@ class ShardDialect:
 
     def shard(self, value: Any, i: int) -> Shard:
         if not isinstance(value, dict):
-            _object(value, f"$.shards[{i}]")
+            expect_object(value, f"$.shards[{i}]")
         role, detail = self.role(value.get("role"), i)
         ident = value.get("id")
         if not isinstance(ident, str):
-            _string(ident, f"$.shards[{i}].id")
+            expect_string(ident, f"$.shards[{i}].id")
         commit, lag = value.get("commit_offset"), value.get("lag")
         if commit is None and self.commit_required:
-            _object(commit, f"$.shards[{i}].commit_offset")
+            expect_object(commit, f"$.shards[{i}].commit_offset")
         return Shard(
             id=ident,
             role=role,
@@ -174,9 +140,9 @@ class ShardDialect:
         )
 
     def shards(self, value: Any) -> tuple[Shard, ...]:
-        shards = _object(value, "$").get("shards")
+        shards = expect_object(value, "$").get("shards")
         if not isinstance(shards, list):
-            _fail("$.shards", f"expected a list, got {_kind(shards)}")
+            fail("$.shards", f"expected a list, got {kind(shards)}")
         shard = self.shard
         return tuple(shard(item, i) for i, item in enumerate(shards))
 
@@ -193,26 +159,26 @@ NEUTRAL_SHARDS = ShardDialect({"primary": "primary", "secondary": "secondary", "
 
 
 def _agent_info(value: Any) -> AgentInfo:
-    return AgentInfo(_version(_object(value, "$").get("version"), "$.version"))
+    return AgentInfo(_version(expect_object(value, "$").get("version"), "$.version"))
 
 
 def _datastore_info(value: Any) -> DatastoreInfo:
-    document = _object(value, "$")
+    document = expect_object(value, "$")
     return DatastoreInfo(
-        cluster_display_name=_optional(document.get("cluster_display_name"), "$.cluster_display_name", _string),
-        cluster_id=_string(document.get("cluster_id"), "$.cluster_id"),
-        kind=_string(document.get("kind"), "$.kind"),
-        node_id=_string(document.get("node_id"), "$.node_id"),
-        version=_string(document.get("version"), "$.version"),
+        cluster_display_name=optional(document.get("cluster_display_name"), "$.cluster_display_name", expect_string),
+        cluster_id=expect_string(document.get("cluster_id"), "$.cluster_id"),
+        kind=expect_string(document.get("kind"), "$.kind"),
+        node_id=expect_string(document.get("node_id"), "$.node_id"),
+        version=expect_string(document.get("version"), "$.version"),
     )
 
 
 def _version(value: Any, path: str) -> AgentVersion:
-    version = _object(value, path)
+    version = expect_object(value, path)
     return AgentVersion(
-        checkout=_string(version.get("checkout"), path + ".checkout"),
-        number=_string(version.get("number"), path + ".number"),
-        taint=_string(version.get("taint"), path + ".taint"),
+        checkout=expect_string(version.get("checkout"), path + ".checkout"),
+        number=expect_string(version.get("number"), path + ".number"),
+        taint=expect_string(version.get("taint"), path + ".taint"),
     )
 
 
@@ -220,51 +186,51 @@ def _node_status(value: Any) -> NodeStatus:
     if isinstance(value, str) and value in NODE_STATUSES and value != "UNKNOWN":
         return NodeStatus(value)
     if isinstance(value, dict) and len(value) == 1 and "UNKNOWN" in value:
-        return NodeStatus("UNKNOWN", _string(value["UNKNOWN"], "$.node_status.UNKNOWN"))
-    _fail("$.node_status", "expected one of " + ", ".join(NODE_STATUSES[:-1]) + ' or {"UNKNOWN": TEXT}')
+        return NodeStatus("UNKNOWN", expect_string(value["UNKNOWN"], "$.node_status.UNKNOWN"))
+    fail("$.node_status", "expected one of " + ", ".join(NODE_STATUSES[:-1]) + ' or {"UNKNOWN": TEXT}')
 
 
 def _attributes(value: Any, path: str) -> None:
-    for key, item in _object(value, path).items():
+    for key, item in expect_object(value, path).items():
         if item is not None and not isinstance(item, (bool, int, float, str)):
-            _fail(f"{path}.{key}", f"expected a boolean, number, string or null, got {_kind(item)}")
+            fail(f"{path}.{key}", f"expected a boolean, number, string or null, got {kind(item)}")
 
 
 def _node_info(value: Any) -> NodeReport:
     """replisdk `info/node` (`address` is absent on agents before SDK 53acdf2). Address and
     attributes are checked, not kept: the neutral model has no place for them."""
-    document = _object(value, "$")
+    document = expect_object(value, "$")
     address = document.get("address")
     if address is not None:
-        for key, item in _object(address, "$.address").items():
-            _optional(item, f"$.address.{key}", _string)
+        for key, item in expect_object(address, "$.address").items():
+            optional(item, f"$.address.{key}", expect_string)
     if "attributes" in document:
         _attributes(document["attributes"], "$.attributes")
-    store_version = _object(document.get("store_version"), "$.store_version")
-    _optional(store_version.get("checkout"), "$.store_version.checkout", _string)
-    _optional(store_version.get("extra"), "$.store_version.extra", _string)
+    store_version = expect_object(document.get("store_version"), "$.store_version")
+    optional(store_version.get("checkout"), "$.store_version.checkout", expect_string)
+    optional(store_version.get("extra"), "$.store_version.extra", expect_string)
     return NodeReport(
         agent=AgentInfo(_version(document.get("agent_version"), "$.agent_version")),
-        node_id=_string(document.get("node_id"), "$.node_id"),
-        store_id=_string(document.get("store_id"), "$.store_id"),
-        store_version=_string(store_version.get("number"), "$.store_version.number"),
+        node_id=expect_string(document.get("node_id"), "$.node_id"),
+        store_id=expect_string(document.get("store_id"), "$.store_id"),
+        store_version=expect_string(store_version.get("number"), "$.store_version.number"),
         status=_node_status(document.get("node_status")),
     )
 
 
 def _store_info(value: Any) -> str:
     """replisdk `info/store`: its cluster id."""
-    document = _object(value, "$")
+    document = expect_object(value, "$")
     if "attributes" in document:
         _attributes(document["attributes"], "$.attributes")
-    return _string(document.get("cluster_id"), "$.cluster_id")
+    return expect_string(document.get("cluster_id"), "$.cluster_id")
 
 
 def _validator(build: Callable[[Any], T]) -> Callable[[Any], Union[T, Invalid]]:
     def validate(document: Any) -> Union[T, Invalid]:
         try:
             return build(document)
-        except _Problem as problem:
+        except Problem as problem:
             return Invalid(Reason.SCHEMA, problem.path, problem.message)
 
     validate.__doc__ = f"Validate a decoded document with {getattr(build, '__qualname__', build)}; a model or Invalid."
