@@ -34,6 +34,7 @@ from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
 from .service import Service, check_resources, discover_all
+from .web.server import ListenError, listen_family
 from .web.status import target_json
 
 log = logging.getLogger("replicante_poller")
@@ -82,6 +83,10 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    try:
+        listen_family((config.http.host, config.http.port))  # what run binds must resolve
+    except ListenError as exc:
+        raise ConfigError(config.source, "http", "listen", str(exc)) from None
     print(summary(config, check_resources(config)))
     return 0
 
@@ -129,7 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)  # a process-wide setting: the entry point of the service owns it
     service = Service(load_config(args.config), config_path=args.config, adjust=_listen_override(args.listen))
     install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
-    service.start()
+    try:
+        service.start()
+    except ListenError as exc:
+        if args.listen is not None:
+            raise ConfigError("command line", None, "--listen", str(exc)) from None
+        raise ConfigError(args.config, "http", "listen", str(exc)) from None
     try:
         service.stopping.wait()
     finally:
@@ -188,9 +198,14 @@ def cmd_action_show(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    gateway = Gateway(load_gateway_config(args.config))
+    settings = load_gateway_config(args.config)
+    gateway = Gateway(settings)
     commands = signal_commands()
-    gateway.start()
+    try:
+        gateway.start()
+    except ListenError as exc:
+        key = "metrics_listen" if exc.address == settings.metrics_listen else "listen"
+        raise ConfigError(args.config, "gateway", key, str(exc)) from None
     try:
         while commands.get() != STOP:  # SIGHUP: the keyring (keys, revoked) is re-read
             gateway.reload(args.config)

@@ -83,3 +83,78 @@ def test_a_listing_piped_into_head_ends_quietly(tmp_path, pki):
     listing.stdout.close()  # what `head -1` does once it has its line
     _, errors = listing.communicate(timeout=60)
     assert listing.returncode == 0 and "Broken pipe" not in errors, errors
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "replicante_poller", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(done: subprocess.CompletedProcess, *names: str) -> None:
+    """Exit 2 with one `error:` line naming each of `names`, no Python internals."""
+    assert done.returncode == 2, (done.returncode, done.stderr)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    for name in names:
+        assert name in errors[0], (name, done.stderr)
+    assert "Traceback" not in done.stderr and "Errno" not in errors[0], done.stderr
+
+
+def poller_ini(tmp_path: Path, pki: dict, extra: str = "") -> Path:
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = https://127.0.0.1:9\n{extra}")
+    return path
+
+
+def test_a_taken_listen_address_is_named_with_its_setting(tmp_path, pki):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = poller_ini(tmp_path, pki, f"[http]\nlisten = 127.0.0.1:{port}\n")
+        done = cli("run", "--config", str(path))
+    one_line_error(done, f"{path}: [http] listen: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+def test_a_listen_host_that_does_not_resolve_fails_check_config_and_run(tmp_path, pki):
+    path = poller_ini(tmp_path, pki, "[http]\nlisten = nohost.invalid:9305\n")
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)), f"{path}: [http] listen: cannot listen on nohost.invalid:9305")
+
+
+def test_an_ipv6_listen_address_serves(tmp_path, pki):
+    import urllib.request
+
+    from process import PollerProcess
+
+    path = poller_ini(tmp_path, pki, "[http]\nlisten = [::1]:0\n")
+    assert cli("check-config", "--config", str(path)).returncode == 0
+    process = PollerProcess(path)
+    try:
+        port = process.address.rpartition(":")[2]
+        with urllib.request.urlopen(f"http://[::1]:{port}/-/healthy", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        process.stop()
+
+
+def test_the_gateway_names_a_taken_listen_or_metrics_listen(tmp_path, pki):
+    import socket
+
+    from replicante_poller.actions.signing import generate_keypair
+
+    generate_keypair(str(tmp_path / "core"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for key, other in (("listen", "metrics_listen"), ("metrics_listen", "listen")):
+            path = tmp_path / "gateway.ini"
+            path.write_text(f"[gateway]\n{key} = 127.0.0.1:{port}\n{other} = [::1]:0\n"
+                            f"upstream = https://127.0.0.1:9\nupstream_ca_file = {pki['ca']}\n"
+                            f"agent_urls = https://127.0.0.1:9\nkeys = {tmp_path / 'core.pub'}\n"
+                            f"replay_store = {tmp_path / 'replay.db'}\ncluster_id = rs\nnode_id = n1\n")
+            one_line_error(cli("gateway", "--config", str(path)),
+                           f"{path}: [gateway] {key}: cannot listen on 127.0.0.1:{port}: address already in use")

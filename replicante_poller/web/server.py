@@ -43,6 +43,8 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable, Iterable, Optional
 
+from ..errors import PollerError
+
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 256  # open connections of one listener, all peers together
 PEER_SHARE = 8  # one peer address holds at most MAX_CONNECTIONS // PEER_SHARE connections
@@ -342,6 +344,33 @@ def _hardened(handler: type) -> type:
                                                              "__qualname__": handler.__qualname__})
 
 
+class ListenError(PollerError):
+    """An address a listener cannot bind (or resolve); the message names it."""
+
+    def __init__(self, address: tuple[str, int], problem: str):
+        self.address = address
+        host, port = address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__(f"cannot listen on {shown}: {problem}")
+
+
+def _problem(exc: OSError) -> str:
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def listen_family(address: tuple[str, int]) -> socket.AddressFamily:
+    """The socket family `address` binds with: IPv4 when the host has an IPv4 address, else
+    IPv6 (`::1`, `[::]`). ListenError when the host does not resolve."""
+    host, port = address
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise ListenError(address, f"cannot resolve {host}: {_problem(exc) if isinstance(exc, OSError) else exc}") from None
+    families = [info[0] for info in infos]
+    return socket.AF_INET if socket.AF_INET in families or not families else families[0]
+
+
 class CountingServer(HTTPServer):
     """The listener (see the module's doc): `serve_forever()` runs the selector thread,
     `shutdown()` stops it, `server_close()` closes everything; request errors are logged and
@@ -357,7 +386,14 @@ class CountingServer(HTTPServer):
                  name: str = "listener", ssl_context: Optional[ssl.SSLContext] = None,
                  on_refusal: Optional[Callable[[str], None]] = None, max_body: int = DEFAULT_MAX_BODY,
                  deadline: float = REQUEST_DEADLINE, peer_share: int = PEER_SHARE, workers: int = WORKERS):
-        super().__init__(address, _hardened(handler))
+        self.address_family = listen_family((address[0], address[1]))
+        super().__init__(address, _hardened(handler), bind_and_activate=False)
+        try:
+            self.server_bind()
+            self.server_activate()
+        except OSError as exc:
+            self.socket.close()
+            raise ListenError((address[0], address[1]), _problem(exc)) from None
         self.name = name
         self.deadline = deadline
         self.max_body = max_body
