@@ -27,7 +27,7 @@ from .converters import to_agent_url, to_listen
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
 from .logformat import TEXT_FORMAT, JsonFormatter
-from .polling.discovery import Target
+from .polling.discovery import Target, check_globs
 from .polling.health import Health
 from .polling.poll import poll_target
 from .polling.state import TargetView
@@ -83,6 +83,7 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    check_globs(config)
     try:
         listen_family((config.http.host, config.http.port))  # what run binds must resolve
     except ListenError as exc:
@@ -132,7 +133,9 @@ def _listen_override(listen: Optional[tuple[str, int]]) -> Callable[[Config], Co
 
 def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)  # a process-wide setting: the entry point of the service owns it
-    service = Service(load_config(args.config), config_path=args.config, adjust=_listen_override(args.listen))
+    config = load_config(args.config)
+    check_globs(config)
+    service = Service(config, config_path=args.config, adjust=_listen_override(args.listen))
     install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
     try:
         service.start()

@@ -237,6 +237,8 @@ def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> Clus
         poll=read_poll(section, poll),
         tls=read_tls(section, tls),
     )
+    if section.has("agents") and not cluster.agents:
+        raise section.error("agents", "is empty (list agent URLs, or remove the key to only set this cluster's settings)")
     section.finish()
     return cluster
 
@@ -293,6 +295,8 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
         raise section.error("dispatch_workers", f"must be at most {MAX_DISPATCH_WORKERS}, got {actions.dispatch_workers}")
     if not 1 <= actions.ttl <= MAX_ACTION_TTL:
         raise section.error("ttl", f"must be between 1s and {MAX_ACTION_TTL:g}s, got {actions.ttl:g}s")
+    if not actions.enabled and actions.signing_key is not None:
+        raise section.error("signing_key", "set while actions are disabled (set enabled = true, or remove signing_key)")
     if actions.enabled and actions.signing_key is None:
         raise section.error("signing_key", "required when actions are enabled (make one with `replicante-poller keygen`)")
     if actions.enabled and actions.journal is None:

@@ -37,11 +37,16 @@ def to_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+MAX_DURATION = 86400.0  # one day: no setting waits longer; more is a typo (or an overflow)
+
+
 def to_duration(text: str) -> float:
-    """A strictly positive duration."""
+    """A strictly positive duration of at most a day."""
     seconds = parse_duration(text)
     if seconds <= 0:
         raise ValueError(f"{text!r} must be longer than zero")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than a day, the longest allowed (use forms like 15s, 2m, 500ms, 1h, up to 24h)")
     return seconds
 
 

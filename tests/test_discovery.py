@@ -83,7 +83,7 @@ def test_json_discovery_file(tmp_path: Path) -> None:
         {"cluster_id": "mongo-rs0", "display_name": "Mongo", "nodes": ["https://m1:37017", "https://m2:37017/"]},
         {"cluster_id": "zk", "display_name": None, "nodes": ["https://z1:1"]},
         {"cluster_id": "empty", "nodes": []},
-        {"cluster_id": "nodisplay", "nodes": ["https://n:1"], "extra": {"ignored": True}},
+        {"cluster_id": "nodisplay", "nodes": ["https://n:1"]},
     ]))
     cfg = config(tmp_path, BASE)
     targets = discover(cfg)
@@ -163,11 +163,19 @@ def test_no_duplicate_targets(tmp_path: Path) -> None:
         {"cluster_id": "a", "nodes": ["https://a1:1", "https://a2:1"]},
         {"cluster_id": "a", "nodes": ["https://a2:1/"]},
     ]))
-    write(tmp_path / "d" / "2.ini", "[cluster:a]\nagents = https://a1:1\n[cluster:b]\nagents = https://a1:1\n")
+    write(tmp_path / "d" / "2.ini", "[cluster:a]\nagents = https://a1:1\n[cluster:b]\nagents = https://b1:1\n")
     cfg = config(tmp_path, BASE + "[cluster:a]\nagents = https://a1:1\n")
     targets = discover(cfg)
-    assert keys(targets) == [("a", "https://a1:1"), ("a", "https://a2:1"), ("b", "https://a1:1")]
+    assert keys(targets) == [("a", "https://a1:1"), ("a", "https://a2:1"), ("b", "https://b1:1")]
     assert len(set(keys(targets))) == len(targets)
+
+
+def test_one_agent_in_two_clusters_is_refused(tmp_path: Path) -> None:
+    # issue 15: an agent manages one node of one cluster; a second cluster is a copy-paste mistake
+    write(tmp_path / "d" / "2.ini", "[cluster:b]\nagents = https://a1:1/\n")
+    cfg = config(tmp_path, BASE + "[cluster:a]\nagents = https://a1:1\n")
+    with pytest.raises(ConfigError, match=r"2\.ini: \[cluster:b\] agents: agent https://a1:1 is also in cluster a"):
+        discover(cfg)
 
 
 def test_discovery_is_re_read_each_time(tmp_path: Path) -> None:
@@ -262,10 +270,12 @@ DATA = Path(__file__).parent / "data" / "core-discovery"
 
 
 def test_core_yaml_discovery_files_are_read_as_core_reads_them(tmp_path: Path) -> None:
-    for name in ("file.example.yaml", "two.clusters.yaml", "no.clusters.yaml"):
+    # Core's fixtures are separate fleets (the same agents in two clusters): read one at a time
+    for name in ("two.clusters.yaml", "no.clusters.yaml"):
         write(tmp_path / "d" / name, (DATA / name).read_text())
+    write(tmp_path / "other" / "d" / "file.example.yaml", (DATA / "file.example.yaml").read_text())
 
-    targets = discover(config(tmp_path, BASE))
+    targets = discover(config(tmp_path / "other", BASE)) + discover(config(tmp_path, BASE))
 
     assert keys(targets) == [("mongodb-rs", "https://node1:37017"), ("mongodb-rs", "https://node2:37017"),
                              ("mongodb-rs", "https://node3:37017"), ("test1", "https://node1:37017"),

@@ -158,3 +158,82 @@ def test_the_gateway_names_a_taken_listen_or_metrics_listen(tmp_path, pki):
                             f"replay_store = {tmp_path / 'replay.db'}\ncluster_id = rs\nnode_id = n1\n")
             one_line_error(cli("gateway", "--config", str(path)),
                            f"{path}: [gateway] {key}: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess:
+    return cli("check-config", "--config", str(path))
+
+
+def test_a_discovery_glob_matching_no_file_stops_check_config_and_run(tmp_path, pki):
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = discovery/*.jsn\n")
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)), f"{path}: [discovery] files: ",
+                       f"{tmp_path}/discovery/*.jsn matches no file")
+
+
+def test_an_empty_agents_list_is_refused(tmp_path, pki):
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents =\n")
+    one_line_error(check_config(path), f"{path}: [cluster:rs] agents: is empty")
+
+
+def test_one_agent_in_two_clusters_is_refused_naming_both(tmp_path, pki):
+    path = poller_ini(tmp_path, pki, "[cluster:other]\nagents = https://127.0.0.1:9\n")
+    one_line_error(check_config(path), f"{path}: [cluster:other] agents: agent https://127.0.0.1:9 is also in cluster rs")
+    (tmp_path / "d.json").write_text('[{"cluster_id": "kafka", "nodes": ["https://127.0.0.1:9/"]}]')
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = d.json\n")
+    one_line_error(check_config(path), f"{tmp_path / 'd.json'}: [cluster:kafka] agents: ", "also in cluster rs")
+
+
+def test_an_unknown_key_of_a_discovery_record_is_refused(tmp_path, pki):
+    (tmp_path / "d.json").write_text('[{"cluster_id": "kafka", "node": ["https://127.0.0.1:10"]}]')
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = d.json\n")
+    one_line_error(check_config(path), f"{tmp_path / 'd.json'}: ", " node: unknown key")
+
+
+def test_an_interval_longer_than_a_day_is_refused_with_the_forms(tmp_path, pki):
+    path = poller_ini(tmp_path, pki, "[poller]\ninterval = 99999999999h\n")
+    one_line_error(check_config(path), f"{path}: [poller] interval: '99999999999h' is longer than a day", "15s, 2m, 500ms")
+
+
+def test_a_signing_key_while_actions_are_off_is_refused(tmp_path, pki):
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    path = poller_ini(tmp_path, pki, f"[actions]\nsigning_key = {keys['key']}\n")
+    one_line_error(check_config(path), f"{path}: [actions] signing_key: set while actions are disabled")
+
+
+def test_an_agent_url_prefix_shows_in_the_404_message(tmp_path, pki, start_sim):
+    import json
+
+    from replicante_poller.agentsim import NodeSpec
+
+    url = start_sim([NodeSpec("rs", "node-1")]).agents[0][1] + "/agent"
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = {url}\n")
+    done = cli("poll", "--config", str(path), url)
+    assert done.returncode == 1, done.stderr
+    message = json.loads(done.stdout)["message"]
+    assert f"GET {url}/api/" in message and "answered HTTP 404" in message, message
+
+
+def test_an_unknown_key_of_a_submission_is_a_400_naming_it(tmp_path, pki, start_sim):
+    import requests
+
+    from harness import ACTIONS_TOKEN, action_files, actions_config
+    from process import PollerProcess
+    from replicante_poller.agentsim import NodeSpec
+
+    url = start_sim([NodeSpec("rs", "node-1")]).agents[0][1]
+    keys = action_files(tmp_path)
+    path = tmp_path / "poller.ini"
+    path.write_text(actions_config([("rs", url)], pki, keys))
+    process = PollerProcess(path)
+    try:
+        answer = requests.post(f"http://{process.address}/api/v1/actions", timeout=10,
+                               json={"agent": url, "kind": "agent.replicante.io/test.ping", "arg": {"x": 1}},
+                               headers={"Authorization": f"Bearer {ACTIONS_TOKEN}"})
+        assert answer.status_code == 400 and "unknown key 'arg'" in answer.json()["error"], answer.text
+    finally:
+        process.stop()

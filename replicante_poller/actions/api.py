@@ -29,6 +29,7 @@ _ENVELOPE = len(json.dumps({"action_id": "0" * 36, "args": None, "created_ts": "
 MAX_ARGS_BYTES = MAX_SCHEDULE_BODY - _ENVELOPE
 MAX_SUBMISSION = MAX_BODY
 Reply = tuple[int, dict[str, Any]]
+SUBMISSION_KEYS = frozenset({"agent", "kind", "args"})
 log = logging.getLogger(__name__)
 
 
@@ -142,6 +143,9 @@ class ActionsApi:
             document = json.loads(body)
             if not isinstance(document, dict):
                 raise SubmissionError("expected a JSON object {\"agent\": URL, \"kind\": KIND, \"args\": ...}")
+            unknown = sorted(set(document) - SUBMISSION_KEYS)
+            if unknown:  # a typo ("arg") must not queue an action with null args
+                raise SubmissionError(f"unknown key {unknown[0]!r} (a submission has agent, kind and args)")
             action = submit(self._journal, self._find_target, document.get("agent"), document.get("kind"),
                             document.get("args"))
         except RecursionError:

@@ -47,6 +47,15 @@ def discovery_files(config: Config) -> list[Path]:
     return [Path(p) for p in sorted(found)]
 
 
+def check_globs(config: Config) -> None:
+    """ConfigError naming `[discovery] files` when one of its globs matches no file: a typo
+    must not start a service polling nothing (run and check-config; a file removed while
+    running is read as no cluster)."""
+    for pattern in config.discovery.files:
+        if not glob.glob(pattern):
+            raise ConfigError(config.source, "discovery", "files", f"{pattern} matches no file")
+
+
 def discovery_stamp(config: Config) -> Stamp:
     """Names, mtimes and sizes of the discovery files: changes when any file does."""
     return file_stamp(discovery_files(config))
@@ -79,6 +88,9 @@ def _node_url(node: Any) -> Optional[str]:
     return None
 
 
+RECORD_KEYS = frozenset({"cluster_id", "display_name", "nodes"})
+
+
 def discovery_records(document: Any, source: str, poll: PollSettings, tls: TlsSettings) -> list[ClusterConfig]:
     """Clusters from decoded discovery records, each error naming the record and the key."""
     if not isinstance(document, list):
@@ -92,6 +104,9 @@ def discovery_records(document: Any, source: str, poll: PollSettings, tls: TlsSe
             to_cluster_id(entry["cluster_id"])
         except ValueError as exc:
             raise ConfigError(source, where, "cluster_id", str(exc)) from None
+        unknown = sorted(set(entry) - RECORD_KEYS)
+        if unknown:
+            raise ConfigError(source, where, str(unknown[0]), "unknown key (a record has cluster_id, display_name and nodes)")
         nodes = [_node_url(n) for n in entry.get("nodes")] if isinstance(entry.get("nodes"), list) else None
         if nodes is None or None in nodes:
             raise ConfigError(source, where, "nodes", "expected a list of agent URLs (or of objects with an agent_address)")
@@ -147,9 +162,22 @@ def merge(clusters: Iterable[ClusterConfig], configured: dict[str, ClusterConfig
 def discover(config: Config, discovered: Iterable[ClusterConfig] = ()) -> tuple[Target, ...]:
     """All targets: the configuration's clusters, every discovery file's, then `discovered`
     (what the HTTP discovery last answered)."""
-    clusters = list(config.clusters)
+    clusters = [(config.source, c) for c in config.clusters]
     for path in discovery_files(config):
-        clusters.extend(read_discovery_file(path, config))
-    clusters.extend(discovered)
+        clusters.extend((str(path), c) for c in read_discovery_file(path, config))
+    clusters.extend(("HTTP discovery", c) for c in discovered)
+    _one_cluster_per_agent(clusters)
     configured = {c.cluster_id: c for c in config.clusters}
-    return tuple(merge(clusters, configured))
+    return tuple(merge((c for _, c in clusters), configured))
+
+
+def _one_cluster_per_agent(clusters: Iterable[tuple[str, ClusterConfig]]) -> None:
+    """ConfigError when one agent URL is declared in two clusters (an agent manages one
+    node of one cluster: the second is a copy-paste mistake)."""
+    first: dict[str, tuple[str, str]] = {}
+    for source, cluster in clusters:
+        for url in cluster.agents:
+            cluster_id, where = first.setdefault(url, (cluster.cluster_id, source))
+            if cluster_id != cluster.cluster_id:
+                raise ConfigError(source, f"cluster:{cluster.cluster_id}", "agents",
+                                  f"agent {url} is also in cluster {cluster_id} ({where}); an agent belongs to one cluster")

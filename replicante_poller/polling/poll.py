@@ -173,10 +173,11 @@ def _first_failed(poll: _Poll, api: str, value: Union[Failure, Invalid], tried: 
     """The first GET failed: AGENT_DOWN, unless a replisdk agent answered with its own error
     (`info/node` collects from the datastore: a 5xx JSON error is the node failing)."""
     path = FIRST_PATH[api]
-    if len(tried) > 1 and _not_found(value):
-        return poll.result(Status.AGENT_DOWN, Reason.HTTP_STATUS,
-                           " and ".join(f"GET {p}" for p in tried) + " answered HTTP 404: "
-                           "not a Replicante agent of either API generation")
+    if _not_found(value):  # the whole URLs: a path prefix in the agent URL shows (often the mistake)
+        said = " and ".join(f"GET {poll.target.url}{p}" for p in tried) + " answered HTTP 404: "
+        return poll.result(Status.AGENT_DOWN, Reason.HTTP_STATUS, said + (
+            "not a Replicante agent of either API generation" if len(tried) > 1 else
+            f"not a Replicante agent ({api} API)"))
     if (api == REPLISDK and isinstance(value, Failure) and value.agent_error is not None
             and value.status is not None and value.status >= 500):
         return poll.failed(Status.NODE_DOWN, path, value)
