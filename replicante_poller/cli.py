@@ -18,14 +18,14 @@ from typing import Callable, Optional, Sequence
 from . import __version__
 from .actions.api import action_json, submit
 from .actions.journal import Journal
-from .actions.signing import add_keygen_arguments, keygen_command
+from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config
 from .converters import to_agent_url, to_listen
 from .durations import format_duration, rfc3339
-from .errors import ConfigError, PollerError, SubmissionError
+from .errors import ConfigError, KeyFileError, PollerError, SubmissionError
 from .logformat import TEXT_FORMAT, JsonFormatter
 from .polling.discovery import Target, check_globs
 from .polling.health import Health
@@ -163,6 +163,11 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
         arguments = json.loads(args.args)
     except ValueError as exc:
         raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
+    if config.actions.enabled and config.actions.signing_key is not None:
+        try:  # the key run signs with: an action it could never send is not journaled
+            load_signing_key(config.actions.signing_key)
+        except KeyFileError as exc:
+            raise ConfigError(config.source, "actions", "signing_key", str(exc)) from None
     journal = _journal(config)
     try:
         action = submit(journal, by_url.get, args.agent, args.kind, arguments)

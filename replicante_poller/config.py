@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Mapping, Optional, TypeVar
 
 from .agentapi import AUTO
 from .converters import (
+    private_key_problem,
     to_agents,
     to_api,
     to_bool,
@@ -221,7 +222,15 @@ def read_tls(section: Section, base: TlsSettings) -> TlsSettings:
             raise section.error(key, f"file {path} does not exist")
     if (tls.client_cert is None) != (tls.client_key is None):
         raise section.error("client_cert", "client_cert and client_key go together")
+    check_private_key(section, "client_key", tls.client_key if section.has("client_key") else None)
     return tls
+
+
+def check_private_key(section: "Section", key: str, path: Optional[str]) -> None:
+    """ConfigError at `key` when its private key file is a public key or readable by others."""
+    problem = private_key_problem(path) if path is not None else None
+    if problem is not None:
+        raise section.error(key, problem)
 
 
 def read_cluster(section: Section, poll: PollSettings, tls: TlsSettings) -> ClusterConfig:
@@ -273,6 +282,7 @@ def read_http(section: Section) -> HttpSettings:
         raise section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
     if http.tls_client_ca_file is not None and http.tls_cert_file is None:
         raise section.error("tls_client_ca_file", "needs tls_cert_file and tls_key_file (client certificates need HTTPS)")
+    check_private_key(section, "tls_key_file", http.tls_key_file)
     return http
 
 
@@ -305,6 +315,7 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
         path = getattr(actions, key)
         if path is not None and not os.path.isfile(path):
             raise section.error(key, f"file {path} does not exist")
+    check_private_key(section, "signing_key", actions.signing_key)
     return actions
 
 

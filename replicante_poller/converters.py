@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+from typing import Optional
 from urllib.parse import urlsplit
 
 from .agentapi import AUTO, GENERATIONS
@@ -105,6 +107,22 @@ def read_secret(path: str, section: str, key: str) -> bytes:
     if len(token) < 16:
         raise ConfigError(path, section, key, "token too short (use at least 16 characters)")
     return token
+
+
+def private_key_problem(path: str) -> Optional[str]:
+    """Why the private key file at `path` cannot be used, or None: a public key given instead
+    (`.pub`), or a file group or others can read (the signing key's rule, for every key)."""
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if b"PUBLIC KEY-----" in head and b"PRIVATE KEY-----" not in head:
+        return f"{path} is a public key; give the private key here (the .key file, not the .pub)"
+    if mode & 0o077:
+        return f"{path} is readable by group or others (mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
+    return None
 
 
 def to_http_url(text: str) -> str:

@@ -35,6 +35,7 @@ def pki(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     server.cert_chain_pems[0].write_to_path(str(folder / "server.pem"))
     server.private_key_pem.write_to_path(str(folder / "server.key"))
+    (folder / "server.key").chmod(0o600)  # private keys only their owner reads (the service refuses others)
     return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key", "server": server}
 
 

@@ -40,6 +40,7 @@ def touch(folder: Path, name: str) -> Path:
     path = folder / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("-----BEGIN PLACEHOLDER-----\n")
+    path.chmod(0o600)  # key files only their owner reads (refused otherwise)
     return path
 
 
@@ -198,6 +199,7 @@ def test_the_shards_answer_has_its_own_cap_with_a_default_for_large_brokers() ->
 def test_the_listener_tls_files_go_together(tmp_path: Path) -> None:
     for name in ("cert.pem", "key.pem", "ca.pem"):
         (tmp_path / name).write_text("x")
+    (tmp_path / "key.pem").chmod(0o600)
     config = parse("[http]\ntls_cert_file = cert.pem\ntls_key_file = key.pem\ntls_client_ca_file = ca.pem\n",
                    base_dir=tmp_path)
     assert (config.http.tls, config.http.tls_client_ca_file) == (True, str(tmp_path / "ca.pem"))

@@ -28,6 +28,8 @@ def with_files_in(block: str, folder: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.suffix == ".db":
             path.touch()
+        if path.suffix == ".key":  # private keys only their owner reads (refused otherwise)
+            path.chmod(0o600)
         return str(path)
     return re.sub(r"(?<![\w:/])/(?:etc|var)/[\w./-]+", move, block)
 
@@ -237,3 +239,69 @@ def test_an_unknown_key_of_a_submission_is_a_400_naming_it(tmp_path, pki, start_
         assert answer.status_code == 400 and "unknown key 'arg'" in answer.json()["error"], answer.text
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("section, key", [("tls", "client_key"), ("http", "tls_key_file")])
+def test_a_tls_key_readable_by_others_is_refused_like_the_signing_key(tmp_path, pki, section, key):
+    import shutil
+
+    private = tmp_path / "k.key"
+    shutil.copy(pki["key"], private)
+    private.chmod(0o644)
+    other = "client_cert" if key == "client_key" else "tls_cert_file"
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[cluster:rs]\nagents = https://127.0.0.1:9\n[tls]\nca_file = {pki['ca']}\n"
+                    + (f"[{section}]\n" if section != "tls" else "") + f"{other} = {pki['cert']}\n{key} = {private}\n")
+    one_line_error(check_config(path), f"{path}: [{section}] {key}: {private} is readable by group or others (mode 0644)",
+                   f"chmod 600 {private}")
+
+
+@pytest.mark.parametrize("key", ["upstream_client_key", "server_key"])
+def test_a_gateway_key_readable_by_others_is_refused(tmp_path, pki, key):
+    import shutil
+
+    from replicante_poller.actions.signing import generate_keypair
+
+    generate_keypair(str(tmp_path / "core"))
+    private = tmp_path / "k.key"
+    shutil.copy(pki["key"], private)
+    private.chmod(0o640)
+    cert = "upstream_client_cert" if key == "upstream_client_key" else "server_cert"
+    path = tmp_path / "gateway.ini"
+    path.write_text(f"[gateway]\nlisten = 127.0.0.1:0\nupstream = https://127.0.0.1:9\nupstream_ca_file = {pki['ca']}\n"
+                    f"agent_urls = https://127.0.0.1:9\nkeys = {tmp_path / 'core.pub'}\n"
+                    f"replay_store = {tmp_path / 'replay.db'}\ncluster_id = rs\nnode_id = n1\n"
+                    f"{cert} = {pki['cert']}\n{key} = {private}\n")
+    one_line_error(cli("gateway", "--config", str(path)), f"{path}: [gateway] {key}: {private} is readable by group or others")
+
+
+def test_a_public_key_as_signing_key_is_said_to_be_one(tmp_path, pki):
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    path = poller_ini(tmp_path, pki, f"[actions]\nenabled = true\nsigning_key = {keys['pub']}\njournal = {keys['journal']}\n")
+    one_line_error(check_config(path), f"{path}: [actions] signing_key: {keys['pub']} is a public key")
+
+
+def test_a_signing_key_readable_by_others_names_the_setting_and_action_submit_refuses_it(tmp_path, pki):
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    keys["key"].chmod(0o644)
+    path = poller_ini(tmp_path, pki, f"[actions]\nenabled = true\nsigning_key = {keys['key']}\njournal = {keys['journal']}\n")
+    for verb in (["check-config"], ["run"], ["action", "submit", "--agent", "https://127.0.0.1:9",
+                                             "--kind", "agent.replicante.io/test.ping"]):
+        one_line_error(cli(*verb, "--config", str(path)), f"{path}: [actions] signing_key: ", "chmod 600")
+    assert not keys["journal"].exists()  # nothing journaled with a key run refuses
+
+
+def test_action_submit_refuses_a_signing_key_run_refuses(tmp_path, pki):
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    keys["key"].write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    path = poller_ini(tmp_path, pki, f"[actions]\nenabled = true\nsigning_key = {keys['key']}\njournal = {keys['journal']}\n")
+    for verb in (["run"], ["action", "submit", "--agent", "https://127.0.0.1:9", "--kind", "agent.replicante.io/test.ping"]):
+        done = cli(*verb, "--config", str(path))
+        assert done.returncode == 2 and str(keys["key"]) in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not keys["journal"].exists()

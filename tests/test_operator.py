@@ -103,6 +103,7 @@ def test_the_listener_over_https_demands_client_certificates_and_reloads_its_own
     cert, key = tmp_path / "listener.pem", tmp_path / "listener.key"
     server.cert_chain_pems[0].write_to_path(str(cert))
     server.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)  # the service refuses a private key others can read
     client = ca.issue_cert("prometheus.test")
     client_cert, client_key = tmp_path / "client.pem", tmp_path / "client.key"
     client.cert_chain_pems[0].write_to_path(str(client_cert))

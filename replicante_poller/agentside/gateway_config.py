@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from ..config import Section, sections
+from ..config import Section, check_private_key, sections
 from ..converters import to_agent_url, to_agents, to_duration, to_listen, to_size
 from ..errors import ConfigError
 from ..limits import MAX_BODY
@@ -91,6 +91,8 @@ def read_gateway(section: Section) -> GatewaySettings:
         raise section.error("upstream_client_cert", "upstream_client_cert and upstream_client_key go together")
     if (settings.server_cert is None) != (settings.server_key is None):
         raise section.error("server_cert", "server_cert and server_key go together")
+    for key in ("upstream_client_key", "server_key"):
+        check_private_key(section, key, getattr(settings, key))
     if settings.metrics_listen is not None and settings.metrics_listen[1] != 0 \
             and settings.metrics_listen[1] == settings.listen[1]:
         raise section.error("metrics_listen", "must be another port than listen (metrics are never served to the "
