@@ -203,15 +203,15 @@ def test_targets_are_hashable_values(tmp_path: Path) -> None:
     ("bad.json", "[cluster:a]\nagents = https://a:1\n", None, None),
     ("bad.json", '{"cluster_id": "a", "nodes": []}', None, None),
     ("bad.json", '"a"', None, None),
-    ("bad.json", '[1]', "[0]", "cluster_id"),
-    ("bad.json", '[{"nodes": ["https://a:1"]}]', "[0]", "cluster_id"),
-    ("bad.json", '[{"cluster_id": 7, "nodes": []}]', "[0]", "cluster_id"),
-    ("bad.json", '[{"cluster_id": "a"}]', "[0]", "nodes"),
-    ("bad.json", '[{"cluster_id": "a", "nodes": "https://a:1"}]', "[0]", "nodes"),
-    ("bad.json", '[{"cluster_id": "a", "nodes": [1]}]', "[0]", "nodes"),
-    ("bad.json", '[{"cluster_id": "a", "nodes": []}, {"cluster_id": "b", "nodes": ["http://b:1"]}]', "[1]", "nodes"),
-    ("bad.json", '[{"cluster_id": "a", "nodes": ["https://a:1", "https://a:1"]}]', "[0]", "nodes"),
-    ("bad.json", '[{"cluster_id": "a", "display_name": 3, "nodes": []}]', "[0]", "display_name"),
+    ("bad.json", '[1]', "entry 0", "cluster_id"),
+    ("bad.json", '[{"nodes": ["https://a:1"]}]', "entry 0", "cluster_id"),
+    ("bad.json", '[{"cluster_id": 7, "nodes": []}]', "entry 0", "cluster_id"),
+    ("bad.json", '[{"cluster_id": "a"}]', "entry 0", "nodes"),
+    ("bad.json", '[{"cluster_id": "a", "nodes": "https://a:1"}]', "entry 0", "nodes"),
+    ("bad.json", '[{"cluster_id": "a", "nodes": [1]}]', "entry 0", "nodes"),
+    ("bad.json", '[{"cluster_id": "a", "nodes": []}, {"cluster_id": "b", "nodes": ["http://b:1"]}]', "entry 1", "nodes"),
+    ("bad.json", '[{"cluster_id": "a", "nodes": ["https://a:1", "https://a:1"]}]', "entry 0", "nodes"),
+    ("bad.json", '[{"cluster_id": "a", "display_name": 3, "nodes": []}]', "entry 0", "display_name"),
     ("bad.ini", "[cluster:a]\nagents = http://a:1\n", "cluster:a", "agents"),
     ("bad.ini", "[cluster:a]\nagents = https://a:1\nbogus = 1\n", "cluster:a", "bogus"),
     ("bad.ini", "[cluster:a]\nagents = https://a:1\nca_file = nope.pem\n", "cluster:a", "ca_file"),
@@ -223,9 +223,9 @@ def test_targets_are_hashable_values(tmp_path: Path) -> None:
     ("bad.ini", "[cluster:a]\n[cluster:a]\n", None, None),
     ("bad.yaml", "- cluster_id: a\n  nodes: [https://a:1\n", None, None),  # unclosed flow list
     ("bad.yaml", "cluster_id: a\nnodes: []\n", None, None),  # a mapping, not a list
-    ("bad.yaml", "- cluster_id: yes\n  nodes: []\n", "[0]", "cluster_id"),  # YAML 1.1: a boolean
-    ("bad.yaml", "- cluster_id: a\n  nodes:\n    - {node_id: n1}\n", "[0]", "nodes"),  # no agent_address
-    ("bad.yaml", "- cluster_id: a\n  nodes: ['http://a:1']\n", "[0]", "nodes"),  # agents speak HTTPS
+    ("bad.yaml", "- cluster_id: yes\n  nodes: []\n", "entry 0", "cluster_id"),  # YAML 1.1: a boolean
+    ("bad.yaml", "- cluster_id: a\n  nodes:\n    - {node_id: n1}\n", "entry 0", "nodes"),  # no agent_address
+    ("bad.yaml", "- cluster_id: a\n  nodes: ['http://a:1']\n", "entry 0", "nodes"),  # agents speak HTTPS
 ])
 def test_invalid_discovery_files(tmp_path: Path, name: str, text: str, section: str | None, key: str | None) -> None:
     write(tmp_path / "d" / "good.ini", "[cluster:ok]\nagents = https://ok:1\n")

@@ -305,3 +305,27 @@ def test_action_submit_refuses_a_signing_key_run_refuses(tmp_path, pki):
         done = cli(*verb, "--config", str(path))
         assert done.returncode == 2 and str(keys["key"]) in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not keys["journal"].exists()
+
+
+def test_a_bare_number_as_a_duration_says_which_forms_are_allowed():
+    done = cli("demo", "--interval", "5")
+    assert done.returncode == 2 and "--interval: '5' is not a duration (use forms like 15s, 2m, 500ms" in done.stderr, done.stderr
+    assert "to_duration" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_submission_without_a_kind_says_the_kind_is_required(tmp_path, pki):
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    path = poller_ini(tmp_path, pki, f"[actions]\nenabled = true\nsigning_key = {keys['key']}\njournal = {keys['journal']}\n")
+    done = cli("action", "submit", "--config", str(path), "--agent", "https://127.0.0.1:9", "--kind", "")
+    one_line_error(done, "kind is required")
+    assert "None" not in done.stderr
+
+
+def test_a_bad_discovery_record_is_named_by_its_entry(tmp_path, pki):
+    (tmp_path / "d.json").write_text('[{"cluster_id": "kafka", "nodes": [1]}]')
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = d.json\n")
+    done = check_config(path)
+    one_line_error(done, f"{tmp_path / 'd.json'}: [entry 0] nodes: expected a list of agent URLs")
+    assert "[[" not in done.stderr

@@ -79,7 +79,8 @@ def test_agent_and_external_kinds_are_accepted(kind):
                                   "external.agent.replicante.io/a?b", "external.agent.replicante.io/a#b",
                                   "external.agent.replicante.io/%2e%2e", None, 7])
 def test_other_kinds_are_refused(kind):
-    with pytest.raises(SubmissionError, match="not a valid action kind"):
+    expected = "kind is required" if kind in (None, "") else "not a valid action kind"  # issue 15: no `None is not`
+    with pytest.raises(SubmissionError, match=expected):
         check_kind(kind)
 
 

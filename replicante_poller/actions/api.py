@@ -37,6 +37,8 @@ def check_kind(kind: Any) -> str:
     """An action kind such as `agent.replicante.io/test.ping`: no spaces, `..`, or leading `/`."""
     if isinstance(kind, str) and EXTERNAL_KIND.fullmatch(kind):
         return kind
+    if kind is None or kind == "":
+        raise SubmissionError("kind is required (e.g. agent.replicante.io/test.ping)")
     if not isinstance(kind, str) or not KIND.fullmatch(kind) or ".." in kind:
         raise SubmissionError(f"{kind!r} is not a valid action kind (e.g. agent.replicante.io/test.ping, "
                               "or external.agent.replicante.io/KEY)")

@@ -41,17 +41,25 @@ DEMO_FAULTS = {
 }
 
 
+def _duration(text: str) -> float:
+    """argparse's form of to_duration: its message (the forms allowed), not `invalid to_duration value`."""
+    try:
+        return to_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", type=to_listen, default=("127.0.0.1", 9102),
                         help="address of /metrics and the status API (default 127.0.0.1:9102)")
     parser.add_argument("--clusters", type=int, default=4, help="simulated clusters (default 4)")
     parser.add_argument("--nodes-per-cluster", type=int, default=4, help="nodes per cluster (default 4)")
-    parser.add_argument("--interval", type=to_duration, default=5.0, help="poll interval (default 5s)")
-    parser.add_argument("--timeout", type=to_duration, default=2.0, help="poll deadline (default 2s)")
+    parser.add_argument("--interval", type=_duration, default=5.0, help="poll interval (default 5s)")
+    parser.add_argument("--timeout", type=_duration, default=2.0, help="poll deadline (default 2s)")
     parser.add_argument("--healthy-only", action="store_true", help="simulate no faults")
     parser.add_argument("--generation", choices=("legacy", "replisdk", MIXED), default=MIXED,
                         help="agent API generation of the fleet (default mixed: clusters alternate)")
-    parser.add_argument("--duration", type=to_duration, default=None, help="stop after this long (default: until Ctrl-C)")
+    parser.add_argument("--duration", type=_duration, default=None, help="stop after this long (default: until Ctrl-C)")
 
 
 def demo_config(folder: Path, pki: SimPki, args: argparse.Namespace) -> str:

@@ -97,7 +97,7 @@ def discovery_records(document: Any, source: str, poll: PollSettings, tls: TlsSe
         raise ConfigError(source, None, None, "expected a list of clusters")
     clusters = []
     for index, entry in enumerate(document):
-        where = f"[{index}]"
+        where = f"entry {index}"  # shown as `[entry 0] nodes`: the record (from 0) and its key
         if not isinstance(entry, dict) or not isinstance(entry.get("cluster_id"), str):
             raise ConfigError(source, where, "cluster_id", "each entry needs a string cluster_id")
         try:
