@@ -329,3 +329,35 @@ def test_a_bad_discovery_record_is_named_by_its_entry(tmp_path, pki):
     done = check_config(path)
     one_line_error(done, f"{tmp_path / 'd.json'}: [entry 0] nodes: expected a list of agent URLs")
     assert "[[" not in done.stderr
+
+
+@pytest.mark.parametrize("path", ["/", "/metrics", "/-/healthy", "/api/v1/targets"])
+def test_head_answers_like_get_without_a_body(tmp_path, pki, path):
+    import http.client
+
+    from process import PollerProcess
+
+    process = PollerProcess(poller_ini(tmp_path, pki, "[http]\nlisten = 127.0.0.1:0\n"))
+    try:
+        host, port = process.address.rsplit(":", 1)
+        results = []
+        for method in ("GET", "HEAD"):
+            connection = http.client.HTTPConnection(host, int(port), timeout=10)
+            connection.request(method, path)
+            answer = connection.getresponse()
+            results.append((answer.status, answer.getheader("Content-Type"), answer.getheader("Content-Length"),
+                            answer.read()))
+            connection.close()
+        (get_status, get_type, get_length, body), (head_status, head_type, head_length, nothing) = results
+        assert get_status == head_status == 200 and head_type == get_type and nothing == b""
+        assert path == "/metrics" or head_length == get_length == str(len(body))
+        import socket
+
+        with socket.create_connection((host, int(port)), timeout=10) as raw:  # nothing after the headers
+            raw.sendall(f"HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            received = b""
+            while chunk := raw.recv(65536):
+                received += chunk
+        assert received.split(b" ", 1)[1].startswith(b"200 ") and received.endswith(b"\r\n\r\n"), received[-200:]
+    finally:
+        process.stop()

@@ -748,7 +748,8 @@ def send(request: BaseHTTPRequestHandler, status: int, content_type: str, body: 
             request.send_header("Content-Encoding", "gzip")
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
-    request.wfile.write(body)
+    if request.command != "HEAD":  # HEAD: the GET's status and headers, no body (RFC 9110 9.3.2)
+        request.wfile.write(body)
 
 
 def send_json(request: BaseHTTPRequestHandler, status: int, document: Any) -> None:

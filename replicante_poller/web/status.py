@@ -104,6 +104,9 @@ class StatusServer:
             def do_GET(self) -> None:
                 outer._get(self)
 
+            def do_HEAD(self) -> None:  # answered as GET; send() leaves the body out
+                outer._get(self)
+
             def do_POST(self) -> None:
                 outer._post(self)
 
