@@ -361,3 +361,24 @@ def test_head_answers_like_get_without_a_body(tmp_path, pki, path):
         assert received.split(b" ", 1)[1].startswith(b"200 ") and received.endswith(b"\r\n\r\n"), received[-200:]
     finally:
         process.stop()
+
+
+def test_the_readme_says_what_the_benchmark_needs_next_to_its_command():
+    import configparser
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("`python benchmarks/bench.py`")
+    said = " ".join(readme[start:start + 600].split())
+    assert "pip install ." in said and "nginx" in said and "requests" in said and "trustme" in said, said
+    imported = set()
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        for plain, dotted in re.findall(r"^\s*(?:import (\w+)|from (\w+)[\w.]* import )", path.read_text(), re.M):
+            imported.add(plain or dotted)
+    local = {p.stem for p in (ROOT / "benchmarks").glob("*.py")} | {"replicante_poller", "__future__"}
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    installed = {re.split(r"[<>=\[ ]", line.strip())[0].lower()
+                 for line in setup["options"]["install_requires"].splitlines() if line.strip()}
+    third_party = {name for name in imported - local if name not in sys.stdlib_module_names}
+    third_party -= {"certifi"}  # optional: counted when present (bench_clients), requests' own dependency
+    assert third_party <= installed and third_party <= set(re.findall(r"`(\w+)`", said)), (third_party, installed)
