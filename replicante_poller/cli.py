@@ -33,7 +33,7 @@ from .polling.poll import poll_target
 from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .service import Service, check_resources, discover_all
+from .service import Service, check_resources, discover_all, listener_context
 from .web.server import ListenError, listen_family
 from .web.status import target_json
 
@@ -77,13 +77,14 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
     ]
     for cluster in clusters:
         members = [t for t in targets if t.cluster_id == cluster]
-        lines.append(f"    {cluster}: {len(members)} agents, every {format_duration(members[0].poll.interval)}")
+        lines.append(f"    {cluster}: {_count(len(members), 'agent')}, every {format_duration(members[0].poll.interval)}")
     return "\n".join(lines)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     check_globs(config)
+    listener_context(config)  # the listener's certificate and key, as run loads them
     try:
         listen_family((config.http.host, config.http.port))  # what run binds must resolve
     except ListenError as exc:

@@ -382,3 +382,18 @@ def test_the_readme_says_what_the_benchmark_needs_next_to_its_command():
     third_party = {name for name in imported - local if name not in sys.stdlib_module_names}
     third_party -= {"certifi"}  # optional: counted when present (bench_clients), requests' own dependency
     assert third_party <= installed and third_party <= set(re.findall(r"`(\w+)`", said)), (third_party, installed)
+
+
+@pytest.mark.parametrize("section, cert_key, key_key", [("tls", "client_cert", "client_key"),
+                                                         ("http", "tls_cert_file", "tls_key_file")])
+def test_a_key_that_does_not_match_its_certificate_names_the_files(tmp_path, pki, ca, section, cert_key, key_key):
+    other = ca.issue_cert("other.test")
+    key = tmp_path / "other.key"
+    other.private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[cluster:rs]\nagents = https://127.0.0.1:9\n[tls]\nca_file = {pki['ca']}\n"
+                    + (f"[{section}]\n" if section != "tls" else "") + f"{cert_key} = {pki['cert']}\n{key_key} = {key}\n")
+    done = check_config(path)
+    one_line_error(done, f"{path}: [{section}]", str(key), str(pki["cert"]), "KEY_VALUES_MISMATCH")
+    assert "_ssl.c" not in done.stderr

@@ -53,7 +53,11 @@ def build_context(tls: TlsSettings) -> ssl.SSLContext:
     else:
         context.load_default_certs()
     if tls.client_cert:
-        context.load_cert_chain(tls.client_cert, tls.client_key)
+        try:
+            context.load_cert_chain(tls.client_cert, tls.client_key)
+        except ssl.SSLError as exc:  # which files, and OpenSSL's reason without _ssl.c
+            raise ValueError(f"client_key {tls.client_key} cannot be used with client_cert {tls.client_cert}: "
+                             f"{exc.reason or exc}") from None
     return context
 
 
