@@ -397,3 +397,21 @@ def test_a_key_that_does_not_match_its_certificate_names_the_files(tmp_path, pki
     done = check_config(path)
     one_line_error(done, f"{path}: [{section}]", str(key), str(pki["cert"]), "KEY_VALUES_MISMATCH")
     assert "_ssl.c" not in done.stderr
+
+
+def test_a_gateway_server_key_that_does_not_match_its_certificate_names_the_files(tmp_path, pki, ca):
+    from replicante_poller.actions.signing import generate_keypair
+
+    generate_keypair(str(tmp_path / "core"))
+    key = tmp_path / "other.key"
+    ca.issue_cert("other.test").private_key_pem.write_to_path(str(key))
+    key.chmod(0o600)
+    path = tmp_path / "gateway.ini"
+    path.write_text(f"[gateway]\nlisten = 127.0.0.1:0\nupstream = https://127.0.0.1:9\nupstream_ca_file = {pki['ca']}\n"
+                    f"agent_urls = https://127.0.0.1:9\nkeys = {tmp_path / 'core.pub'}\n"
+                    f"replay_store = {tmp_path / 'replay.db'}\ncluster_id = rs\nnode_id = n1\n"
+                    f"server_cert = {pki['cert']}\nserver_key = {key}\n")
+    done = cli("gateway", "--config", str(path))
+    one_line_error(done, f"{path}: [gateway] server_key: {key} cannot be used with server_cert {pki['cert']}",
+                   "KEY_VALUES_MISMATCH")
+    assert "_ssl.c" not in done.stderr

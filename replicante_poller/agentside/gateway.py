@@ -361,7 +361,11 @@ def _server(gateway: Gateway, settings: GatewaySettings) -> CountingServer:
     if settings.server_cert:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(settings.server_cert, settings.server_key)
+        try:
+            context.load_cert_chain(settings.server_cert, settings.server_key)
+        except ssl.SSLError as exc:  # which files, and OpenSSL's reason without _ssl.c
+            raise ConfigError(settings.source, "gateway", "server_key", f"{settings.server_key} cannot be used with "
+                              f"server_cert {settings.server_cert}: {exc.reason or exc}") from None
 
     class Server(CountingServer):
         on_error = staticmethod(lambda: gateway.metrics.request("error"))
