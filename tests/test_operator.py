@@ -49,7 +49,7 @@ def test_metrics_name_each_failing_agents_reason_and_exist_from_the_start(start_
     assert any(k[0] == "python_info" for k in early)
     assert early[("replicante_poller_cluster_info", (("cluster", "rs"), ("display_name", 'Orders "main"')))] == 1.0
 
-    assert service.state.wait_for(lambda views: all(v.result for v in views), 10)
+    assert service.state.wait_for(lambda views: all(v.result for v in views), 25)  # slot + timeout
     _, samples = scrape(base_of(service))
     reasons = {dict(k[1])["agent"]: dict(k[1])["reason"] for k, v in samples.items()
                if k[0] == "replicante_poller_agent_reason" and v == 1.0}
@@ -83,7 +83,7 @@ def test_healthy_ready_and_reload_endpoints(start_sim, start_service, pki, tmp_p
         assert requests.get(base + "/-/healthy", timeout=5).status_code == 200
         not_yet = requests.get(base + "/-/ready", timeout=5)
         assert not_yet.status_code == 503 and "0 of 1 agents" in not_yet.text
-        assert service.state.wait_for(lambda views: all(v.result for v in views), 10)
+        assert service.state.wait_for(lambda views: all(v.result for v in views), 25)  # slot + timeout
         assert requests.get(base + "/-/ready", timeout=5).status_code == 200
 
         assert requests.get(base + "/-/reload", timeout=5).status_code == 405
