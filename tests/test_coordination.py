@@ -83,6 +83,7 @@ def test_coordination_settings() -> None:
 def test_actions_are_refused_with_zookeeper(tmp_path: Path) -> None:
     key = tmp_path / "k"
     key.write_text("x")
+    key.chmod(0o600)
     with pytest.raises(ConfigError, match=r"\[actions\] enabled"):
         parse_config(f"[actions]\nenabled = true\nsigning_key = {key}\njournal = {tmp_path / 'j.db'}\n"
                      "[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:2181\n")

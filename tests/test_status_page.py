@@ -218,15 +218,17 @@ def test_auto_refresh_keeps_scroll_position_and_filter(fleet, browser):
     load(browser, fleet["base"] + "/?cluster=mongo-4&refresh=1")
     assert browser.execute_script("return document.documentElement.scrollHeight") > PHONE[1] + 400
     browser.execute_script("window.scrollTo(0, 400)")
-    before = browser.find_element(By.ID, "live").get_attribute("data-generated")
+    # Read through scripts (atomic in the page): the refresh replaces elements every second,
+    # so a WebElement found a moment ago may be gone when it is read.
+    generated = "return document.getElementById('live').getAttribute('data-generated')"
+    before = browser.execute_script(generated)
     url = browser.current_url
-    WebDriverWait(browser, 6, poll_frequency=0.1).until(
-        lambda d: d.find_element(By.ID, "live").get_attribute("data-generated") != before)
+    WebDriverWait(browser, 6, poll_frequency=0.1).until(lambda d: d.execute_script(generated) != before)
     assert browser.execute_script("return window.scrollY") == 400
     assert browser.current_url == url
-    assert Select(browser.find_element(By.NAME, "cluster")).first_selected_option.get_attribute("value") == "mongo-4"
+    assert browser.execute_script("return document.querySelector('select[name=cluster]').value") == "mongo-4"
     assert {r["cluster"] for r in rows(browser)} == {"mongo-4"} and len(rows(browser)) == 9
-    assert browser.find_element(By.ID, "refresh-state").text == ""  # no failure shown
+    assert browser.execute_script("return document.getElementById('refresh-state').textContent.trim()") == ""
 
 
 def test_agent_page_shows_polls_with_failures_shards_certificate_and_actions(fleet, browser):
