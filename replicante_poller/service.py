@@ -197,7 +197,10 @@ class Service:
             self._dispatcher.start()
         if self._coordinator is not None:
             self._coordinator.start()
-        log.info("polling %d agents; status on http://%s:%d/", len(targets), *self.api_address)
+        host, port = self.api_address
+        scheme = "https" if self.config.http.tls else "http"
+        log.info("polling %d agents; status on %s://%s:%d/", len(targets), scheme,
+                 f"[{host}]" if ":" in host else host, port)  # an IPv6 address in brackets, as in a URL
 
     def _open_coordination(self) -> None:
         """With `[coordination] backend = zookeeper`: poll only the clusters held (none until

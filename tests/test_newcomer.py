@@ -135,6 +135,7 @@ def test_an_ipv6_listen_address_serves(tmp_path, pki):
     assert cli("check-config", "--config", str(path)).returncode == 0
     process = PollerProcess(path)
     try:
+        assert process.address.startswith("[::1]:"), process.address  # logged as a URL writes it
         port = process.address.rpartition(":")[2]
         with urllib.request.urlopen(f"http://[::1]:{port}/-/healthy", timeout=10) as answer:
             assert answer.status == 200
