@@ -1,4 +1,4 @@
-"""Real-socket, real-TLS tests of the simulator's replisdk agents (`../shared/agent-api-replisdk.md`),
+"""Real-socket, real-TLS tests of the simulator's replisdk agents (the replisdk agent API as its source defines it),
 the generations side by side, TLS as real agents speak it, and retention of both generations."""
 from __future__ import annotations
 
