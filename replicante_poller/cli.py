@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .actions.api import action_json, submit
-from .actions.journal import Journal
+from .actions.journal import ActionStore, Journal
 from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
@@ -151,9 +151,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _journal(config: Config, readonly: bool = False) -> Journal:
-    if not config.actions.enabled or config.actions.journal is None:
+def _journal(config: Config, readonly: bool = False) -> ActionStore:
+    """The journal `run` uses: SQLite, or ZooKeeper's with `[coordination] backend = zookeeper`."""
+    if not config.actions.enabled:
         raise ConfigError(config.source, "actions", "enabled", "actions are not enabled in this configuration")
+    if config.coordination.backend == "zookeeper":
+        from .coordination.journal import open_journal
+
+        return open_journal(config.coordination, config.source)
+    assert config.actions.journal is not None
     return Journal(config.actions.journal, readonly=readonly)
 
 

@@ -286,9 +286,13 @@ def read_http(section: Section) -> HttpSettings:
     return http
 
 
-def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
-    """The `[actions]` section; when enabled a signing key and a journal are required."""
-    default_journal = str(Path(state_dir) / "actions.db") if state_dir else None
+def read_actions(section: Section, state_dir: Optional[str], coordinated: bool = False) -> ActionsSettings:
+    """The `[actions]` section; when enabled a signing key and a journal are required (the
+    journal is ZooKeeper's when `coordinated`: then `journal` must not be set)."""
+    if coordinated and section.has("journal"):
+        raise section.error("journal", "with [coordination] backend = zookeeper the action journal lives in ZooKeeper "
+                                       "(under [coordination] path): remove journal")
+    default_journal = str(Path(state_dir) / "actions.db") if state_dir and not coordinated else None
     default = ActionsSettings()
     actions = ActionsSettings(
         enabled=section.get("enabled", to_bool, default.enabled),
@@ -309,7 +313,7 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
         raise section.error("signing_key", "set while actions are disabled (set enabled = true, or remove signing_key)")
     if actions.enabled and actions.signing_key is None:
         raise section.error("signing_key", "required when actions are enabled (make one with `replicante-poller keygen`)")
-    if actions.enabled and actions.journal is None:
+    if actions.enabled and actions.journal is None and not coordinated:
         raise section.error("journal", "required when actions are enabled (or set [poller] state_dir)")
     for key in ("signing_key", "api_token_file"):
         path = getattr(actions, key)
@@ -319,9 +323,8 @@ def read_actions(section: Section, state_dir: Optional[str]) -> ActionsSettings:
     return actions
 
 
-def read_coordination(section: Section, actions: ActionsSettings) -> CoordinationSettings:
-    """The `[coordination]` section; zookeeper needs hosts, and no actions until the elected
-    dispatcher exists (two dispatchers must never run)."""
+def read_coordination(section: Section) -> CoordinationSettings:
+    """The `[coordination]` section; zookeeper needs hosts."""
     default = CoordinationSettings()
 
     def backend(value: str) -> str:
@@ -343,10 +346,6 @@ def read_coordination(section: Section, actions: ActionsSettings) -> Coordinatio
         raise section.error("path", f"must be an absolute ZooKeeper path such as /replicante-poller, got {coordination.path!r}")
     if not 1 <= coordination.session_timeout <= 60:
         raise section.error("session_timeout", f"must be between 1s and 60s, got {coordination.session_timeout:g}s")
-    if actions.enabled:
-        raise ConfigError(section.source, "actions", "enabled",
-                          "signed actions cannot run with [coordination] backend = zookeeper yet (the elected "
-                          "dispatcher is not built; two dispatchers must never run): set [actions] enabled = false")
     return coordination
 
 
@@ -395,8 +394,8 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
     if discovery.http is None and (discovery.http_ca_file or discovery.http_token_file):
         raise d.error("http", "required by http_ca_file and http_token_file")
     http = read_http(h)
-    actions = read_actions(a, poller.state_dir)
-    coordination = read_coordination(c, actions)
+    coordination = read_coordination(c)
+    actions = read_actions(a, poller.state_dir, coordination.backend == "zookeeper")
     for section in (p, t, d, h, a, c):
         section.finish()
     return Config(

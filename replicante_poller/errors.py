@@ -28,6 +28,10 @@ class StoreError(PollerError):
         super().__init__(f"{path}: {what}: {problem}")
 
 
+class JournalConflict(StoreError):
+    """A journal write that found the record changed by another writer: nothing was written."""
+
+
 class KeyFileError(PollerError, ValueError):
     """A key file that cannot be used; the message names the file and the fix."""
 

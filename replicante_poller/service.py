@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
 from .actions.journal import Journal
-from .actions.signing import load_signing_key
+from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
+from .actions.signing import Signer, load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
@@ -35,16 +36,19 @@ from .polling.state import FleetState, TargetView
 from .polling.statefile import load_state, save_state
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .reasons import Reason
 from .web.metrics import PollerMetrics, new_registry, render
 from .web.server import MAX_CONNECTIONS
 from .web.status import StatusServer
 
 if TYPE_CHECKING:
+    from kazoo.client import KazooClient
+
+    from .actions.elected import ElectedDispatcher
+    from .coordination.election import Election
+    from .coordination.journal import ZkJournal
     from .coordination.zookeeper import ZkCoordinator
 
 log = logging.getLogger(__name__)
-UNTRUSTED_IDENTITY = (Reason.CLUSTER_MISMATCH, Reason.DUPLICATE_NODE)
 RELOAD_WAIT = 30.0  # seconds POST /-/reload waits for the scheduler to run the reload
 JOURNAL_FDS = 8  # the action journal (SQLite: database, WAL, shared memory, readers)
 
@@ -149,11 +153,14 @@ class Service:
         self._by_url: dict[str, Target] = {}
         self._started = clock()
         self._api: Optional[StatusServer] = None
-        self.journal: Optional[Journal] = None
-        self._dispatcher: Optional[Dispatcher] = None
+        self.journal: Optional[Journal | ZkJournal] = None
+        self._dispatcher: Optional[Dispatcher | ElectedDispatcher] = None
         self._actions_api: Optional[ActionsApi] = None
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._coordinator: Optional["ZkCoordinator"] = None  # [coordination] backend = zookeeper
+        self._zk: Optional["KazooClient"] = None  # its client, shared with the journal and the election
+        self._election: Optional["Election"] = None  # with actions: who dispatches
+        self._probe: Optional[IdentityProbe] = None  # the leader's identities of agents it does not poll
         self._held: Optional[frozenset[str]] = None  # the clusters this instance may poll; None: all
         self._saved: list[TargetView] = []  # the state file's views of clusters not taken yet (coordinated)
 
@@ -165,6 +172,10 @@ class Service:
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
         self._check_fd_limit()
+        if self.config.coordination.backend == "zookeeper":
+            from .coordination.zookeeper import new_client
+
+            self._zk = new_client(self.config.coordination)
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
@@ -197,6 +208,8 @@ class Service:
             self._dispatcher.start()
         if self._coordinator is not None:
             self._coordinator.start()
+        if self._election is not None:
+            self._election.start()
         host, port = self.api_address
         scheme = "https" if self.config.http.tls else "http"
         log.info("polling %d agents; status on %s://%s:%d/", len(targets), scheme,
@@ -214,9 +227,10 @@ class Service:
         self._held = frozenset()
         self._coordinator = ZkCoordinator(settings, self.instance_id, listen,
                                           lambda held, since: self._scheduler.call(lambda: self._held_changed(held, since)),
-                                          self.metrics.thread_error)
+                                          self.metrics.thread_error, client=self._zk)
         self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
-                                          self._coordinator.owned)
+                                          self._coordinator.owned,
+                                          self._election.leader if self._election is not None else lambda: 0.0)
         log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
 
     def _held_changed(self, held: frozenset[str], since: Mapping[str, float]) -> None:
@@ -244,16 +258,45 @@ class Service:
     def _open_actions(self) -> ActionsApi:
         """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
         settings = self.config.actions
-        assert settings.signing_key is not None and settings.journal is not None
+        assert settings.signing_key is not None
         signer = load_signing_key(settings.signing_key)
         token = read_token(settings.api_token_file) if settings.api_token_file else None
-        self.journal = Journal(settings.journal, self._clock)
-        self._dispatcher = Dispatcher(self.journal, settings, signer, self.find_target, self.identity,
-                                      self._transport, self.metrics, self._clock, generation=self.generation)
-        self.metrics.actions_pending.set_function(self.journal.pending)
-        log.info("signed actions enabled with key %s, journal %s", signer.key_id, settings.journal)
-        self._actions_api = ActionsApi(self.journal, self.find_target, token, self._dispatcher.wake)
+        journal: Journal | ZkJournal
+        if self._zk is not None:
+            journal = self._open_elected(settings, signer)
+        else:
+            assert settings.journal is not None
+            journal = Journal(settings.journal, self._clock)
+            self._dispatcher = self._new_dispatcher(journal, settings, signer)
+        self.journal = journal
+        self.metrics.actions_pending.set_function(journal.pending)
+        log.info("signed actions enabled with key %s, journal %s", signer.key_id, journal)
+        self._actions_api = ActionsApi(journal, self.find_target, token, self.wake_dispatcher)
         return self._actions_api
+
+    def _new_dispatcher(self, journal: Journal | ZkJournal, settings: ActionsSettings, signer: Signer) -> Dispatcher:
+        return Dispatcher(journal, settings, signer, self.find_target, self.identity, self._transport, self.metrics,
+                          self._clock, generation=self.generation)
+
+    def _open_elected(self, settings: ActionsSettings, signer: Signer) -> ZkJournal:
+        """Coordinated: the journal in ZooKeeper, and a dispatcher only while elected."""
+        from .actions.elected import ElectedDispatcher
+        from .coordination.election import Election
+        from .coordination.journal import ZkJournal
+
+        assert self._zk is not None
+        self._probe = IdentityProbe(self._transport, self._clock)
+        journal = ZkJournal(self._zk, self.config.coordination, self._clock, on_submit=self.wake_dispatcher)
+        dispatcher = ElectedDispatcher(journal, lambda s, k: self._new_dispatcher(journal, s, k), settings, signer)
+        self._dispatcher = dispatcher
+        self._election = Election(self._zk, self.config.coordination, self.instance_id, dispatcher.elected,
+                                  dispatcher.deposed, self.metrics.thread_error)
+        return journal
+
+    def wake_dispatcher(self) -> None:
+        """A new action was submitted: the dispatcher (if this instance runs one) looks now."""
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
 
     def _check_fd_limit(self) -> None:
         """Enough file descriptors for every worker, listener connection and file, or a
@@ -277,7 +320,10 @@ class Service:
 
     def identity(self, target: Target) -> Optional[AgentIdentity]:
         """Cluster id, node id and API generation as a poll of this run observed them, or
-        None before any (any thread)."""
+        None before any (any thread). Agents of clusters another instance polls: from a poll
+        of the leader's own (`IdentityProbe`)."""
+        if self._probe is not None and not self._polls(target):
+            return self._probe.identity(target)
         view = self.state.view(target.key)
         result = view.result if view is not None else None
         if (result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY
@@ -287,8 +333,15 @@ class Service:
 
     def generation(self, target: Target) -> Optional[str]:
         """The agent's API generation as last learned (restored state included), or None."""
+        if self._probe is not None and not self._polls(target):
+            return self._probe.generation(target)
         view = self.state.view(target.key)
         return view.api if view is not None else None
+
+    def _polls(self, target: Target) -> bool:
+        """Whether this instance polls the target (coordinated: its cluster is held here)."""
+        held = self._held
+        return held is None or target.cluster_id in held
 
     @property
     def api_address(self) -> tuple[str, int]:
@@ -327,6 +380,8 @@ class Service:
         if self._http_thread is not None:
             self._http_thread.stop()
         self._scheduler.stop()
+        if self._election is not None:
+            self._election.stop()  # deposes this instance: its dispatcher stops, a successor is elected
         if self._dispatcher is not None:
             self._dispatcher.stop()
         self._pool.stop()

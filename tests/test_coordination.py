@@ -80,15 +80,6 @@ def test_coordination_settings() -> None:
         parse_config("[coordination]\nbackend = etcd\n")
 
 
-def test_actions_are_refused_with_zookeeper(tmp_path: Path) -> None:
-    key = tmp_path / "k"
-    key.write_text("x")
-    key.chmod(0o600)
-    with pytest.raises(ConfigError, match=r"\[actions\] enabled"):
-        parse_config(f"[actions]\nenabled = true\nsigning_key = {key}\njournal = {tmp_path / 'j.db'}\n"
-                     "[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:2181\n")
-
-
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"

@@ -17,7 +17,7 @@ from ..converters import read_secret
 from ..errors import StoreError, SubmissionError
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
-from .journal import Action, Journal
+from .journal import Action, ActionStore
 
 KIND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 # An external action's key is any key of the agent's `external_actions` map: any character
@@ -74,7 +74,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def submit(journal: Journal, find_target: Callable[[str], Optional[Target]], agent: Any, kind: Any, args: Any) -> Action:
+def submit(journal: ActionStore, find_target: Callable[[str], Optional[Target]], agent: Any, kind: Any, args: Any) -> Action:
     """Validate and durably queue one action."""
     if not isinstance(agent, str) or find_target(agent.rstrip("/")) is None:
         raise SubmissionError(f"{agent!r} is not an agent of the configuration or discovery")
@@ -86,7 +86,7 @@ def read_token(path: str) -> bytes:
     return read_secret(path, "actions", "api_token_file")
 
 
-def action_json(journal: Journal, action: Action) -> dict[str, Any]:
+def action_json(journal: ActionStore, action: Action) -> dict[str, Any]:
     """One action with its attempts, as the API and `action show` give it."""
     document = action.to_json()
     document["attempts_log"] = [vars(a) for a in journal.attempts(action.id)]
@@ -96,7 +96,7 @@ def action_json(journal: Journal, action: Action) -> dict[str, Any]:
 class ActionsApi:
     """HTTP handling of `/api/v1/actions` (list, show, submit), all behind the bearer token."""
 
-    def __init__(self, journal: Journal, find_target: Callable[[str], Optional[Target]],
+    def __init__(self, journal: ActionStore, find_target: Callable[[str], Optional[Target]],
                  token: Optional[bytes], on_submit: Callable[[], None]):
         self._journal, self._find_target, self.token, self._on_submit = journal, find_target, token, on_submit
 

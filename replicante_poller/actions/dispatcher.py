@@ -39,7 +39,7 @@ from ..polling.transport import AgentClient, Failure, Reply, Transport, agent_er
 from ..reasons import Reason, transient_status
 from ..web.metrics import PollerMetrics
 from .httpsig import sign_action
-from .journal import Action, ActionState, Journal
+from .journal import Action, ActionState, ActionStore
 from .protocols import PROTOCOLS, ActionProtocol
 from .signing import Signer
 
@@ -86,7 +86,7 @@ def _header_safe(value: str) -> bool:
 class Dispatcher:
     """Delivers and tracks actions; `wake()` after a submission, `stop()` at shutdown."""
 
-    def __init__(self, journal: Journal, settings: ActionsSettings, signer: Signer,
+    def __init__(self, journal: ActionStore, settings: ActionsSettings, signer: Signer,
                  find_target: Callable[[str], Optional[Target]],
                  identity: Callable[[Target], Optional[AgentIdentity]],
                  transport: Transport, metrics: PollerMetrics,

@@ -34,18 +34,26 @@ log = logging.getLogger(__name__)
 _STOP = ("stop", None)
 
 
+def new_client(settings: CoordinationSettings) -> KazooClient:
+    """A kazoo client for `[coordination]`, retrying its connection forever (not started)."""
+    return KazooClient(hosts=settings.hosts, timeout=settings.session_timeout,
+                       connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0))
+
+
 class ZkCoordinator:
     """Owns the kazoo client; `on_held(held, since)` is called (on this class's thread) with
     the clusters this instance may poll, each time they change, and for clusters just handed
     over by another instance, when it stopped polling them (wall clock)."""
 
     def __init__(self, settings: CoordinationSettings, member_id: str, listen: str,
-                 on_held: Callable[[frozenset[str], Mapping[str, float]], None], on_error: Callable[[str], None] = lambda name: None):
+                 on_held: Callable[[frozenset[str], Mapping[str, float]], None], on_error: Callable[[str], None] = lambda name: None,
+                 client: Optional[KazooClient] = None):
+        """`client`: a client the journal and the election share (`new_client`); this class
+        starts and closes it."""
         self.id = member_id
         self._settings, self._listen, self._on_held, self._on_error = settings, listen, on_held, on_error
         self._events: "queue.Queue[tuple[str, object]]" = queue.Queue()
-        self._client = KazooClient(hosts=settings.hosts, timeout=settings.session_timeout,
-                                   connection_retry=KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0))
+        self._client = client or new_client(settings)
         self._client.add_listener(lambda state: self._events.put(("state", state)))
         root = settings.path.rstrip("/")
         self._members_path, self._locks_path, self._handover_path = f"{root}/members", f"{root}/locks", f"{root}/handover"

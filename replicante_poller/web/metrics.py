@@ -232,15 +232,15 @@ class PollerMetrics:
         self.polls_stuck.set_function(stuck)
 
     def observe_coordination(self, connected: Callable[[], float], members: Callable[[], float],
-                             owned: Callable[[], float]) -> None:
-        """`[coordination] backend = zookeeper`: the session, the live members and the clusters
-        this instance holds, read at scrape time. `coordination_leader` stays 0 until the
-        elected dispatcher exists."""
+                             owned: Callable[[], float], leader: Callable[[], float]) -> None:
+        """`[coordination] backend = zookeeper`: the session, the live members, the clusters
+        this instance holds and whether it is the elected dispatcher, read at scrape time."""
         for name, help_text, read in (
                 ("coordination_connected", "1 while the ZooKeeper session is connected.", connected),
                 ("coordination_members", "Live poller instances registered in ZooKeeper.", members),
                 ("coordination_clusters_owned", "Clusters whose lock this instance holds (and polls).", owned),
-                ("coordination_leader", "1 on the elected dispatcher (not elected yet: always 0).", lambda: 0.0)):
+                ("coordination_leader", "1 on the instance elected to dispatch actions (0 elsewhere, and "
+                                         "everywhere when actions are disabled).", leader)):
             Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
 
     def thread_error(self, thread: str) -> None:

@@ -1,0 +1,466 @@
+"""The action journal in ZooKeeper (`[coordination] backend = zookeeper`): every instance
+and the CLI submit and read actions there, and the elected leader's dispatcher delivers
+them, so a new leader continues every pending action with the same ids (DESIGN section 9).
+
+Layout under `{path}/journal/actions/ID`: the submission (agent, kind, args, requester,
+created_ts; never changed), its `state` child (state, attempts, times, message: what the
+dispatcher learns, each write conditional on the version it read) and `attempts/N`
+children (created before attempt N leaves, its outcome set after the answer). A
+submission is one multi-op (every znode or none), acknowledged only once it committed.
+
+Fencing: the leader's writes are multi-ops that also check its election znode, so an
+instance whose session expired (another may lead by then) writes nothing more. A state
+write that meets another version (another writer got there first) changes nothing and
+raises `JournalConflict`; the action is read again.
+
+The leader keeps every action in memory (read when elected; new submissions read when the
+children watch fires), so choosing due actions reads nothing from ZooKeeper; requests on
+other instances read ZooKeeper. Final actions are deleted RETENTION after they finished,
+and the oldest beyond MAX_FINAL, so the journal stays within what ZooKeeper holds well.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from typing import Any, Callable, Iterable, Optional
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoNodeError,
+    RolledBackError,
+    SessionExpiredError,
+)
+from kazoo.protocol.states import ZnodeStat
+
+from ..actions.journal import Action, ActionState, Attempt
+from ..config import CoordinationSettings
+from ..errors import ConfigError, JournalConflict, StoreError
+
+log = logging.getLogger(__name__)
+OP_TIMEOUT = 10.0  # seconds a ZooKeeper request may take before the operation fails
+RETENTION = 14 * 86400.0  # final actions are kept this long after they finished
+MAX_FINAL = 10_000  # and at most this many (the oldest go first)
+PRUNE_EVERY = 600.0  # seconds between the leader's pruning passes
+PRUNE_BATCH = 500  # actions deleted per pass at most
+FENCE_VERSION = 0  # an election znode is never written after its creation
+SUBMISSION = ("agent", "kind", "args", "requester", "created_ts")
+STATE = ("state", "attempts", "next_ts", "message", "cluster_id", "node_id", "delivered_ts", "finished_ts",
+         "updated_ts", "agent_history")
+LIVE = (ActionState.PENDING, ActionState.SCHEDULED, ActionState.RUNNING)
+_PLAIN = {ConnectionLoss: "the connection to ZooKeeper was lost", SessionExpiredError: "the ZooKeeper session expired",
+          ConnectionClosedError: "not connected to ZooKeeper"}
+
+
+def _plain(exc: BaseException) -> str:
+    """A kazoo exception as words (their str() is often empty)."""
+    for kind, words in _PLAIN.items():
+        if isinstance(exc, kind):
+            return words
+    return str(exc) or type(exc).__name__
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _attempt_name(n: int) -> str:
+    return f"{n:06d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """An action as the leader last wrote or read it, and its state znode's version."""
+
+    action: Action
+    version: int
+
+
+class ZkJournal:
+    """The journal's ZooKeeper store, with the SQLite `Journal`'s interface."""
+
+    what = "action journal"
+
+    def __init__(self, client: KazooClient, settings: CoordinationSettings, clock: Callable[[], float] = time.time,
+                 on_submit: Callable[[], None] = lambda: None, own_client: bool = False):
+        """`on_submit` is called (on kazoo's thread: keep it short) when the leader sees new
+        submissions; `own_client`: `close()` stops the client too (the CLI's)."""
+        self._client, self._clock, self._on_submit, self._own_client = client, clock, on_submit, own_client
+        self._base = settings.path.rstrip("/") + "/journal/actions"
+        self._where = f"ZooKeeper {settings.hosts}{self._base}"
+        self._lock = threading.Lock()
+        self._fence: Optional[str] = None  # the leader's election znode
+        self._cache: Optional[dict[str, _Entry]] = None  # every action, on the leader
+        self._listing = threading.Event()  # the children changed since the leader last listed them
+        self._pruned_at = float("-inf")
+        self._ready = False  # the base znode exists
+        self._begun: dict[tuple[str, int], float] = {}  # attempts in flight: when each began
+
+    def __str__(self) -> str:
+        return self._where
+
+    # -- ZooKeeper requests ------------------------------------------------------------
+
+    def _call(self, result: Any, doing: str) -> Any:
+        """The result of an async request; NoNodeError passes, other failures are StoreError."""
+        try:
+            return result.get(timeout=OP_TIMEOUT)
+        except NoNodeError:
+            raise
+        except self._client.handler.timeout_exception:
+            raise StoreError(self._where, self.what, f"{doing}: ZooKeeper did not answer within {OP_TIMEOUT:g}s") from None
+        except KazooException as exc:
+            raise StoreError(self._where, self.what, f"{doing}: {_plain(exc)}") from None
+
+    def _ensure(self) -> None:
+        if not self._ready:
+            self._call(self._client.ensure_path_async(self._base), "creating the journal's znode")
+            self._ready = True
+
+    def _path(self, action_id: str, *rest: str) -> str:
+        return "/".join((self._base, action_id, *rest))
+
+    def _read(self, action_id: str) -> Optional[tuple[Action, int]]:
+        """An action and its state's version from ZooKeeper; None when it does not exist."""
+        return self._read_many([action_id]).get(action_id)
+
+    def _read_many(self, ids: Iterable[str]) -> dict[str, tuple[Action, int]]:
+        """Pipelined reads of several actions; missing ones are left out, damaged ones logged and left out."""
+        pending = [(i, self._client.get_async(self._path(i)), self._client.get_async(self._path(i, "state"))) for i in ids]
+        found: dict[str, tuple[Action, int]] = {}
+        for action_id, submission, state in pending:
+            try:
+                (sub_data, _), (state_data, stat) = (self._call(submission, f"reading action {action_id}"),
+                                                     self._call(state, f"reading action {action_id}"))
+            except NoNodeError:
+                continue
+            action = _decode(action_id, sub_data, state_data)
+            if action is None:
+                log.error("%s: the record of action %s cannot be read (damaged?), left as it is",
+                          self._where, action_id)
+                continue
+            found[action_id] = (action, stat.version)
+        return found
+
+    def _commit(self, ops: Callable[[Any], None], doing: str, fenced: bool) -> list[Any]:
+        """One multi-op (with the leader's fence check when `fenced`); JournalConflict when a
+        versioned write lost, StoreError when the fence is gone or ZooKeeper failed."""
+        transaction = self._client.transaction()
+        fence = self._fence
+        if fenced:
+            if fence is None:
+                raise StoreError(self._where, self.what, f"{doing}: this instance is no longer the dispatcher leader")
+            transaction.check(fence, FENCE_VERSION)
+        ops(transaction)
+        results = self._call(transaction.commit_async(), doing)
+        failed = [(n, r) for n, r in enumerate(results) if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+        if not failed:
+            return results[1:] if fenced else results
+        index, error = failed[0]
+        if fenced and index == 0:
+            raise StoreError(self._where, self.what, f"{doing}: this instance is no longer the dispatcher leader "
+                                                     "(its election znode is gone)")
+        if isinstance(error, BadVersionError):
+            raise JournalConflict(self._where, self.what, f"{doing}: changed meanwhile by another writer")
+        raise StoreError(self._where, self.what, f"{doing}: {_plain(error)}")
+
+    # -- any instance ----------------------------------------------------------------
+
+    def submit(self, agent: str, kind: str, args: Any, requester: str = "CORE_API") -> Action:
+        """Durably queue a new action (one multi-op); its id is the action_id the agent will see."""
+        self._ensure()
+        now = self._clock()
+        action = Action(id=str(uuid.uuid4()), agent=agent, kind=kind, args=args, requester=requester, created_ts=now,
+                        state=ActionState.PENDING, attempts=0, next_ts=now, message="queued", cluster_id=None,
+                        node_id=None, delivered_ts=None, finished_ts=None, updated_ts=now, agent_history=None)
+        document = action.to_json()
+
+        def ops(t: Any) -> None:
+            t.create(self._path(action.id), _encode({k: document[k] for k in SUBMISSION}))
+            t.create(self._path(action.id, "state"), _encode({k: document[k] for k in STATE}))
+            t.create(self._path(action.id, "attempts"), b"")
+        self._commit(ops, f"storing action {action.id}", fenced=False)
+        return action
+
+    def get(self, action_id: str) -> Optional[Action]:
+        if not _is_id(action_id):
+            return None
+        found = self._read(action_id)
+        return found[0] if found else None
+
+    def list(self, limit: int = 200) -> list[Action]:
+        """Newest first."""
+        try:
+            ids = self._call(self._client.get_children_async(self._base), "listing actions")
+        except NoNodeError:
+            return []
+        actions = [action for action, _ in self._read_many(ids).values()]
+        actions.sort(key=lambda a: (-a.created_ts, a.id))
+        return actions[:limit]
+
+    def attempts(self, action_id: str) -> list[Attempt]:
+        try:
+            names = self._call(self._client.get_children_async(self._path(action_id, "attempts")), "listing attempts")
+        except NoNodeError:
+            return []
+        pending = [(name, self._client.get_async(self._path(action_id, "attempts", name))) for name in sorted(names)]
+        attempts = []
+        for name, result in pending:
+            try:
+                data, _ = self._call(result, f"reading attempt {name} of action {action_id}")
+                document = json.loads(data)
+                attempts.append(Attempt(n=int(name), ts=float(document["ts"]), outcome=str(document["outcome"]),
+                                        detail=str(document["detail"])))
+            except NoNodeError:
+                continue
+            except (ValueError, KeyError, TypeError):
+                log.error("%s: attempt %s of action %s cannot be read (damaged?)", self._where, name, action_id)
+        return attempts
+
+    def wait_for(self, action_id: str, predicate: Callable[[Action], bool], timeout: float) -> Optional[Action]:
+        """Block until the action satisfies `predicate` (a watch on its state), or timeout.
+
+        Returns the action as last read (check the predicate again to tell a timeout)."""
+        deadline = time.monotonic() + timeout
+        changed = threading.Event()
+        watch = lambda event: changed.set()  # noqa: E731 (one function: kazoo keeps one watch per function)
+        while True:
+            changed.clear()
+            self._client.exists_async(self._path(action_id, "state"), watch=watch)
+            action = self.get(action_id)
+            remaining = deadline - time.monotonic()
+            if (action is not None and predicate(action)) or remaining <= 0:
+                return action
+            changed.wait(remaining)
+
+    def pending(self) -> int:
+        """Actions not delivered yet, as the leader knows them (0 on other instances)."""
+        with self._lock:
+            cache = self._cache
+            return sum(1 for e in cache.values() if e.action.state is ActionState.PENDING) if cache else 0
+
+    def close(self) -> None:
+        if self._own_client:
+            self._client.stop()
+            self._client.close()
+
+    # -- the leader ----------------------------------------------------------------------
+
+    def lead(self, fence: str) -> int:
+        """Become the journal's writer, fenced by `fence` (the election znode): read every
+        action. Returns how many are live. StoreError when they cannot be read."""
+        self._ensure()
+        with self._lock:
+            self._fence, self._cache = fence, {}
+        self._listing.set()
+        self._refresh()
+        with self._lock:
+            return sum(1 for e in (self._cache or {}).values() if e.action.state in LIVE)
+
+    def unlead(self) -> None:
+        """No longer the leader: forget the actions, write nothing more."""
+        with self._lock:
+            self._fence, self._cache = None, None
+
+    def _children_changed(self, event: object) -> None:
+        self._listing.set()
+        self._on_submit()
+
+    def _refresh(self) -> None:
+        """Read the submissions that appeared since the last listing."""
+        if not self._listing.is_set():
+            return
+        self._listing.clear()
+        try:
+            ids = set(self._call(self._client.get_children_async(self._base, watch=self._children_changed),
+                                 "listing actions"))
+        except BaseException:
+            self._listing.set()  # listed again next time
+            raise
+        with self._lock:
+            known = set(self._cache or ())
+        found = self._read_many(ids - known)
+        with self._lock:
+            if self._cache is None:
+                return
+            for action_id in known - ids:
+                self._cache.pop(action_id, None)
+            for action_id, (action, version) in found.items():
+                self._cache.setdefault(action_id, _Entry(action, version))
+
+    def _entries(self) -> list[_Entry]:
+        self._refresh()
+        with self._lock:
+            if self._cache is None:
+                raise StoreError(self._where, self.what, "this instance is no longer the dispatcher leader")
+            return list(self._cache.values())
+
+    def due(self, now: float, limit: int = 100) -> list[Action]:
+        """Live actions whose next step is due (from memory), soonest first."""
+        self._prune()
+        live = [e.action for e in self._entries() if e.action.state in LIVE and e.action.next_ts <= now]
+        live.sort(key=lambda a: a.next_ts)
+        return live[:limit]
+
+    def next_due(self) -> Optional[float]:
+        times = [e.action.next_ts for e in self._entries() if e.action.state in LIVE]
+        return min(times) if times else None
+
+    def _entry(self, action_id: str) -> _Entry:
+        with self._lock:
+            entry = (self._cache or {}).get(action_id)
+        if entry is not None:
+            return entry
+        found = self._read(action_id)
+        if found is None:
+            raise StoreError(self._where, self.what, f"no action {action_id}")
+        return self._remember(action_id, *found)
+
+    def _remember(self, action_id: str, action: Action, version: int) -> _Entry:
+        entry = _Entry(action, version)
+        with self._lock:
+            if self._cache is not None:
+                self._cache[action_id] = entry
+        return entry
+
+    def _write(self, entry: _Entry, new: Action, doing: str, extra: Callable[[Any], None] = lambda t: None) -> None:
+        """Write `new` as the action's state if it still is at `entry`'s version (fenced)."""
+        document = new.to_json()
+
+        def ops(t: Any) -> None:
+            t.set_data(self._path(new.id, "state"), _encode({k: document[k] for k in STATE}), version=entry.version)
+            extra(t)
+        try:
+            results = self._commit(ops, doing, fenced=True)
+        except JournalConflict:
+            found = self._read(new.id)  # as it is now: the next step starts from there
+            if found is not None:
+                self._remember(new.id, *found)
+            raise
+        stat = results[0]
+        self._remember(new.id, new, stat.version if isinstance(stat, ZnodeStat) else entry.version + 1)
+
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
+        """Record that attempt n is about to be sent (before it is); returns n."""
+        entry = self._entry(action.id)
+        n = entry.action.attempts + 1
+        now = self._clock()
+        new = dataclasses.replace(entry.action, attempts=n, cluster_id=cluster_id, node_id=node_id, updated_ts=now,
+                                  message=f"sending attempt {n}")
+        attempt = _encode({"ts": now, "outcome": "sending", "detail": ""})
+        self._write(entry, new, f"recording attempt {n} of action {action.id}",
+                    lambda t: t.create(self._path(action.id, "attempts", _attempt_name(n)), attempt))
+        with self._lock:
+            self._begun[(action.id, n)] = now
+        return n
+
+    def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
+                    next_ts: float, message: str) -> None:
+        """Record the outcome of attempt n and the action's new state."""
+        entry = self._entry(action_id)
+        now = self._clock()
+        old = entry.action
+        new = dataclasses.replace(old, state=state, next_ts=next_ts, message=message, updated_ts=now,
+                                  delivered_ts=old.delivered_ts if old.delivered_ts is not None or
+                                  state is not ActionState.SCHEDULED else now,
+                                  finished_ts=old.finished_ts if old.finished_ts is not None or not state.final else now)
+        path = self._path(action_id, "attempts", _attempt_name(n))
+        with self._lock:
+            attempt_ts = self._begun.pop((action_id, n), now)
+        result = _encode({"ts": attempt_ts, "outcome": outcome, "detail": detail})
+        self._write(entry, new, f"recording the outcome of attempt {n} of action {action_id}",
+                    lambda t: t.set_data(path, result))
+
+    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> None:
+        """Record what tracking (or waiting) learned about an action."""
+        entry = self._entry(action_id)
+        old = entry.action
+        now = self._clock()
+        new = dataclasses.replace(old, state=state, next_ts=next_ts, message=message, updated_ts=now,
+                                  agent_history=agent_history if agent_history is not None else old.agent_history,
+                                  finished_ts=old.finished_ts if old.finished_ts is not None or not state.final else now)
+        self._write(entry, new, f"updating action {action_id}")
+
+    def _prune(self) -> None:
+        """Delete final actions past RETENTION, and the oldest beyond MAX_FINAL (a batch per pass)."""
+        now = self._clock()  # not due()'s argument: the dispatcher asks for everything with +inf
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        finals = sorted((e.action for e in self._entries() if e.action.state.final),
+                        key=lambda a: a.finished_ts or a.updated_ts)
+        excess = max(0, len(finals) - MAX_FINAL)
+        doomed = [a for n, a in enumerate(finals) if n < excess or (a.finished_ts or a.updated_ts) < now - RETENTION]
+        for action in doomed[:PRUNE_BATCH]:
+            self._delete(action.id)
+        if doomed:
+            log.info("%s: deleted %d final actions (kept %gd, at most %d)", self._where, min(len(doomed), PRUNE_BATCH),
+                     RETENTION / 86400, MAX_FINAL)
+
+    def _delete(self, action_id: str) -> None:
+        names = self._call(self._client.get_children_async(self._path(action_id, "attempts")), "listing attempts")
+
+        def ops(t: Any) -> None:
+            for name in names:
+                t.delete(self._path(action_id, "attempts", name))
+            for path in (self._path(action_id, "attempts"), self._path(action_id, "state"), self._path(action_id)):
+                t.delete(path)
+        self._commit(ops, f"deleting final action {action_id}", fenced=True)
+        with self._lock:
+            if self._cache is not None:
+                self._cache.pop(action_id, None)
+
+
+def open_journal(settings: CoordinationSettings, source: str) -> ZkJournal:
+    """The journal for a command (`action submit`, `list`, `show`): its own client, closed
+    with the journal; ConfigError naming `[coordination] hosts` when ZooKeeper does not
+    answer within `session_timeout`."""
+    from .zookeeper import new_client
+
+    client = new_client(settings)
+    timeout = settings.session_timeout
+    try:
+        client.start(timeout=timeout)
+    except client.handler.timeout_exception:
+        client.stop()
+        client.close()
+        raise ConfigError(source, "coordination", "hosts",
+                          f"no ZooKeeper answered at {settings.hosts} within {timeout:g}s (the action journal is there)") from None
+    return ZkJournal(client, settings, own_client=True)
+
+
+def _is_id(text: str) -> bool:
+    """A journal id (a UUID): anything else is no znode name of ours."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def _decode(action_id: str, submission: bytes, state: bytes) -> Optional[Action]:
+    """The action of its two records, or None when they cannot be read."""
+    try:
+        fields = {**_fields(submission, SUBMISSION), **_fields(state, STATE)}
+        fields["state"] = ActionState(fields["state"])
+        for key in ("created_ts", "next_ts", "updated_ts"):
+            fields[key] = float(fields[key])
+        if not isinstance(fields["attempts"], int) or not all(isinstance(fields[k], str) for k in ("agent", "kind", "message")):
+            return None
+        return Action(id=action_id, **fields)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _fields(data: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
+    document = json.loads(data)
+    if not isinstance(document, dict) or set(document) != set(keys):
+        raise ValueError("unexpected keys")
+    return document

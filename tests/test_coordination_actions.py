@@ -1,0 +1,247 @@
+"""Signed actions in a coordinated fleet (issue 14, DESIGN section 9): one elected
+dispatcher, the action journal in a real ZooKeeper, submissions on any instance, and a
+leader SIGKILLed in the middle of dispatching many actions without any action lost or
+executed twice (counted at the agents, which check every signature)."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+from kazoo.client import KazooClient
+
+from replicante_poller.actions.journal import ActionState
+from replicante_poller.agentsim import NodeSpec
+from replicante_poller.agentside.verifier import Keyring
+from replicante_poller.config import CoordinationSettings, parse_config
+from replicante_poller.coordination.journal import ZkJournal
+from replicante_poller.errors import ConfigError, JournalConflict, StoreError
+from conftest import free_port
+from harness import ACTIONS_TOKEN, action_files, config_text
+from process import PollerProcess
+from test_coordination import ZooKeeper, metric, wait_for, zookeeper  # noqa: F401 (the fixture)
+
+PING = "agent.replicante.io/test.ping"  # legacy: NEW -> RUNNING -> DONE
+SESSION_TIMEOUT = 4.0
+AUTH = {"Authorization": f"Bearer {ACTIONS_TOKEN}"}
+
+
+def coordinated(zookeeper: ZooKeeper, keys: dict, path: str = "/test-actions", **actions: str) -> str:
+    """`[actions]` and `[coordination]` of a coordinated instance (no journal file: ZooKeeper's)."""
+    settings = {"enabled": "true", "signing_key": str(keys["key"]), "api_token_file": str(keys["token"]),
+                "track_interval": "200ms", "backoff": "100ms", **actions}
+    return ("[actions]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items())
+            + f"[coordination]\nbackend = zookeeper\nhosts = {zookeeper.hosts}\npath = {path}\n"
+            f"session_timeout = {SESSION_TIMEOUT:g}s\n")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict:
+    return action_files(tmp_path)
+
+
+@pytest.fixture
+def client(zookeeper: ZooKeeper) -> Iterator[KazooClient]:
+    kazoo = KazooClient(zookeeper.hosts, timeout=5)
+    kazoo.start(timeout=10)
+    yield kazoo
+    kazoo.stop()
+    kazoo.close()
+
+
+def settings(zookeeper: ZooKeeper) -> CoordinationSettings:
+    return CoordinationSettings(backend="zookeeper", hosts=zookeeper.hosts, path="/unit")
+
+
+def fence(client: KazooClient) -> str:
+    """An ephemeral znode standing for a won election."""
+    return client.create("/unit/leader/x-", b"", ephemeral=True, sequence=True, makepath=True)
+
+
+# -- configuration -------------------------------------------------------------------------
+
+def test_actions_run_with_zookeeper_and_keep_no_journal_file(tmp_path: Path, keys: dict) -> None:
+    section = (f"[actions]\nenabled = true\nsigning_key = {keys['key']}\n"
+               "[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:2181\n")
+    config = parse_config(f"[poller]\nstate_dir = {tmp_path}\n" + section)
+    assert config.actions.enabled and config.actions.journal is None
+    with pytest.raises(ConfigError, match=r"\[actions\] journal: .*lives in ZooKeeper"):
+        parse_config(section.replace("[coordination]", f"journal = {tmp_path / 'j.db'}\n[coordination]"))
+
+
+def test_the_cli_names_the_zookeeper_hosts_it_cannot_reach(tmp_path: Path, keys: dict) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[actions]\nenabled = true\nsigning_key = {keys['key']}\n"
+                    f"[coordination]\nbackend = zookeeper\nhosts = {dead}\nsession_timeout = 1s\n")
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "action", "list", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{path}: [coordination] hosts: no ZooKeeper answered at {dead}" in lines[0], lines
+
+
+# -- the journal in ZooKeeper ----------------------------------------------------------------
+
+def test_the_zookeeper_journal_keeps_actions_and_attempts(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    action = journal.submit("https://a:1", PING, {"n": 1})
+    assert journal.get(action.id) == action and journal.list() == [action] and journal.get("not-an-id") is None
+    assert journal.lead(fence(client)) == 1 and journal.pending() == 1
+    assert [a.id for a in journal.due(time.time() + 1)] == [action.id]
+    n = journal.begin_attempt(action, "rs", "node-1")
+    assert n == 1 and [(a.n, a.outcome) for a in journal.attempts(action.id)] == [(1, "sending")]
+    journal.end_attempt(action.id, 1, "accepted", "HTTP 200", ActionState.SCHEDULED, time.time() + 5, "delivered")
+    journal.update(action.id, ActionState.DONE, time.time(), "agent reports DONE", [{"state": "DONE"}])
+
+    reader = ZkJournal(client, settings(zookeeper))  # another instance's view: ZooKeeper's
+    seen = reader.get(action.id)
+    assert seen is not None and seen.state is ActionState.DONE and seen.attempts == 1
+    assert seen.cluster_id == "rs" and seen.agent_history == [{"state": "DONE"}] and seen.args == {"n": 1}
+    assert seen.delivered_ts is not None and seen.finished_ts is not None
+    assert [(a.n, a.outcome, a.detail) for a in reader.attempts(action.id)] == [(1, "accepted", "HTTP 200")]
+    assert journal.due(time.time() + 10) == [] and journal.pending() == 0
+
+
+def test_a_deposed_leader_writes_nothing(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    action = journal.submit("https://a:1", PING, None)
+    term = fence(client)
+    journal.lead(term)
+    client.delete(term)  # its session expired, say: another instance may lead now
+    with pytest.raises(StoreError, match="no longer the dispatcher leader"):
+        journal.begin_attempt(action, "rs", "node-1")
+    assert journal.get(action.id) == action and journal.attempts(action.id) == []
+    journal.unlead()
+    with pytest.raises(StoreError, match="no longer the dispatcher leader"):
+        journal.update(action.id, ActionState.DONE, 0.0, "late")
+    assert journal.get(action.id) == action
+
+
+def test_a_write_that_lost_a_race_changes_nothing(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    action = journal.submit("https://a:1", PING, None)
+    journal.lead(fence(client))
+    state_path = f"/unit/journal/actions/{action.id}/state"
+    document = json.loads(client.get(state_path)[0])
+    client.set(state_path, json.dumps({**document, "message": "written by another"}).encode())
+    with pytest.raises(JournalConflict, match="changed meanwhile"):
+        journal.update(action.id, ActionState.PENDING, 0.0, "stale write")
+    assert journal.get(action.id).message == "written by another"  # type: ignore[union-attr]
+    journal.update(action.id, ActionState.PENDING, 0.0, "after reading it again")  # the cache was refreshed
+    assert journal.get(action.id).message == "after reading it again"  # type: ignore[union-attr]
+
+
+def test_a_damaged_record_is_left_alone_and_named(zookeeper: ZooKeeper, client: KazooClient,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    good, bad = journal.submit("https://a:1", PING, None), journal.submit("https://a:1", PING, None)
+    client.set(f"/unit/journal/actions/{bad.id}/state", b"{not json")
+    with caplog.at_level(logging.ERROR):
+        assert [a.id for a in journal.list()] == [good.id]
+        assert journal.lead(fence(client)) == 1
+    assert f"the record of action {bad.id} cannot be read" in caplog.text
+    assert client.get(f"/unit/journal/actions/{bad.id}/state")[0] == b"{not json"
+
+
+def test_final_actions_are_pruned_after_retention_only(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    from replicante_poller.coordination.journal import RETENTION
+
+    now = [1_800_000_000.0]
+    journal = ZkJournal(client, settings(zookeeper), clock=lambda: now[0])
+    old, recent, live = (journal.submit("https://a:1", PING, None) for _ in range(3))
+    journal.lead(fence(client))
+    journal.update(old.id, ActionState.DONE, now[0], "done long ago")
+    now[0] += RETENTION - 10
+    journal.update(recent.id, ActionState.DONE, now[0], "done lately")
+    now[0] += 11
+    assert [a.id for a in journal.due(float("inf"))] == [live.id]  # the dispatcher asks with +inf
+    assert journal.get(old.id) is None and client.exists(f"/unit/journal/actions/{old.id}") is None
+    assert journal.get(recent.id) is not None and journal.get(live.id) is not None
+
+
+# -- three real instances, one leader, SIGKILL ----------------------------------------------
+
+def leaders(pollers: list[PollerProcess]) -> list[PollerProcess]:
+    return [p for p in pollers if p.proc.poll() is None and metric(p, "coordination_leader") == 1]
+
+
+def test_the_leader_killed_mid_dispatch_leaves_every_action_executed_once(
+        zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
+    sim = start_sim([NodeSpec(f"rs-{c}", f"node-{n}") for c in range(8) for n in range(3)],
+                    keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    urls = [url for _, url in agents]
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text(agents, pki["ca"], interval="1s", timeout="500ms",
+                                extra=coordinated(zookeeper, keys, dispatch_workers="2")))
+    pollers = [PollerProcess(path) for _ in range(3)]
+    try:
+        wait_for(lambda: len(leaders(pollers)) == 1, 30, "one leader")
+        leader = leaders(pollers)[0]
+        others = [p for p in pollers if p is not leader]
+        assert all(metric(p, "coordination_leader") == 0 for p in others)
+
+        # Watch leadership from outside all along: never two leaders at once.
+        most, sampling = [1], threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.1):
+                try:
+                    most[0] = max(most[0], len(leaders(others)) + (leader.proc.poll() is None and
+                                                                    metric(leader, "coordination_leader") == 1))
+                except requests.RequestException:
+                    continue
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+
+        # Submit 120 actions to the other instances (and one through the CLI), 40 per second;
+        # SIGKILL the leader after a second and a half, while it is dispatching them.
+        submitted: list[tuple[str, str]] = []
+        cli = subprocess.run([sys.executable, "-m", "replicante_poller", "action", "submit", "--config", str(path),
+                              "--agent", urls[0], "--kind", PING], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0, cli.stderr
+        submitted.append((cli.stdout.strip(), urls[0]))
+        killed_at = None
+        for n in range(120):
+            if n == 60:
+                leader.proc.send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                executed_at_kill = sum(sum(sim.executions(u).values()) for u in urls)
+            url = urls[n % len(urls)]
+            reply = requests.post(f"http://{others[n % 2].address}/api/v1/actions", headers=AUTH, timeout=10,
+                                  json={"agent": url, "kind": PING, "args": {"n": n}})
+            assert reply.status_code == 202, reply.text
+            submitted.append((reply.json()["id"], url))
+            threading.Event().wait(0.025)
+        leader.proc.wait()
+        assert 0 < executed_at_kill < len(submitted) - 60, executed_at_kill  # killed mid-dispatch
+
+        wait_for(lambda: len(leaders(others)) == 1, SESSION_TIMEOUT + 15, "a new leader")
+        takeover = time.monotonic() - killed_at  # type: ignore[operator]
+
+        def states() -> dict[str, str]:
+            listed = requests.get(f"http://{others[0].address}/api/v1/actions", headers=AUTH, timeout=10).json()
+            return {a["id"]: a["state"] for a in listed["actions"]}
+        wait_for(lambda: all(states().get(i) == "DONE" for i, _ in submitted), 60, "every action DONE")
+        sampling.set()
+        sampler.join()
+
+        executions = {u: sim.executions(u) for u in urls}
+        for action_id, url in submitted:
+            assert executions[url].get(action_id) == 1, (action_id, url, executions[url].get(action_id))
+        assert sum(sum(e.values()) for e in executions.values()) == len(submitted)  # nothing else ran
+        assert most[0] == 1, f"{most[0]} leaders at once"
+        print(f"\n{len(submitted)} actions, leader SIGKILLed after {executed_at_kill} executions; new leader "
+              f"{takeover:.1f}s after the kill (session_timeout {SESSION_TIMEOUT:g}s); each executed exactly once")
+    finally:
+        for poller in pollers:
+            poller.stop()
