@@ -245,3 +245,35 @@ def test_the_leader_killed_mid_dispatch_leaves_every_action_executed_once(
     finally:
         for poller in pollers:
             poller.stop()
+
+
+def test_zookeeper_down_deposes_the_leader_and_actions_resume(
+        zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
+    sim = start_sim([NodeSpec(f"rs-{c}", "node-1") for c in range(4)],
+                    keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    url = agents[0][1]
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text(agents, pki["ca"], interval="1s", timeout="500ms",
+                                extra=coordinated(zookeeper, keys, path="/test-outage")))
+    pollers = [PollerProcess(path) for _ in range(2)]
+    try:
+        wait_for(lambda: len(leaders(pollers)) == 1, 30, "one leader")
+        zookeeper.stop()
+        # No contact: the leader steps down at once (before the server could expire its
+        # session and elect another), and submissions are refused, not left hanging.
+        wait_for(lambda: not leaders(pollers), SESSION_TIMEOUT, "no leader while ZooKeeper is away")
+        refused = requests.post(f"http://{pollers[0].address}/api/v1/actions", headers=AUTH, timeout=10,
+                                json={"agent": url, "kind": PING})
+        assert refused.status_code == 503 and "not connected to ZooKeeper" in refused.json()["error"], refused.text
+        zookeeper.start()
+        wait_for(lambda: len(leaders(pollers)) == 1, SESSION_TIMEOUT + 15, "one leader again")
+        accepted = requests.post(f"http://{pollers[1].address}/api/v1/actions", headers=AUTH, timeout=10,
+                                 json={"agent": url, "kind": PING})
+        assert accepted.status_code == 202, accepted.text
+        action_id = accepted.json()["id"]
+        assert sim.wait_for_state(url, action_id, "DONE", 30)
+        assert sim.executions(url) == {action_id: 1}
+    finally:
+        for poller in pollers:
+            poller.stop()

@@ -119,7 +119,13 @@ class ZkJournal:
         except KazooException as exc:
             raise StoreError(self._where, self.what, f"{doing}: {_plain(exc)}") from None
 
+    def _connected(self, doing: str) -> None:
+        """StoreError at once while the session is down (rather than a request waiting OP_TIMEOUT)."""
+        if not self._client.connected:
+            raise StoreError(self._where, self.what, f"{doing}: not connected to ZooKeeper")
+
     def _ensure(self) -> None:
+        self._connected("opening the journal")
         if not self._ready:
             self._call(self._client.ensure_path_async(self._base), "creating the journal's znode")
             self._ready = True
@@ -192,11 +198,13 @@ class ZkJournal:
     def get(self, action_id: str) -> Optional[Action]:
         if not _is_id(action_id):
             return None
+        self._connected(f"reading action {action_id}")
         found = self._read(action_id)
         return found[0] if found else None
 
     def list(self, limit: int = 200) -> list[Action]:
         """Newest first."""
+        self._connected("listing actions")
         try:
             ids = self._call(self._client.get_children_async(self._base), "listing actions")
         except NoNodeError:
