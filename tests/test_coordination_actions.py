@@ -170,19 +170,28 @@ def test_final_actions_are_pruned_after_retention_only(zookeeper: ZooKeeper, cli
 
 # -- three real instances, one leader, SIGKILL ----------------------------------------------
 
+def enforcing_sim(start_sim, keys: dict, nodes: list[NodeSpec]):
+    """Legacy agents that check every signature with the public key, quick actions."""
+    return start_sim(nodes, keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
+
+
+def poller_config(sim, pki: dict, folder: Path, extra: str) -> Path:
+    """A configuration file polling every agent of `sim` every second, with `extra` sections."""
+    path = folder / "poller.ini"
+    path.write_text(config_text([(node.cluster_id, url) for node, url in sim.agents], pki["ca"], interval="1s",
+                                timeout="500ms", extra=extra))
+    return path
+
+
 def leaders(pollers: list[PollerProcess]) -> list[PollerProcess]:
     return [p for p in pollers if p.proc.poll() is None and metric(p, "coordination_leader") == 1]
 
 
 def test_the_leader_killed_mid_dispatch_leaves_every_action_executed_once(
         zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
-    sim = start_sim([NodeSpec(f"rs-{c}", f"node-{n}") for c in range(8) for n in range(3)],
-                    keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
-    agents = [(node.cluster_id, url) for node, url in sim.agents]
-    urls = [url for _, url in agents]
-    path = tmp_path / "poller.ini"
-    path.write_text(config_text(agents, pki["ca"], interval="1s", timeout="500ms",
-                                extra=coordinated(zookeeper, keys, dispatch_workers="2")))
+    sim = enforcing_sim(start_sim, keys, [NodeSpec(f"rs-{c}", f"node-{n}") for c in range(8) for n in range(3)])
+    urls = [url for _, url in sim.agents]
+    path = poller_config(sim, pki, tmp_path, coordinated(zookeeper, keys, dispatch_workers="2"))
     pollers = [PollerProcess(path) for _ in range(3)]
     try:
         wait_for(lambda: len(leaders(pollers)) == 1, 30, "one leader")
@@ -249,13 +258,9 @@ def test_the_leader_killed_mid_dispatch_leaves_every_action_executed_once(
 
 def test_zookeeper_down_deposes_the_leader_and_actions_resume(
         zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
-    sim = start_sim([NodeSpec(f"rs-{c}", "node-1") for c in range(4)],
-                    keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
-    agents = [(node.cluster_id, url) for node, url in sim.agents]
-    url = agents[0][1]
-    path = tmp_path / "poller.ini"
-    path.write_text(config_text(agents, pki["ca"], interval="1s", timeout="500ms",
-                                extra=coordinated(zookeeper, keys, path="/test-outage")))
+    sim = enforcing_sim(start_sim, keys, [NodeSpec(f"rs-{c}", "node-1") for c in range(4)])
+    url = sim.agents[0][1]
+    path = poller_config(sim, pki, tmp_path, coordinated(zookeeper, keys, path="/test-outage"))
     pollers = [PollerProcess(path) for _ in range(2)]
     try:
         wait_for(lambda: len(leaders(pollers)) == 1, 30, "one leader")
