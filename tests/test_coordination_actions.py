@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -282,3 +282,41 @@ def test_zookeeper_down_deposes_the_leader_and_actions_resume(
     finally:
         for poller in pollers:
             poller.stop()
+
+
+# -- the election alone ----------------------------------------------------------------------
+
+def test_one_instance_leads_and_a_successor_follows_at_once(zookeeper: ZooKeeper) -> None:
+    from replicante_poller.coordination.election import Election
+
+    clients = [KazooClient(zookeeper.hosts, timeout=5) for _ in range(2)]
+    terms: list[tuple[int, str]] = []
+    changed = threading.Condition()
+
+    def elected(n: int) -> Callable[[str], None]:
+        def record(fence: str) -> None:
+            with changed:
+                terms.append((n, fence))
+                changed.notify_all()
+        return record
+    elections = [Election(c, settings(zookeeper), f"instance-{n}", elected(n), lambda: None)
+                 for n, c in enumerate(clients)]
+    try:
+        for client, election in zip(clients, elections):
+            client.start(timeout=10)
+            election.start()
+        with changed:
+            assert changed.wait_for(lambda: terms, 10)
+        first, fence = terms[0]
+        assert clients[first].exists(fence) is not None
+        assert [e.leader() for e in elections].count(1.0) == 1 and elections[first].leader() == 1.0
+        elections[first].stop()  # leaves: its znode is deleted, the other leads without waiting for a session
+        with changed:
+            assert changed.wait_for(lambda: len(terms) == 2, 5)
+        assert terms[1][0] == 1 - first and clients[0].exists(fence) is None
+        assert elections[1 - first].leader() == 1.0 and elections[first].leader() == 0.0
+    finally:
+        for client, election in zip(clients, elections):
+            election.stop()
+            client.stop()
+            client.close()

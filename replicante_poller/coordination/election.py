@@ -112,13 +112,15 @@ class Election:
                 return
             self._lock, self._troubled = lock, False
         try:
-            if not lock.acquire():
-                return
+            acquired = lock.acquire()
         finally:
             with self._changed:
                 self._lock = None
+            if lock.node is not None:  # ours in any case: deleted before contending again (a
+                self._stale = f"{self._path}/{lock.node}"  # surviving session would wait behind it)
+        if not acquired:
+            return
         fence = f"{self._path}/{lock.node}"
-        self._stale = fence
         stat = self._client.exists_async(fence).get(timeout=OP_TIMEOUT)
         if stat is None or stat.ephemeralOwner != self._client.client_id[0]:
             log.warning("election: the lock znode is not this session's, contending again")
