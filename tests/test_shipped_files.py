@@ -83,6 +83,12 @@ def test_every_metric_the_dashboard_and_rules_use_is_exported(start_sim, start_s
     host, port = service.api_address
     text = requests.get(f"http://{host}:{port}/metrics", timeout=5).text
     exported = {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+    from replicante_poller.web.metrics import PollerMetrics, new_registry, render
+
+    coordinated = PollerMetrics(new_registry(), lambda: [])  # what [coordination] backend = zookeeper adds
+    coordinated.observe_coordination(*[lambda: 0.0] * 4)
+    exported |= {s.name for family in text_string_to_metric_families(render(coordinated.registry)[0].decode())
+                 for s in family.samples}
     used_text = " ".join(dashboard_queries()) + (ETC / "prometheus" / "replicante-poller.rules.yml").read_text()
     used = set(re.findall(r"\b(?:replicante_poller|process)_[a-z_]+\b", used_text))
     assert used and used <= exported, sorted(used - exported)
