@@ -111,6 +111,20 @@ def test_the_zookeeper_journal_keeps_actions_and_attempts(zookeeper: ZooKeeper, 
     assert journal.due(time.time() + 10) == [] and journal.pending() == 0
 
 
+def test_a_listing_reads_the_newest_actions(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    now = [1_800_000_000.0]
+    journal = ZkJournal(client, settings(zookeeper), clock=lambda: now[0])
+    submitted = []
+    for n in range(6):
+        now[0] += 1
+        submitted.append(journal.submit("https://a:1", PING, {"n": n}).id)
+    assert [a.id for a in journal.list(3)] == submitted[:-4:-1]
+    now[0] += 1
+    newer = journal.submit("https://a:1", PING, None).id
+    other = ZkJournal(client, settings(zookeeper))  # another process: reads the times afresh
+    assert [a.id for a in other.list(2)] == [newer, submitted[-1]] == [a.id for a in journal.list(2)]
+
+
 def test_a_deposed_leader_writes_nothing(zookeeper: ZooKeeper, client: KazooClient) -> None:
     journal = ZkJournal(client, settings(zookeeper))
     action = journal.submit("https://a:1", PING, None)
