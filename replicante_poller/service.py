@@ -26,6 +26,7 @@ from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
+from .folders import make_writable_folder, writable_folder
 from .polling.deadlines import DeadlineReaper
 from .polling.discovery import Target, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
@@ -107,6 +108,10 @@ def discover_all(config: Config) -> tuple[Target, ...]:
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once: discovery, TLS material,
     the signing key and the API token. Raises the error `run` would."""
+    directory = config.poller.state_dir
+    problem = writable_folder(directory) if directory else None
+    if problem is not None:
+        raise ConfigError(config.source, "poller", "state_dir", problem)
     targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
@@ -165,6 +170,7 @@ class Service:
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
         self._check_fd_limit()
+        self._check_state_dir()
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
@@ -270,6 +276,13 @@ class Service:
         if after != before:
             log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
                      before, after, workers, MAX_CONNECTIONS)
+
+    def _check_state_dir(self) -> None:
+        """A `[poller] state_dir` the service cannot write in is refused now, not logged every save."""
+        directory = self.config.poller.state_dir
+        problem = make_writable_folder(directory) if directory else None
+        if problem is not None:
+            raise ConfigError(self.config.source, "poller", "state_dir", problem)
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""
@@ -479,5 +492,6 @@ class Service:
         if directory:
             try:
                 save_state(directory, self.state.snapshot(), self._clock)
-            except OSError as exc:
-                log.error("cannot save state to %s: %s", Path(directory), exc)
+            except OSError as exc:  # counted, and the service keeps polling: the state is a convenience
+                log.error("cannot save state to %s: %s", Path(directory), exc.strerror or exc)
+                self.metrics.state_save_failed()
