@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .actions.api import action_json, submit
-from .actions.journal import Journal
+from .actions.journal import Journal, open_journal
 from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
@@ -154,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _journal(config: Config, readonly: bool = False) -> Journal:
     if not config.actions.enabled or config.actions.journal is None:
         raise ConfigError(config.source, "actions", "enabled", "actions are not enabled in this configuration")
-    return Journal(config.actions.journal, readonly=readonly)
+    return open_journal(config.source, config.actions.journal, readonly=readonly)
 
 
 def cmd_action_submit(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
-from .actions.journal import Journal
+from .actions.journal import Journal, check_journal, open_journal
 from .actions.signing import load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
@@ -119,6 +119,8 @@ def check_resources(config: Config) -> tuple[Target, ...]:
         load_signing_key(actions.signing_key)
     if actions.enabled and actions.api_token_file is not None:
         read_token(actions.api_token_file)
+    if actions.enabled and actions.journal is not None:
+        check_journal(config.source, actions.journal)
     return targets
 
 
@@ -253,7 +255,7 @@ class Service:
         assert settings.signing_key is not None and settings.journal is not None
         signer = load_signing_key(settings.signing_key)
         token = read_token(settings.api_token_file) if settings.api_token_file else None
-        self.journal = Journal(settings.journal, self._clock)
+        self.journal = open_journal(self.config.source, settings.journal, self._clock)
         self._dispatcher = Dispatcher(self.journal, settings, signer, self.find_target, self.identity,
                                       self._transport, self.metrics, self._clock, generation=self.generation)
         self.metrics.actions_pending.set_function(self.journal.pending)

@@ -60,3 +60,98 @@ def test_a_save_failing_at_run_time_is_logged_and_counted_and_polling_goes_on(tm
         service.stop()  # saves the state one last time
     assert sample(service.registry, "replicante_poller_state_save_errors_total") == 1.0
     assert any(f"cannot save state to {state}" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def actions_ini(tmp_path: Path, pki: dict, journal: Path, name: str = "poller.ini") -> Path:
+    from harness import action_files
+
+    keys = action_files(tmp_path) if not (tmp_path / "core.key").exists() else {"key": tmp_path / "core.key"}
+    path = tmp_path / name
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[http]\nlisten = 127.0.0.1:0\n[cluster:rs]\n"
+                    f"agents = https://127.0.0.1:9\n[actions]\nenabled = true\nsigning_key = {keys['key']}\n"
+                    f"journal = {journal}\n")
+    return path
+
+
+def same_error_line(path: Path, *verbs: list) -> str:
+    """Run each verb on `path` (in parallel); each exits 2 with the same one line, returned."""
+    import subprocess
+    import sys
+
+    running = [subprocess.Popen([sys.executable, "-m", "replicante_poller", *verb, "--config", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for verb in verbs]
+    lines = set()
+    for verb, process in zip(verbs, running):
+        out, err = process.communicate(timeout=60)
+        done = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+        one_line_error(done)
+        lines.add(next(line for line in err.splitlines() if line.startswith("error:")))
+    assert len(lines) == 1, lines
+    return lines.pop()
+
+
+def test_a_damaged_journal_stops_check_config_as_it_stops_run(tmp_path, pki):
+    journal = tmp_path / "actions.db"
+    journal.write_bytes(b"not a database, " * 512)
+    path = actions_ini(tmp_path, pki, journal)
+    line = same_error_line(path, ["check-config"], ["run"])
+    assert f"{path}: [actions] journal: {journal}: action journal: damaged, refusing to use it" in line, line
+    assert journal.read_bytes() == b"not a database, " * 512
+
+
+def test_a_journal_that_cannot_be_created_stops_check_config_as_it_stops_run(tmp_path, pki):
+    (tmp_path / "file").write_text("not a folder")
+    journal = tmp_path / "file" / "actions.db"
+    path = actions_ini(tmp_path, pki, journal)
+    line = same_error_line(path, ["check-config"], ["run"], ["action", "submit", "--agent", "https://127.0.0.1:9",
+                                                             "--kind", "agent.replicante.io/test.ping"])
+    assert line == f"error: {path}: [actions] journal: cannot create {journal.parent}: {journal.parent} is not a directory"
+
+
+def test_check_config_creates_no_journal(tmp_path, pki):
+    journal = tmp_path / "var" / "actions.db"
+    assert check_config(actions_ini(tmp_path, pki, journal)).returncode == 0
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_locked_journal_is_exit_2_naming_it_for_every_verb(tmp_path, pki):
+    """Another process holds the journal's write lock (or an exclusive lock, which also
+    stops readers) past the busy timeout: every verb the lock stops says so the same way."""
+    import subprocess
+    import sys
+
+    from replicante_poller.actions.journal import Journal
+
+    holders, configs, ids = [], {}, {}
+    for mode in ("write", "exclusive"):
+        journal = tmp_path / f"{mode}.db"
+        opened = Journal(str(journal))
+        ids[mode] = opened.submit("https://127.0.0.1:9", "agent.replicante.io/test.ping", None).id
+        opened.close()
+        configs[mode] = actions_ini(tmp_path, pki, journal, f"{mode}.ini")
+        pragma = "db.execute('PRAGMA locking_mode=EXCLUSIVE'); " if mode == "exclusive" else ""
+        holder = subprocess.Popen([sys.executable, "-c", "import sqlite3, sys\n"
+                                   f"db = sqlite3.connect({str(journal)!r}, isolation_level=None); {pragma}"
+                                   "db.execute('BEGIN IMMEDIATE'); db.execute(\"UPDATE actions SET message = 'x'\")\n"
+                                   "print('locked', flush=True); sys.stdin.read()"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline() == "locked\n"
+    try:
+        submit = ["action", "submit", "--agent", "https://127.0.0.1:9", "--kind", "agent.replicante.io/test.ping"]
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both wait out the busy timeout at once
+            write = pool.submit(same_error_line, configs["write"], ["run"], submit, ["check-config"])
+            exclusive = pool.submit(same_error_line, configs["exclusive"], ["run"], submit, ["check-config"],
+                                    ["action", "list"], ["action", "show", ids["exclusive"]])
+            lines = write.result(), exclusive.result()
+        for mode, line in zip(("write", "exclusive"), lines):
+            assert line == (f"error: {configs[mode]}: [actions] journal: {tmp_path / mode}.db: action journal: "
+                            "locked by another process for more than 10s (the busy timeout)"), line
+        listed = cli("action", "list", "--config", str(configs["write"]))  # readers pass a write lock
+        assert listed.returncode == 0 and ids["write"] in listed.stdout, listed.stderr
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ..agentapi import ACTIONS_FINISHED, ACTIONS_QUEUE
 from ..config import ActionsSettings
+from ..errors import StoreError
 from ..limits import MAX_BACKOFF, backoff
 from ..polling.discovery import Target
 from ..polling.transport import AgentClient, Failure, Reply, Transport, agent_error
@@ -161,6 +162,9 @@ class Dispatcher:
                     self._seed_heads()
                     seeded = True
                 wait = self._hand_out()
+            except StoreError as exc:  # locked or failing journal: one line, and again later
+                log.error("action dispatcher: %s; trying again in %gs", exc, IDLE_WAIT)
+                wait = IDLE_WAIT
             except Exception:  # the top of the scheduler loop: log, count, keep going
                 log.exception("action dispatcher error")
                 self._metrics.thread_error("dispatcher")
@@ -216,6 +220,9 @@ class Dispatcher:
                     agent, actions = self._ready.popleft()
                 try:
                     self._round(client, agent, actions)
+                except StoreError as exc:  # locked or failing journal: one line, the agent's turn comes again
+                    log.error("action dispatcher (agent %s): %s", agent, exc)
+                    self._stopping.wait(IDLE_WAIT)
                 except Exception:  # a worker's top: log, count, rest this agent a moment, keep going
                     log.exception("action dispatcher error (agent %s)", agent)
                     self._metrics.thread_error("dispatcher")
@@ -285,6 +292,8 @@ class Dispatcher:
         False when the agent did not answer."""
         try:
             return self.step(client, action)
+        except StoreError:
+            raise  # the journal itself: every action of the round waits for it
         except Exception as exc:
             log.exception("action %s: unexpected error, retrying it later", action.id)
             self._metrics.thread_error("dispatcher")

@@ -20,9 +20,11 @@ import sqlite3
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..errors import StoreError
+from ..errors import ConfigError, StoreError
+from ..folders import make_writable_folder, writable_folder
 from ..sqlitestore import BUSY_TIMEOUT, SqliteStore
 
 SCHEMA = """
@@ -283,3 +285,29 @@ class Journal(SqliteStore):
         self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
                     " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?) WHERE id = ?",
                     state.value, next_ts, message, now, history, finished, action_id)
+
+
+def open_journal(source: str, path: str, clock: Callable[[], float] = time.time, readonly: bool = False) -> Journal:
+    """The journal `[actions] journal` of configuration `source` names, opened as `run`
+    opens it (created in a folder made writable when absent, unless `readonly`). Any
+    problem (unwritable folder, damaged or locked journal) is a ConfigError naming the
+    configuration file, the key and the journal."""
+    if not readonly and not os.path.exists(path):
+        problem = make_writable_folder(str(Path(path).parent))
+        if problem is not None:
+            raise ConfigError(source, "actions", "journal", problem)
+    try:
+        return Journal(path, clock, readonly=readonly)
+    except StoreError as exc:
+        raise ConfigError(source, "actions", "journal", str(exc)) from None
+
+
+def check_journal(source: str, path: str) -> None:
+    """Raise what `open_journal` would, creating nothing: an existing journal is opened
+    (checked, and its write lock taken and released), an absent one's folder probed."""
+    if os.path.exists(path):
+        open_journal(source, path).close()
+        return
+    problem = writable_folder(str(Path(path).parent))
+    if problem is not None:
+        raise ConfigError(source, "actions", "journal", problem)
