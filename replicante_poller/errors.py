@@ -6,6 +6,8 @@ from __future__ import annotations
 class PollerError(Exception):
     """Base of the errors this package raises on purpose."""
 
+    exit_code = 2  # of the command line: a configuration or resource problem
+
 
 class ConfigError(PollerError, ValueError):
     """A configuration problem, located by file, section and key."""
@@ -42,3 +44,15 @@ class SignatureFormatError(PollerError, ValueError):
 
 class SubmissionError(PollerError, ValueError):
     """An action submission that cannot be queued; the message says why."""
+
+
+class ActionNotFound(PollerError, LookupError):
+    """No action, or several, match the id (or prefix) given; the message says which."""
+
+    exit_code = 1
+
+
+class CancelRefused(PollerError):
+    """An action that cannot be cancelled (not PENDING, or an attempt in flight); the message says why."""
+
+    exit_code = 1

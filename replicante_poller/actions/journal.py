@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -23,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from ..errors import ConfigError, StoreError
+from ..errors import ActionNotFound, CancelRefused, ConfigError, StoreError
 from ..folders import make_writable_folder, writable_folder
 from ..sqlitestore import BUSY_TIMEOUT, SqliteStore
 
@@ -70,6 +71,7 @@ class ActionState(str, enum.Enum):
     PRUNED = "PRUNED"  # it finished on the agent, which pruned its record before its outcome was seen
     REJECTED = "REJECTED"  # the agent refused it (4xx): it will never run
     ABANDONED = "ABANDONED"  # max_attempts transient failures: never delivered
+    CANCELLED = "CANCELLED"  # cancelled by the operator while PENDING: never attempted again
 
     @property
     def final(self) -> bool:
@@ -77,8 +79,10 @@ class ActionState(str, enum.Enum):
 
 
 FINAL = frozenset({ActionState.DONE, ActionState.FAILED, ActionState.LOST, ActionState.PRUNED, ActionState.REJECTED,
-                   ActionState.ABANDONED})
+                   ActionState.ABANDONED, ActionState.CANCELLED})
 TRACKED = (ActionState.SCHEDULED, ActionState.RUNNING)
+MIN_PREFIX = 4  # hexadecimal digits of an id that `action show` and `cancel` accept for it
+ID_PREFIX = re.compile(r"[0-9a-f-]{%d,36}" % MIN_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +207,50 @@ class Journal(SqliteStore):
         with self.locked():
             return self._get(action_id)
 
+    def resolve(self, prefix: str) -> str:
+        """The id of the one action whose id starts with `prefix` (at least MIN_PREFIX
+        characters, or a whole id); ActionNotFound when none or several do."""
+        prefix = prefix.strip().lower()
+        if not ID_PREFIX.fullmatch(prefix):
+            raise ActionNotFound(f"{prefix!r} is not an action id or a prefix of one "
+                                 f"(at least {MIN_PREFIX} of its hexadecimal digits and dashes)")
+        with self.locked() as db:
+            rows = db.execute("SELECT id FROM actions WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 1000",
+                              (len(prefix), prefix)).fetchall()
+        if not rows:
+            raise ActionNotFound(f"no action {prefix} in the action journal {self._path}")
+        if len(rows) > 1:
+            many = f"{len(rows)}" if len(rows) < 1000 else "1000 or more"
+            raise ActionNotFound(f"{prefix} is the prefix of {many} actions in {self._path}: give more of the id")
+        return str(rows[0][0])
+
+    def cancel(self, action_id: str) -> Action:
+        """Cancel a PENDING action with no attempt in flight: it becomes CANCELLED (final) and
+        is never attempted again. CancelRefused (one line) for any other action."""
+        now = self._clock()
+        with self._transaction() as db:
+            action = self._get(action_id)
+            if action is None:
+                raise ActionNotFound(f"no action {action_id} in the action journal {self._path}")
+            if action.state is not ActionState.PENDING:
+                raise CancelRefused(f"action {action_id} is {action.state.value}, not PENDING: only an action not "
+                                    "delivered yet can be cancelled")
+            sending = db.execute("SELECT n FROM attempts WHERE action_id = ? AND outcome = 'sending'",
+                                 (action_id,)).fetchone()
+            if sending is not None:
+                raise CancelRefused(f"action {action_id}: attempt {sending[0]} is being sent right now; "
+                                    "try again once it ended (action show)")
+            message = "cancelled before any attempt"
+            if action.attempts:
+                message = (f"cancelled after {action.attempts} failed attempt{'s' if action.attempts > 1 else ''}: "
+                           "the agent may have received it if an attempt timed out or lost its connection "
+                           "(action show lists them)")
+            db.execute("UPDATE actions SET state = 'CANCELLED', message = ?, updated_ts = ?, finished_ts = ?"
+                       " WHERE id = ? AND state = 'PENDING'", (message, now, now, action_id))
+            cancelled = self._get(action_id)
+        assert cancelled is not None
+        return cancelled
+
     def _get(self, action_id: str) -> Optional[Action]:
         row = self._db.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
         return self._decode(row) if row else None
@@ -252,52 +300,62 @@ class Journal(SqliteStore):
         with self.locked() as db:
             return db.execute("SELECT COUNT(*) FROM actions WHERE state = 'PENDING'").fetchone()[0]
 
-    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
-        """Commit that attempt n is about to be sent (before it is); returns n."""
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> Optional[int]:
+        """Commit that attempt n is about to be sent (before it is); returns n, or None when
+        the action is no longer PENDING (cancelled meanwhile): then nothing may be sent."""
         n = action.attempts + 1
         now = self._clock()
         with self._transaction() as db:
-            db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
-                       " message = ? WHERE id = ?", (n, cluster_id, node_id, now, f"sending attempt {n}", action.id))
+            changed = db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
+                                 " message = ? WHERE id = ? AND state = 'PENDING'",
+                                 (n, cluster_id, node_id, now, f"sending attempt {n}", action.id)).rowcount
+            if not changed:
+                return None
             db.execute("INSERT INTO attempts (action_id, n, ts, outcome, detail) VALUES (?, ?, ?, 'sending', '')",
                        (action.id, n, now))
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
-                    next_ts: float, message: str) -> None:
-        """Commit the outcome of attempt n and the action's new state."""
+                    next_ts: float, message: str) -> bool:
+        """Commit the outcome of attempt n and, when it is still PENDING, the action's new
+        state; False when it no longer was (the outcome is recorded, the state kept)."""
         now = self._clock()
         delivered = now if state is ActionState.SCHEDULED else None
         finished = now if state.final else None
         with self._transaction() as db:
             db.execute("UPDATE attempts SET outcome = ?, detail = ? WHERE action_id = ? AND n = ?",
                        (outcome, detail, action_id, n))
-            db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
-                       " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
-                       " WHERE id = ?", (state.value, next_ts, message, now, delivered, finished, action_id))
+            return db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                              " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
+                              " WHERE id = ? AND state = 'PENDING'",
+                              (state.value, next_ts, message, now, delivered, finished, action_id)).rowcount > 0
 
-    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
-               agent_history: Optional[list] = None) -> None:
-        """Record what tracking (or waiting) learned about an action."""
+    def update(self, action: Action, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> bool:
+        """Record what tracking (or waiting) learned about `action`, only while it is still in
+        the state it was read in; False when it was not (cancelled meanwhile): nothing changed."""
         now = self._clock()
         finished = now if state.final else None
         history = json.dumps(agent_history) if agent_history is not None else None
-        self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
-                    " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?) WHERE id = ?",
-                    state.value, next_ts, message, now, history, finished, action_id)
+        return self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                           " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?)"
+                           " WHERE id = ? AND state = ?",
+                           state.value, next_ts, message, now, history, finished, action.id, action.state.value) > 0
 
 
-def open_journal(source: str, path: str, clock: Callable[[], float] = time.time, readonly: bool = False) -> Journal:
+def open_journal(source: str, path: str, clock: Callable[[], float] = time.time, readonly: bool = False,
+                 create: bool = True) -> Journal:
     """The journal `[actions] journal` of configuration `source` names, opened as `run`
-    opens it (created in a folder made writable when absent, unless `readonly`). Any
-    problem (unwritable folder, damaged or locked journal) is a ConfigError naming the
-    configuration file, the key and the journal."""
-    if not readonly and not os.path.exists(path):
+    opens it (created in a folder made writable when absent, unless `readonly` or not
+    `create`). Any problem (unwritable folder, damaged, locked or absent journal) is a
+    ConfigError naming the configuration file, the key and the journal."""
+    readonly_absent = not create and not os.path.exists(path)  # refused as a read-only open refuses it
+    if not readonly and not readonly_absent and not os.path.exists(path):
         problem = make_writable_folder(str(Path(path).parent))
         if problem is not None:
             raise ConfigError(source, "actions", "journal", problem)
     try:
-        return Journal(path, clock, readonly=readonly)
+        return Journal(path, clock, readonly=readonly or readonly_absent)
     except StoreError as exc:
         raise ConfigError(source, "actions", "journal", str(exc)) from None
 
