@@ -28,7 +28,7 @@ from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
 from .folders import make_writable_folder, writable_folder
 from .polling.deadlines import DeadlineReaper
-from .polling.discovery import Target, discover, discovery_stamp
+from .polling.discovery import Target, check_globs, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
 from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
@@ -429,6 +429,7 @@ class Service:
             return self._reload(self.config)
         try:
             config = self._adjust(load_config(self._config_path))
+            check_globs(config)  # as at start: a glob that matches no file is a typo, not "no clusters"
         except ConfigError as exc:
             return self._reload_failed(exc)
         return self._reload(config)

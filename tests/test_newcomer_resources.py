@@ -1,8 +1,10 @@
 """Issue 15, a newcomer's first hour (part): a state folder or action journal that `run`
-could not use is refused by `run` and `check-config` alike, with the same one line."""
+could not use is refused by `run` and `check-config` alike, with the same one line; a reload
+refuses a discovery glob matching no file as the start does."""
 from __future__ import annotations
 
 import logging
+import re
 import os
 import shutil
 from pathlib import Path
@@ -155,3 +157,27 @@ def test_a_locked_journal_is_exit_2_naming_it_for_every_verb(tmp_path, pki):
         for holder in holders:
             holder.kill()
             holder.wait()
+
+
+def test_a_reload_to_a_glob_matching_no_file_fails_and_keeps_the_last_good(tmp_path, pki):
+    import signal
+
+    import requests
+
+    from process import PollerProcess
+
+    (tmp_path / "d.json").write_text('[{"cluster_id": "kafka", "nodes": ["https://127.0.0.1:10"]}]')
+    path = poller_ini(tmp_path, pki, "[http]\nlisten = 127.0.0.1:0\n[discovery]\nfiles = d.json\n")
+    process = PollerProcess(path)
+    try:
+        assert set(process.targets()) == {"https://127.0.0.1:9", "https://127.0.0.1:10"}
+        path.write_text(path.read_text().replace("files = d.json", "files = discovery/*.jsn"))
+        expected = f"{path}: [discovery] files: {tmp_path}/discovery/*.jsn matches no file"
+        answer = requests.post(f"http://{process.address}/-/reload", timeout=30)
+        assert answer.status_code == 500 and answer.json()["message"].endswith(expected), answer.text
+        process.signal(signal.SIGHUP)
+        process.expect(r"configuration reload failed, still running the last good one: " + re.escape(expected))
+        assert set(process.targets()) == {"https://127.0.0.1:9", "https://127.0.0.1:10"}
+        assert process.metrics()[("replicante_poller_config_last_reload_successful", ())] == 0.0
+    finally:
+        assert process.stop() == 0
