@@ -134,3 +134,16 @@ def test_a_cancelled_action_is_never_attempted_again_by_a_running_service(tmp_pa
         assert again.status_code == 409 and "is CANCELLED, not PENDING" in again.json()["error"], again.text
     finally:
         assert process.stop() == 0
+
+
+def test_the_readme_names_exactly_the_statuses_the_dispatcher_retries():
+    from replicante_poller.actions.dispatcher import retryable_status
+
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    said = re.search(r"\*\*Retries\.\*\* Transport failures \(connect, TLS, timeout\) and the answers ([\d, ]+) and "
+                     r"every 5xx are retried", readme)
+    assert said is not None, "the README's Retries paragraph changed"
+    named = {int(n) for n in said.group(1).replace(",", " ").split()}
+    assert {s for s in range(400, 500) if retryable_status(s)} == named
+    assert all(retryable_status(s) for s in range(500, 600))
+    assert "Every other 4xx" in readme and "is final (`REJECTED`)" in readme

@@ -15,8 +15,8 @@ journal ("queued behind action ..."), so they neither fill the due list nor go f
 
 Delivery: sign (new nonce and times, same action_id), POST the schedule request in the
 agent's generation (`protocols`), and read the answer: 200 or the generation's "already
-exists" 409 is delivered; 401, 429, 5xx and transport failures are retried with backoff up
-to `max_attempts`; other 4xx are final rejections.
+exists" 409 is delivered; 401, 408, 425, 429, 5xx and transport failures are retried with
+backoff up to `max_attempts` (`retryable_status`); other 4xx are final rejections.
 Tracking: the agent's report of the action until DONE or FAILED; an action the agent no
 longer reports (404 there and absent from its queue and finished lists) is PRUNED when the
 agent's pruning explains it, else LOST.
