@@ -339,27 +339,16 @@ class Gateway:
         self.metrics.request("duplicate")
         previous = verdict.previous
         if previous is None:
-            request.send_response(503)
-            request.send_header("Retry-After", "1")
-            body = b'{"error":"this action is being forwarded, retry"}'
-            request.send_header("Content-Type", "application/json")
-            request.send_header("Content-Length", str(len(body)))
-            request.end_headers()
-            request.wfile.write(body)
-            return
+            return send(request, 503, "application/json", b'{"error":"this action is being forwarded, retry"}',
+                        headers=[("Retry-After", "1")])
         send(request, previous.status or 502, previous.content_type or "application/json", previous.body or b"")
 
     def _not_ready(self, request: BaseHTTPRequestHandler) -> None:
         """503 with Retry-After to an action POST before the agent's identity is known; its body is not read."""
         request.close_connection = True
         self.metrics.request("upstream_error")
-        body = json.dumps({"error": self._waiting}).encode()
-        request.send_response(503)
-        request.send_header("Retry-After", str(int(self._retry_seconds)))
-        request.send_header("Content-Type", "application/json")
-        request.send_header("Content-Length", str(len(body)))
-        request.end_headers()
-        request.wfile.write(body)
+        send(request, 503, "application/json", json.dumps({"error": self._waiting}).encode(),
+             headers=[("Retry-After", str(int(self._retry_seconds)))])
 
     def _upstream_failed(self, request: BaseHTTPRequestHandler, detail: str) -> None:
         self.metrics.request("upstream_error")
