@@ -105,13 +105,20 @@ def discover_all(config: Config) -> tuple[Target, ...]:
     return discover(config, discovered)
 
 
-def check_resources(config: Config) -> tuple[Target, ...]:
-    """Everything `run` loads before it starts, loaded once: discovery, TLS material,
-    the signing key and the API token. Raises the error `run` would."""
+def check_state_dir(config: Config, create: bool) -> None:
+    """ConfigError naming `[poller] state_dir` when the service could not write in it;
+    `create` makes it (as `run` does), else nothing is created (`check-config`)."""
     directory = config.poller.state_dir
-    problem = writable_folder(directory) if directory else None
+    problem = (make_writable_folder if create else writable_folder)(directory) if directory else None
     if problem is not None:
         raise ConfigError(config.source, "poller", "state_dir", problem)
+
+
+def check_resources(config: Config) -> tuple[Target, ...]:
+    """Everything `run` loads before it starts, loaded once (creating nothing): the state
+    folder, discovery, TLS material, the signing key, the API token and the action
+    journal. Raises the error `run` would."""
+    check_state_dir(config, create=False)
     targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
@@ -172,7 +179,7 @@ class Service:
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
         self._check_fd_limit()
-        self._check_state_dir()
+        check_state_dir(self.config, create=True)  # refused now, not logged at every save
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
@@ -278,13 +285,6 @@ class Service:
         if after != before:
             log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
                      before, after, workers, MAX_CONNECTIONS)
-
-    def _check_state_dir(self) -> None:
-        """A `[poller] state_dir` the service cannot write in is refused now, not logged every save."""
-        directory = self.config.poller.state_dir
-        problem = make_writable_folder(directory) if directory else None
-        if problem is not None:
-            raise ConfigError(self.config.source, "poller", "state_dir", problem)
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""

@@ -147,3 +147,15 @@ def test_the_readme_names_exactly_the_statuses_the_dispatcher_retries():
     assert {s for s in range(400, 500) if retryable_status(s)} == named
     assert all(retryable_status(s) for s in range(500, 600))
     assert "Every other 4xx" in readme and "is final (`REJECTED`)" in readme
+
+
+def test_an_attempt_left_sending_by_a_crash_does_not_block_a_cancel_once_a_later_one_ended(tmp_path):
+    journal = Journal(str(tmp_path / "actions.db"))
+    action = journal.submit(AGENT, PING, None)
+    journal.begin_attempt(action, "rs", "node-1")  # the service died here: attempt 1 stays "sending"
+    again = journal.get(action.id)
+    n = journal.begin_attempt(again, "rs", "node-1")
+    journal.end_attempt(action.id, n, "failed", "read timed out", ActionState.PENDING, 0.0, "retrying")
+    cancelled = journal.cancel(action.id)
+    assert cancelled.state is ActionState.CANCELLED and "the agent may have received it" in cancelled.message
+    assert cancelled.message.startswith("cancelled after 2 failed attempts")

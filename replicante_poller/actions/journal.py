@@ -235,8 +235,8 @@ class Journal(SqliteStore):
             if action.state is not ActionState.PENDING:
                 raise CancelRefused(f"action {action_id} is {action.state.value}, not PENDING: only an action not "
                                     "delivered yet can be cancelled")
-            sending = db.execute("SELECT n FROM attempts WHERE action_id = ? AND outcome = 'sending'",
-                                 (action_id,)).fetchone()
+            sending = db.execute("SELECT n FROM attempts WHERE action_id = ? AND n = ? AND outcome = 'sending'",
+                                 (action_id, action.attempts)).fetchone()  # the last attempt, in flight
             if sending is not None:
                 raise CancelRefused(f"action {action_id}: attempt {sending[0]} is being sent right now; "
                                     "try again once it ended (action show)")
