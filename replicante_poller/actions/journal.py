@@ -8,6 +8,10 @@ action is re-sent with the SAME action_id, which the agent's idempotency turns i
 A journal is checked whole when it is opened (the base's integrity check, and every
 record readable): a damaged one is refused, and left as it is, rather than recreated or
 half used. A submission is acknowledged only after its COMMIT returned.
+
+An operator may cancel a PENDING action (`cancel`) from another process at any time, so
+the dispatcher's writes (`begin_attempt`, `end_attempt`, `update`) change an action only
+while it is still in the state the dispatcher read, and say when they did not.
 """
 from __future__ import annotations
 
