@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def os_problem(exc: BaseException) -> str:
+    """An OS error in the system's words, lower-case and without its errno (`permission
+    denied`, `no such file or directory`); any other exception as its text."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text[:1].lower() + text[1:]
+
+
 class PollerError(Exception):
     """Base of the errors this package raises on purpose."""
 

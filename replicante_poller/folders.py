@@ -8,11 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-
-def _reason(exc: OSError) -> str:
-    """`permission denied`, `not a directory`: the system's words, without an errno."""
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
+from .errors import os_problem
 
 
 def _try_file(folder: Path) -> Optional[str]:
@@ -20,12 +16,12 @@ def _try_file(folder: Path) -> Optional[str]:
     try:
         fd, name = tempfile.mkstemp(prefix=".replicante-poller-probe-", dir=folder)
     except OSError as exc:
-        return f"cannot create a file in {folder}: {_reason(exc)}"
+        return f"cannot create a file in {folder}: {os_problem(exc)}"
     os.close(fd)
     try:
         os.unlink(name)
     except OSError as exc:
-        return f"cannot remove a file from {folder}: {_reason(exc)}"
+        return f"cannot remove a file from {folder}: {os_problem(exc)}"
     return None
 
 
@@ -40,7 +36,7 @@ def make_writable_folder(path: str) -> Optional[str]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"cannot create {folder}: {_reason(exc)}"
+        return f"cannot create {folder}: {os_problem(exc)}"
     return _try_file(folder)
 
 

@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .errors import StoreError
+from .errors import StoreError, os_problem
 
 BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's transaction
 MEMORY = ":memory:"
@@ -94,7 +94,7 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(self._path, self.what, exc) from None
         except OSError as exc:
-            problem = (exc.strerror or str(exc)).lower() + (f" ({exc.filename})" if exc.filename else "")
+            problem = os_problem(exc) + (f" ({exc.filename})" if exc.filename else "")
             raise StoreError(self._path, self.what, problem) from None
 
     @contextlib.contextmanager

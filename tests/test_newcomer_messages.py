@@ -32,3 +32,21 @@ def test_a_requests_failure_is_classified_without_reprs(url):
     failure = classify(raised.value)
     assert failure is not None
     plain(failure.message)
+
+
+@pytest.mark.parametrize("verb", ["check-config", "run", "gateway"])
+def test_a_configuration_that_cannot_be_read_is_said_in_words(tmp_path, verb):
+    from test_newcomer import cli
+
+    for path, said in ((tmp_path / "absent.ini", "no such file or directory"), (tmp_path, "is a directory")):
+        done = cli(verb, "--config", str(path))
+        one_line_error(done, f"{path}: cannot read: {said}")
+        plain(done.stderr)
+
+
+def test_a_discovery_file_that_cannot_be_read_is_said_in_words(tmp_path, pki):
+    (tmp_path / "d.json").mkdir()  # matches the glob, cannot be read as a file
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = d.json\n")
+    done = check_config(path)
+    one_line_error(done, f"{tmp_path / 'd.json'}: cannot read: is a directory")
+    plain(done.stderr)
