@@ -181,3 +181,52 @@ def test_a_reload_to_a_glob_matching_no_file_fails_and_keeps_the_last_good(tmp_p
         assert process.metrics()[("replicante_poller_config_last_reload_successful", ())] == 0.0
     finally:
         assert process.stop() == 0
+
+
+def test_a_journal_locked_while_the_dispatcher_runs_is_one_error_line_not_a_traceback(tmp_path):
+    import sqlite3
+    import threading
+
+    from replicante_poller.actions.dispatcher import Dispatcher
+    from replicante_poller.actions.journal import Journal
+    from replicante_poller.actions.signing import generate_keypair, load_signing_key
+    from replicante_poller.config import ActionsSettings
+    from replicante_poller.polling.tls import TlsContexts
+    from replicante_poller.polling.transport import Transport
+    from replicante_poller.web.metrics import PollerMetrics, new_registry, sample
+
+    path = str(tmp_path / "actions.db")
+    journal = Journal(path, timeout=0.2)
+    journal.submit("https://127.0.0.1:9", "agent.replicante.io/test.ping", None)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock: the dispatcher reads its due action, cannot write
+    holder.execute("UPDATE actions SET message = 'held'")
+
+    said = threading.Event()
+    records: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+            if "locked by another process" in record.getMessage():
+                said.set()
+
+    catch = Catch(level=logging.ERROR)
+    logger = logging.getLogger("replicante_poller.actions.dispatcher")
+    logger.addHandler(catch)
+    generate_keypair(str(tmp_path / "core"))
+    registry = new_registry()
+    dispatcher = Dispatcher(journal, ActionsSettings(enabled=True), load_signing_key(str(tmp_path / "core.key")),
+                            lambda url: None, lambda target: None, Transport(TlsContexts()),
+                            PollerMetrics(registry, lambda: []))
+    try:
+        dispatcher.start()
+        assert said.wait(20), [r.getMessage() for r in records]
+    finally:
+        dispatcher.stop()
+        logger.removeHandler(catch)
+        holder.close()
+        journal.close()
+    assert all(r.exc_info is None for r in records), [r.getMessage() for r in records]
+    assert f"{path}: action journal: locked by another process for more than 0.2s" in records[0].getMessage()
+    assert sample(registry, "replicante_poller_thread_errors_total", {"thread": "dispatcher"}) == 0
