@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .actions.api import action_json, submit
-from .actions.journal import ActionStore, Journal
+from .actions.journal import ActionStore, Journal, open_journal
 from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
@@ -151,16 +151,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _journal(config: Config, readonly: bool = False) -> ActionStore:
+def _journal(config: Config, readonly: bool = False, create: bool = True) -> ActionStore:
     """The journal `run` uses: SQLite, or ZooKeeper's with `[coordination] backend = zookeeper`."""
     if not config.actions.enabled:
         raise ConfigError(config.source, "actions", "enabled", "actions are not enabled in this configuration")
     if config.coordination.backend == "zookeeper":
-        from .coordination.journal import open_journal
+        from .coordination.journal import open_journal as open_zookeeper_journal
 
-        return open_journal(config.coordination, config.source)
+        return open_zookeeper_journal(config.coordination, config.source)
     assert config.actions.journal is not None
-    return Journal(config.actions.journal, readonly=readonly)
+    return open_journal(config.source, config.actions.journal, readonly=readonly, create=create)
 
 
 def cmd_action_submit(args: argparse.Namespace) -> int:
@@ -199,16 +199,32 @@ def cmd_action_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_rfc3339_times(document: dict) -> dict:
+    """An action's JSON (`action_json`) with every time of ours, the action's `*_ts` and
+    its attempts' `ts`, as RFC 3339 UTC (the agent's own history is shown as it wrote it)."""
+    shown = {key: rfc3339(value) if key.endswith("_ts") else value for key, value in document.items()}
+    shown["attempts_log"] = [{**attempt, "ts": rfc3339(attempt["ts"])} for attempt in document["attempts_log"]]
+    return shown
+
+
 def cmd_action_show(args: argparse.Namespace) -> int:
     journal = _journal(load_config(args.config), readonly=True)
     try:
-        action = journal.get(args.id)
-        if action is None:
-            print(f"error: no action {args.id} in {journal}", file=sys.stderr)
-            return 1
-        print(json.dumps(action_json(journal, action), indent=2))
+        action = journal.get(journal.resolve(args.id))
+        assert action is not None
+        print(json.dumps(with_rfc3339_times(action_json(journal, action)), indent=2))
     finally:
         journal.close()
+    return 0
+
+
+def cmd_action_cancel(args: argparse.Namespace) -> int:
+    journal = _journal(load_config(args.config), create=False)
+    try:
+        action = journal.cancel(journal.resolve(args.id))
+    finally:
+        journal.close()
+    print(f"{action.id}: {action.state.value}: {action.message}")
     return 0
 
 
@@ -279,7 +295,10 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub.add_argument("--args", default="null", help="action arguments as JSON (default null)")
     verb(actions, "list", cmd_action_list, "actions in the journal, newest first", config=True).add_argument(
         "--limit", type=int, default=50)
-    verb(actions, "show", cmd_action_show, "one action with its attempts and agent history", config=True).add_argument("id")
+    verb(actions, "show", cmd_action_show, "one action with its attempts and agent history (times in RFC 3339 UTC)",
+         config=True).add_argument("id", help="the action's id, or a unique prefix of it (4 characters or more)")
+    verb(actions, "cancel", cmd_action_cancel, "cancel an action not delivered yet (PENDING)", config=True).add_argument(
+        "id", help="the action's id, or a unique prefix of it (4 characters or more)")
     verb(verbs, "gateway", cmd_gateway, "verifying reverse proxy in front of an agent", config=True)
     for name, (module, help) in TOOL_VERBS.items():
         sub = verb(verbs, name, _tool(module), help)
@@ -296,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return args.func(args)
     except PollerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except BrokenPipeError:  # `action list | head -1`: the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0

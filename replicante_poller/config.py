@@ -27,7 +27,7 @@ from .converters import (
     to_positive_int,
     to_size,
 )
-from .errors import ConfigError
+from .errors import ConfigError, os_problem
 from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER, MAX_SHARDS_BODY
 
 T = TypeVar("T")
@@ -416,5 +416,5 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(file), None, None, f"cannot read: {exc}") from None
+        raise ConfigError(str(file), None, None, f"cannot read: {os_problem(exc)}") from None
     return parse_config(text, source=str(file), base_dir=file.resolve().parent)

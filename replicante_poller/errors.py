@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 
+def os_problem(exc: BaseException) -> str:
+    """An OS error in the system's words, lower-case and without its errno (`permission
+    denied`, `no such file or directory`); any other exception as its text."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text[:1].lower() + text[1:]
+
+
 class PollerError(Exception):
     """Base of the errors this package raises on purpose."""
+
+    exit_code = 2  # of the command line: a configuration or resource problem
 
 
 class ConfigError(PollerError, ValueError):
@@ -46,3 +55,15 @@ class SignatureFormatError(PollerError, ValueError):
 
 class SubmissionError(PollerError, ValueError):
     """An action submission that cannot be queued; the message says why."""
+
+
+class ActionNotFound(PollerError, LookupError):
+    """No action, or several, match the id (or prefix) given; the message says which."""
+
+    exit_code = 1
+
+
+class CancelRefused(PollerError):
+    """An action that cannot be cancelled (not PENDING, or an attempt in flight); the message says why."""
+
+    exit_code = 1

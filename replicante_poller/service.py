@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
-from .actions.journal import Journal
+from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
+from .folders import make_writable_folder, writable_folder
 from .polling.deadlines import DeadlineReaper
-from .polling.discovery import Target, discover, discovery_stamp
+from .polling.discovery import Target, check_globs, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
 from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
@@ -108,9 +109,20 @@ def discover_all(config: Config) -> tuple[Target, ...]:
     return discover(config, discovered)
 
 
+def check_state_dir(config: Config, create: bool) -> None:
+    """ConfigError naming `[poller] state_dir` when the service could not write in it;
+    `create` makes it (as `run` does), else nothing is created (`check-config`)."""
+    directory = config.poller.state_dir
+    problem = (make_writable_folder if create else writable_folder)(directory) if directory else None
+    if problem is not None:
+        raise ConfigError(config.source, "poller", "state_dir", problem)
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
-    """Everything `run` loads before it starts, loaded once: discovery, TLS material,
-    the signing key and the API token. Raises the error `run` would."""
+    """Everything `run` loads before it starts, loaded once (creating nothing): the state
+    folder, discovery, TLS material, the signing key, the API token and the action
+    journal. Raises the error `run` would."""
+    check_state_dir(config, create=False)
     targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
@@ -118,6 +130,8 @@ def check_resources(config: Config) -> tuple[Target, ...]:
         load_signing_key(actions.signing_key)
     if actions.enabled and actions.api_token_file is not None:
         read_token(actions.api_token_file)
+    if actions.enabled and actions.journal is not None:
+        check_journal(config.source, actions.journal)
     return targets
 
 
@@ -176,6 +190,7 @@ class Service:
             from .coordination.zookeeper import new_client
 
             self._zk = new_client(self.config.coordination)
+        check_state_dir(self.config, create=True)  # refused now, not logged at every save
         http = self._first_http_discovery()
         targets = self._discover(self.config)
         actions_api = self._open_actions() if self.config.actions.enabled else None
@@ -266,7 +281,7 @@ class Service:
             journal = self._open_elected(settings, signer)
         else:
             assert settings.journal is not None
-            journal = Journal(settings.journal, self._clock)
+            journal = open_journal(self.config.source, settings.journal, self._clock)
             self._dispatcher = self._new_dispatcher(journal, settings, signer)
         self.journal = journal
         self.metrics.actions_pending.set_function(journal.pending)
@@ -469,6 +484,7 @@ class Service:
             return self._reload(self.config)
         try:
             config = self._adjust(load_config(self._config_path))
+            check_globs(config)  # as at start: a glob that matches no file is a typo, not "no clusters"
         except ConfigError as exc:
             return self._reload_failed(exc)
         return self._reload(config)
@@ -534,5 +550,6 @@ class Service:
         if directory:
             try:
                 save_state(directory, self.state.snapshot(), self._clock)
-            except OSError as exc:
-                log.error("cannot save state to %s: %s", Path(directory), exc)
+            except OSError as exc:  # counted, and the service keeps polling: the state is a convenience
+                log.error("cannot save state to %s: %s", Path(directory), exc.strerror or exc)
+                self.metrics.state_save_failed()

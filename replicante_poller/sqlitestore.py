@@ -23,7 +23,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .errors import StoreError
+from .errors import StoreError, os_problem
 
 BUSY_TIMEOUT = 10.0  # seconds a write waits for another process's transaction
 MEMORY = ":memory:"
@@ -37,6 +37,7 @@ class SqliteStore:
 
     def __init__(self, path: str, schema: str, timeout: float = BUSY_TIMEOUT, readonly: bool = False):
         self._path = path
+        self._timeout = timeout
         self._lock = threading.Lock()
         with self.translated():
             if readonly and not os.path.isfile(path):
@@ -52,6 +53,8 @@ class SqliteStore:
             _configure(self._db)
             with self._lock:
                 self._db.executescript(schema)  # executescript commits on its own
+                self._db.execute("BEGIN IMMEDIATE")  # writable now: a lock held elsewhere is found at open
+                self._db.execute("ROLLBACK")
 
     def __str__(self) -> str:
         return self._path
@@ -83,8 +86,16 @@ class SqliteStore:
         """sqlite3 and file errors inside the block become StoreError naming the file."""
         try:
             yield
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):  # "database is locked", "database table is locked"
+                raise StoreError(self._path, self.what, f"locked by another process for more than {self._timeout:g}s"
+                                                        " (the busy timeout)") from None
             raise StoreError(self._path, self.what, exc) from None
+        except sqlite3.Error as exc:
+            raise StoreError(self._path, self.what, exc) from None
+        except OSError as exc:
+            problem = os_problem(exc) + (f" ({exc.filename})" if exc.filename else "")
+            raise StoreError(self._path, self.what, problem) from None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[sqlite3.Connection]:

@@ -23,7 +23,7 @@ from replicante_poller.agentsim import NodeSpec
 from replicante_poller.agentside.verifier import Keyring
 from replicante_poller.config import CoordinationSettings, parse_config
 from replicante_poller.coordination.journal import ZkJournal
-from replicante_poller.errors import ConfigError, JournalConflict, StoreError
+from replicante_poller.errors import ActionNotFound, CancelRefused, ConfigError, StoreError
 from conftest import free_port
 from harness import ACTIONS_TOKEN, action_files, config_text
 from process import PollerProcess
@@ -100,7 +100,9 @@ def test_the_zookeeper_journal_keeps_actions_and_attempts(zookeeper: ZooKeeper, 
     n = journal.begin_attempt(action, "rs", "node-1")
     assert n == 1 and [(a.n, a.outcome) for a in journal.attempts(action.id)] == [(1, "sending")]
     journal.end_attempt(action.id, 1, "accepted", "HTTP 200", ActionState.SCHEDULED, time.time() + 5, "delivered")
-    journal.update(action.id, ActionState.DONE, time.time(), "agent reports DONE", [{"state": "DONE"}])
+    delivered = journal.get(action.id)
+    assert delivered is not None and delivered.state is ActionState.SCHEDULED
+    assert journal.update(delivered, ActionState.DONE, time.time(), "agent reports DONE", [{"state": "DONE"}])
 
     reader = ZkJournal(client, settings(zookeeper))  # another instance's view: ZooKeeper's
     seen = reader.get(action.id)
@@ -136,7 +138,7 @@ def test_a_deposed_leader_writes_nothing(zookeeper: ZooKeeper, client: KazooClie
     assert journal.get(action.id) == action and journal.attempts(action.id) == []
     journal.unlead()
     with pytest.raises(StoreError, match="no longer the dispatcher leader"):
-        journal.update(action.id, ActionState.DONE, 0.0, "late")
+        journal.update(action, ActionState.DONE, 0.0, "late")
     assert journal.get(action.id) == action
 
 
@@ -147,10 +149,9 @@ def test_a_write_that_lost_a_race_changes_nothing(zookeeper: ZooKeeper, client: 
     state_path = f"/unit/journal/actions/{action.id}/state"
     document = json.loads(client.get(state_path)[0])
     client.set(state_path, json.dumps({**document, "message": "written by another"}).encode())
-    with pytest.raises(JournalConflict, match="changed meanwhile"):
-        journal.update(action.id, ActionState.PENDING, 0.0, "stale write")
+    assert journal.update(action, ActionState.PENDING, 0.0, "stale write") is False
     assert journal.get(action.id).message == "written by another"  # type: ignore[union-attr]
-    journal.update(action.id, ActionState.PENDING, 0.0, "after reading it again")  # the cache was refreshed
+    assert journal.update(action, ActionState.PENDING, 0.0, "after reading it again")  # read again: now it writes
     assert journal.get(action.id).message == "after reading it again"  # type: ignore[union-attr]
 
 
@@ -173,13 +174,39 @@ def test_final_actions_are_pruned_after_retention_only(zookeeper: ZooKeeper, cli
     journal = ZkJournal(client, settings(zookeeper), clock=lambda: now[0])
     old, recent, live = (journal.submit("https://a:1", PING, None) for _ in range(3))
     journal.lead(fence(client))
-    journal.update(old.id, ActionState.DONE, now[0], "done long ago")
+    journal.update(old, ActionState.DONE, now[0], "done long ago")
     now[0] += RETENTION - 10
-    journal.update(recent.id, ActionState.DONE, now[0], "done lately")
+    journal.update(recent, ActionState.DONE, now[0], "done lately")
     now[0] += 11
     assert [a.id for a in journal.due(float("inf"))] == [live.id]  # the dispatcher asks with +inf
     assert journal.get(old.id) is None and client.exists(f"/unit/journal/actions/{old.id}") is None
     assert journal.get(recent.id) is not None and journal.get(live.id) is not None
+
+
+def test_any_instance_cancels_and_the_leader_never_sends(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    leader = ZkJournal(client, settings(zookeeper))
+    action, sent, delivered = (leader.submit("https://a:1", PING, None) for _ in range(3))
+    leader.lead(fence(client))
+    leader.due(time.time() + 1)  # the leader has read them all
+    other = ZkJournal(client, settings(zookeeper))  # another instance, or the CLI
+    assert other.resolve(action.id[:8]) == action.id
+    with pytest.raises(ActionNotFound, match="no action 0000"):
+        other.resolve("0000")
+    cancelled = other.cancel(action.id)
+    assert cancelled.state is ActionState.CANCELLED and cancelled.message == "cancelled before any attempt"
+    assert leader.begin_attempt(action, "rs", "node-1") is None  # its version is gone: never sent
+    assert leader.get(action.id).state is ActionState.CANCELLED and leader.attempts(action.id) == []  # type: ignore[union-attr]
+    assert action.id not in [a.id for a in leader.due(time.time() + 1)]
+
+    assert leader.begin_attempt(sent, "rs", "node-1") == 1  # in flight: refused
+    with pytest.raises(CancelRefused, match="attempt 1 is being sent right now"):
+        other.cancel(sent.id)
+    assert leader.end_attempt(sent.id, 1, "failed", "timeout", ActionState.PENDING, 0.0, "retrying")
+    assert "the agent may have received it" in other.cancel(sent.id).message
+    assert leader.end_attempt(delivered.id, leader.begin_attempt(delivered, "rs", "n") or 0, "accepted", "HTTP 200",
+                              ActionState.SCHEDULED, 0.0, "delivered")
+    with pytest.raises(CancelRefused, match="is SCHEDULED, not PENDING"):
+        other.cancel(delivered.id)
 
 
 # -- three real instances, one leader, SIGKILL ----------------------------------------------

@@ -14,7 +14,7 @@ import re
 from typing import Any, Callable, Optional
 
 from ..converters import read_secret
-from ..errors import StoreError, SubmissionError
+from ..errors import ActionNotFound, CancelRefused, StoreError, SubmissionError
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
 from .journal import Action, ActionStore
@@ -94,7 +94,7 @@ def action_json(journal: ActionStore, action: Action) -> dict[str, Any]:
 
 
 class ActionsApi:
-    """HTTP handling of `/api/v1/actions` (list, show, submit), all behind the bearer token."""
+    """HTTP handling of `/api/v1/actions` (list, show, submit, cancel), all behind the bearer token."""
 
     def __init__(self, journal: ActionStore, find_target: Callable[[str], Optional[Target]],
                  token: Optional[bytes], on_submit: Callable[[], None]):
@@ -159,3 +159,21 @@ class ActionsApi:
             return 503, {"error": f"the action was not stored: {exc}"}
         self._on_submit()
         return 202, {"id": action.id, "state": action.state.value}
+
+    def cancel(self, action_id: str, authorization: Optional[str]) -> Reply:
+        """`POST /api/v1/actions/ID/cancel` (ID or a unique prefix of it, as `action cancel`):
+        200 and the action, 404 no such action, 409 not cancellable, 503 journal failing."""
+        refused = self.refusal(authorization)
+        if refused is not None:
+            return refused
+        try:
+            action = self._journal.cancel(self._journal.resolve(action_id))
+        except ActionNotFound as exc:
+            return 404, {"error": str(exc)}
+        except CancelRefused as exc:
+            return 409, {"error": str(exc)}
+        except StoreError as exc:
+            log.error("actions API: %s", exc)
+            return 503, {"error": f"the action journal cannot be written: {exc}"}
+        log.info("action %s cancelled through the API: %s", action.id, action.message)
+        return 200, action_json(self._journal, action)

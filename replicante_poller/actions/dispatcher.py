@@ -15,8 +15,8 @@ journal ("queued behind action ..."), so they neither fill the due list nor go f
 
 Delivery: sign (new nonce and times, same action_id), POST the schedule request in the
 agent's generation (`protocols`), and read the answer: 200 or the generation's "already
-exists" 409 is delivered; 401, 429, 5xx and transport failures are retried with backoff up
-to `max_attempts`; other 4xx are final rejections.
+exists" 409 is delivered; 401, 408, 425, 429, 5xx and transport failures are retried with
+backoff up to `max_attempts` (`retryable_status`); other 4xx are final rejections.
 Tracking: the agent's report of the action until DONE or FAILED; an action the agent no
 longer reports (404 there and absent from its queue and finished lists) is PRUNED when the
 agent's pruning explains it, else LOST.
@@ -162,8 +162,8 @@ class Dispatcher:
                     self._seed_heads()
                     seeded = True
                 wait = self._hand_out()
-            except StoreError as exc:
-                log.error("action dispatcher: the journal cannot be read: %s", exc)
+            except StoreError as exc:  # locked or failing journal: one line, and again later
+                log.error("action dispatcher: %s; trying again in %gs", exc, IDLE_WAIT)
                 wait = IDLE_WAIT
             except Exception:  # the top of the scheduler loop: log, count, keep going
                 log.exception("action dispatcher error")
@@ -220,8 +220,8 @@ class Dispatcher:
                     agent, actions = self._ready.popleft()
                 try:
                     self._round(client, agent, actions)
-                except StoreError as exc:  # ZooKeeper away, a write that lost a race: this agent's turn later
-                    log.error("action dispatcher: the journal failed (agent %s): %s", agent, exc)
+                except StoreError as exc:  # locked or failing journal: one line, the agent's turn comes again
+                    log.error("action dispatcher (agent %s): %s", agent, exc)
                     self._stopping.wait(IDLE_WAIT)
                 except Exception:  # a worker's top: log, count, rest this agent a moment, keep going
                     log.exception("action dispatcher error (agent %s)", agent)
@@ -274,7 +274,7 @@ class Dispatcher:
     def _defer(self, action: Action, head: Action) -> None:
         """`action` waits behind its agent's undelivered head: due just after the head's next step."""
         due = max(head.next_ts, self._clock()) + BEHIND
-        self._journal.update(action.id, ActionState.PENDING, due, f"queued behind action {head.id}: {head.message}")
+        self._journal.update(action, ActionState.PENDING, due, f"queued behind action {head.id}: {head.message}")
 
     def _after_silence(self, rest: Iterable[Action], head: Optional[Action]) -> None:
         """The agent did not answer: the round's other tracked actions are looked at after
@@ -283,7 +283,7 @@ class Dispatcher:
         later = self._clock() + self._settings.track_interval
         for action in rest:
             if action.state is not ActionState.PENDING:
-                self._journal.update(action.id, action.state, later, action.message)
+                self._journal.update(action, action.state, later, action.message)
             elif head is not None and _order(head) < _order(action):
                 self._defer(action, head)
 
@@ -292,21 +292,21 @@ class Dispatcher:
         False when the agent did not answer."""
         try:
             return self.step(client, action)
-        except StoreError:  # the journal itself failed: the worker rests (`_work`), nothing to record
-            raise
+        except StoreError:
+            raise  # the journal itself: every action of the round waits for it
         except Exception as exc:
             log.exception("action %s: unexpected error, retrying it later", action.id)
             self._metrics.thread_error("dispatcher")
             errors = self._errors[action.id] = self._errors.get(action.id, 0) + 1
             current = self._journal.get(action.id) or action
             if current.state is ActionState.PENDING and current.attempts + errors > self._settings.max_attempts:
-                self._journal.update(action.id, ActionState.ABANDONED, self._clock(),
+                self._journal.update(current, ActionState.ABANDONED, self._clock(),
                                      f"not delivered: {errors} internal errors ({exc!r})")
                 self._metrics.action_result("abandoned")
                 self._errors.pop(action.id, None)
                 return True
             delay = backoff(self._settings.backoff, current.attempts + errors + 1)
-            self._journal.update(action.id, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
+            self._journal.update(current, current.state, self._clock() + delay, f"internal error, will retry: {exc!r}")
             return True
 
     def step(self, client: AgentClient, action: Action) -> bool:
@@ -315,7 +315,7 @@ class Dispatcher:
         now = self._clock()
         target = self._find_target(action.agent)
         if target is None:
-            self._journal.update(action.id, action.state, now + IDLE_WAIT * 5,
+            self._journal.update(action, action.state, now + IDLE_WAIT * 5,
                                  "the agent is not in the configuration or discovery (waiting)")
             return True
         if action.state is ActionState.PENDING:
@@ -327,16 +327,19 @@ class Dispatcher:
     def _deliver(self, client: AgentClient, action: Action, target: Target) -> bool:
         identity = self._identity(target)
         if identity is None:
-            self._journal.update(action.id, ActionState.PENDING, self._clock() + IDLE_WAIT,
+            self._journal.update(action, ActionState.PENDING, self._clock() + IDLE_WAIT,
                                  "waiting for a successful poll to learn the agent's cluster and node ids")
             return True
         cluster_id, node_id, api = identity
         if not all(_header_safe(v) for v in (cluster_id, node_id)):
-            self._journal.update(action.id, ActionState.PENDING, self._clock() + self._settings.track_interval * 5,
+            self._journal.update(action, ActionState.PENDING, self._clock() + self._settings.track_interval * 5,
                                  f"the agent reports ids that cannot be signed: {(cluster_id, node_id)!r} (waiting)")
             return True
         protocol = PROTOCOLS[api]
         n = self._journal.begin_attempt(action, cluster_id, node_id)
+        if n is None:  # cancelled since it was read: never sent
+            log.info("action %s was cancelled before its attempt", action.id)
+            return True
         path, body = protocol.schedule(action)
         settings, signer = self._config
         headers = sign_action(
@@ -361,8 +364,9 @@ class Dispatcher:
         now = self._clock()
         if isinstance(reply, Reply) and (reply.status == 200 or protocol.already_exists(reply)):
             outcome = "accepted" if reply.status == 200 else "already exists"
-            self._journal.end_attempt(action.id, n, outcome, f"HTTP {reply.status}", ActionState.SCHEDULED,
-                                      now + self._settings.track_interval, f"delivered ({outcome})")
+            if not self._journal.end_attempt(action.id, n, outcome, f"HTTP {reply.status}", ActionState.SCHEDULED,
+                                             now + self._settings.track_interval, f"delivered ({outcome})"):
+                return self._no_longer_pending(action, n, outcome)
             self._metrics.action_result("delivered")
             self._metrics.action_delivered(now - action.created_ts)
             log.info("action %s (%s) delivered to %s", action.id, action.kind, action.agent)
@@ -371,31 +375,40 @@ class Dispatcher:
             detail = agent_error(reply.body) or reply.body[:200].decode("utf-8", "replace")
             if reply.status == 404 and not reply.body.strip():  # DESIGN section 1: how agents say "no actions"
                 detail = "the agent has actions disabled (404 with no body on the schedule path)"
-            self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}", ActionState.REJECTED,
-                                      now, f"the agent refused it: HTTP {reply.status} {detail}")
+            if not self._journal.end_attempt(action.id, n, "rejected", f"HTTP {reply.status}: {detail}",
+                                             ActionState.REJECTED, now, f"the agent refused it: HTTP {reply.status} {detail}"):
+                return self._no_longer_pending(action, n, "rejected")
             self._metrics.action_result("rejected")
             log.warning("action %s refused by %s: HTTP %d %s", action.id, action.agent, reply.status, detail)
             return
         detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
         if n >= self._settings.max_attempts:
-            self._journal.end_attempt(action.id, n, "failed", detail, ActionState.ABANDONED, now,
-                                      f"not delivered after {n} attempts: {detail}")
+            if not self._journal.end_attempt(action.id, n, "failed", detail, ActionState.ABANDONED, now,
+                                             f"not delivered after {n} attempts: {detail}"):
+                return self._no_longer_pending(action, n, "failed")
             self._metrics.action_result("abandoned")
             log.error("action %s abandoned after %d attempts: %s", action.id, n, detail)
             return
         delay = backoff(self._settings.backoff, n)
         if reply.retry_after is not None:
             delay = min(max(delay, reply.retry_after), MAX_BACKOFF)
-        self._journal.end_attempt(action.id, n, "failed", detail, ActionState.PENDING, now + delay,
-                                  f"attempt {n} failed ({detail}); retrying in {delay:g}s")
+        if not self._journal.end_attempt(action.id, n, "failed", detail, ActionState.PENDING, now + delay,
+                                         f"attempt {n} failed ({detail}); retrying in {delay:g}s"):
+            return self._no_longer_pending(action, n, "failed")
         self._metrics.action_result("retry")
+        log.info("action %s: attempt %d to %s failed (%s); retrying in %gs", action.id, n, action.agent, detail, delay)
+
+    def _no_longer_pending(self, action: Action, n: int, outcome: str) -> None:
+        """Attempt n ended after the action left PENDING (cancelled): its state stays as it is."""
+        log.warning("action %s: attempt %d ended (%s) after the action was cancelled; it stays cancelled",
+                    action.id, n, outcome)
 
     # -- tracking --------------------------------------------------------------
 
     def _track(self, client: AgentClient, action: Action, target: Target) -> bool:
         api = self._generation(target)
         if api is None:
-            self._journal.update(action.id, action.state, self._clock() + IDLE_WAIT,
+            self._journal.update(action, action.state, self._clock() + IDLE_WAIT,
                                  "waiting for a poll to learn the agent's API generation")
             return True
         protocol = PROTOCOLS[api]
@@ -408,27 +421,27 @@ class Dispatcher:
         later = now + self._settings.track_interval
         if isinstance(reply, Failure) or reply.status not in (200, 404):
             detail = reply.message if isinstance(reply, Failure) else f"HTTP {reply.status}"
-            self._journal.update(action.id, action.state, later, f"tracking failed, will retry: {detail}")
+            self._journal.update(action, action.state, later, f"tracking failed, will retry: {detail}")
             return not isinstance(reply, Failure)
         if reply.status == 200:
             self._follow(action, protocol, reply, later)
             return True
         queue, finished = lists or (b"", b"")
         if isinstance(queue, Failure) or isinstance(finished, Failure):
-            self._journal.update(action.id, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
+            self._journal.update(action, action.state, later, "unknown to the agent's info; lists unreadable, will retry")
             return True  # its info answered
         finished_ids = protocol.listed_ids(finished)
         if action.id in protocol.listed_ids(queue) or action.id in finished_ids:
-            self._journal.update(action.id, action.state, later, "listed by the agent")
+            self._journal.update(action, action.state, later, "listed by the agent")
             return True
         why = protocol.pruned(action, finished_ids, now)
         if why is not None:
-            self._journal.update(action.id, ActionState.PRUNED, now,
+            self._journal.update(action, ActionState.PRUNED, now,
                                  f"finished on the agent, which pruned it before its outcome was seen ({why})")
             self._metrics.action_result("pruned")
             log.warning("action %s finished on %s but was pruned before its outcome was seen", action.id, action.agent)
             return True
-        self._journal.update(action.id, ActionState.LOST, now, "the agent no longer knows this action")
+        self._journal.update(action, ActionState.LOST, now, "the agent no longer knows this action")
         self._metrics.action_result("lost")
         log.error("action %s was lost by %s", action.id, action.agent)
         return True
@@ -437,10 +450,10 @@ class Dispatcher:
         report = protocol.report(reply)
         state = AGENT_STATES.get(report.phase) if report is not None else None
         if report is None or state is None:
-            self._journal.update(action.id, action.state, later, "the agent's action info is not understood, will retry")
+            self._journal.update(action, action.state, later, "the agent's action info is not understood, will retry")
             return
         note = f"agent reports {report.phase}" + (f": {report.detail}" if report.detail else "")
-        self._journal.update(action.id, state, later, note, report.history)
+        self._journal.update(action, state, later, note, report.history)
         if state.final:
             self._metrics.action_result(state.value.lower())
             log.info("action %s finished on %s: %s", action.id, action.agent, state.value)

@@ -8,6 +8,10 @@ action is re-sent with the SAME action_id, which the agent's idempotency turns i
 A journal is checked whole when it is opened (the base's integrity check, and every
 record readable): a damaged one is refused, and left as it is, rather than recreated or
 half used. A submission is acknowledged only after its COMMIT returned.
+
+An operator may cancel a PENDING action (`cancel`) from another process at any time, so
+the dispatcher's writes (`begin_attempt`, `end_attempt`, `update`) change an action only
+while it is still in the state the dispatcher read, and say when they did not.
 """
 from __future__ import annotations
 
@@ -16,13 +20,16 @@ import dataclasses
 import enum
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, Optional, Protocol
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
-from ..errors import StoreError
+from ..errors import ActionNotFound, CancelRefused, ConfigError, StoreError
+from ..folders import make_writable_folder, writable_folder
 from ..sqlitestore import BUSY_TIMEOUT, SqliteStore
 
 SCHEMA = """
@@ -68,6 +75,7 @@ class ActionState(str, enum.Enum):
     PRUNED = "PRUNED"  # it finished on the agent, which pruned its record before its outcome was seen
     REJECTED = "REJECTED"  # the agent refused it (4xx): it will never run
     ABANDONED = "ABANDONED"  # max_attempts transient failures: never delivered
+    CANCELLED = "CANCELLED"  # cancelled by the operator while PENDING: never attempted again
 
     @property
     def final(self) -> bool:
@@ -75,8 +83,10 @@ class ActionState(str, enum.Enum):
 
 
 FINAL = frozenset({ActionState.DONE, ActionState.FAILED, ActionState.LOST, ActionState.PRUNED, ActionState.REJECTED,
-                   ActionState.ABANDONED})
+                   ActionState.ABANDONED, ActionState.CANCELLED})
 TRACKED = (ActionState.SCHEDULED, ActionState.RUNNING)
+MIN_PREFIX = 4  # hexadecimal digits of an id that `action show` and `cancel` accept for it
+ID_PREFIX = re.compile(r"[0-9a-f-]{%d,36}" % MIN_PREFIX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,23 +126,63 @@ class Attempt:
     detail: str
 
 
+def cancellation(action: Optional[Action], action_id: str, journal: str, in_flight: bool) -> str:
+    """The message a cancelled `action` keeps; ActionNotFound or CancelRefused (one line)
+    when it cannot be cancelled: absent, not PENDING, or its last attempt in flight."""
+    if action is None:
+        raise ActionNotFound(f"no action {action_id} in the action journal {journal}")
+    if action.state is not ActionState.PENDING:
+        raise CancelRefused(f"action {action_id} is {action.state.value}, not PENDING: only an action not "
+                            "delivered yet can be cancelled")
+    if in_flight:
+        raise CancelRefused(f"action {action_id}: attempt {action.attempts} is being sent right now; "
+                            "try again once it ended (action show)")
+    if not action.attempts:
+        return "cancelled before any attempt"
+    return (f"cancelled after {action.attempts} failed attempt{'s' if action.attempts > 1 else ''}: "
+            "the agent may have received it if an attempt timed out or lost its connection "
+            "(action show lists them)")
+
+
+def matching(ids: Iterable[str], prefix: str, journal: str) -> str:
+    """The one id of `ids` that starts with `prefix` (already checked by `resolve`);
+    ActionNotFound when none or several do."""
+    found = sorted(i for i in ids if i.startswith(prefix))
+    if not found:
+        raise ActionNotFound(f"no action {prefix} in the action journal {journal}")
+    if len(found) > 1:
+        raise ActionNotFound(f"{prefix} is the prefix of {len(found)} actions in {journal}: give more of the id")
+    return found[0]
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` normalised; ActionNotFound when it cannot be (the start of) an action id."""
+    prefix = prefix.strip().lower()
+    if not ID_PREFIX.fullmatch(prefix):
+        raise ActionNotFound(f"{prefix!r} is not an action id or a prefix of one "
+                             f"(at least {MIN_PREFIX} of its hexadecimal digits and dashes)")
+    return prefix
+
+
 class ActionStore(Protocol):
     """What the dispatcher, the API and the CLI use of a journal: the SQLite `Journal`, or
     the ZooKeeper one of coordinated instances (`coordination/journal.py`)."""
 
     def submit(self, agent: str, kind: str, args: Any, requester: str = ...) -> Action: ...
     def get(self, action_id: str) -> Optional[Action]: ...
+    def resolve(self, prefix: str) -> str: ...
+    def cancel(self, action_id: str) -> Action: ...
     def list(self, limit: int = ...) -> list[Action]: ...
     def attempts(self, action_id: str) -> list[Attempt]: ...
     def wait_for(self, action_id: str, predicate: Callable[[Action], bool], timeout: float) -> Optional[Action]: ...
     def due(self, now: float, limit: int = ...) -> list[Action]: ...
     def next_due(self) -> Optional[float]: ...
     def pending(self) -> int: ...
-    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int: ...
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> Optional[int]: ...
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
-                    next_ts: float, message: str) -> None: ...
-    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
-               agent_history: Optional[list] = None) -> None: ...
+                    next_ts: float, message: str) -> bool: ...
+    def update(self, action: Action, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -221,6 +271,35 @@ class Journal(SqliteStore):
         with self.locked():
             return self._get(action_id)
 
+    def resolve(self, prefix: str) -> str:
+        """The id of the one action whose id starts with `prefix` (at least MIN_PREFIX
+        characters, or a whole id); ActionNotFound when none or several do."""
+        prefix = check_prefix(prefix)
+        with self.locked() as db:
+            rows = db.execute("SELECT id FROM actions WHERE substr(id, 1, ?) = ? ORDER BY id LIMIT 1000",
+                              (len(prefix), prefix)).fetchall()
+        if not rows:
+            raise ActionNotFound(f"no action {prefix} in the action journal {self._path}")
+        if len(rows) > 1:
+            many = f"{len(rows)}" if len(rows) < 1000 else "1000 or more"
+            raise ActionNotFound(f"{prefix} is the prefix of {many} actions in {self._path}: give more of the id")
+        return str(rows[0][0])
+
+    def cancel(self, action_id: str) -> Action:
+        """Cancel a PENDING action with no attempt in flight: it becomes CANCELLED (final) and
+        is never attempted again. CancelRefused (one line) for any other action."""
+        now = self._clock()
+        with self._transaction() as db:
+            action = self._get(action_id)
+            sending = db.execute("SELECT n FROM attempts WHERE action_id = ? AND n = ? AND outcome = 'sending'",
+                                 (action_id, action.attempts if action else 0)).fetchone()  # the last attempt, in flight
+            message = cancellation(action, action_id, self._path, sending is not None)
+            db.execute("UPDATE actions SET state = 'CANCELLED', message = ?, updated_ts = ?, finished_ts = ?"
+                       " WHERE id = ? AND state = 'PENDING'", (message, now, now, action_id))
+            cancelled = self._get(action_id)
+        assert cancelled is not None
+        return cancelled
+
     def _get(self, action_id: str) -> Optional[Action]:
         row = self._db.execute("SELECT * FROM actions WHERE id = ?", (action_id,)).fetchone()
         return self._decode(row) if row else None
@@ -270,36 +349,72 @@ class Journal(SqliteStore):
         with self.locked() as db:
             return db.execute("SELECT COUNT(*) FROM actions WHERE state = 'PENDING'").fetchone()[0]
 
-    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
-        """Commit that attempt n is about to be sent (before it is); returns n."""
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> Optional[int]:
+        """Commit that attempt n is about to be sent (before it is); returns n, or None when
+        the action is no longer PENDING (cancelled meanwhile): then nothing may be sent."""
         n = action.attempts + 1
         now = self._clock()
         with self._transaction() as db:
-            db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
-                       " message = ? WHERE id = ?", (n, cluster_id, node_id, now, f"sending attempt {n}", action.id))
+            changed = db.execute("UPDATE actions SET attempts = ?, cluster_id = ?, node_id = ?, updated_ts = ?,"
+                                 " message = ? WHERE id = ? AND state = 'PENDING'",
+                                 (n, cluster_id, node_id, now, f"sending attempt {n}", action.id)).rowcount
+            if not changed:
+                return None
             db.execute("INSERT INTO attempts (action_id, n, ts, outcome, detail) VALUES (?, ?, ?, 'sending', '')",
                        (action.id, n, now))
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
-                    next_ts: float, message: str) -> None:
-        """Commit the outcome of attempt n and the action's new state."""
+                    next_ts: float, message: str) -> bool:
+        """Commit the outcome of attempt n and, when it is still PENDING, the action's new
+        state; False when it no longer was (the outcome is recorded, the state kept)."""
         now = self._clock()
         delivered = now if state is ActionState.SCHEDULED else None
         finished = now if state.final else None
         with self._transaction() as db:
             db.execute("UPDATE attempts SET outcome = ?, detail = ? WHERE action_id = ? AND n = ?",
                        (outcome, detail, action_id, n))
-            db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
-                       " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
-                       " WHERE id = ?", (state.value, next_ts, message, now, delivered, finished, action_id))
+            return db.execute("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                              " delivered_ts = COALESCE(delivered_ts, ?), finished_ts = COALESCE(finished_ts, ?)"
+                              " WHERE id = ? AND state = 'PENDING'",
+                              (state.value, next_ts, message, now, delivered, finished, action_id)).rowcount > 0
 
-    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
-               agent_history: Optional[list] = None) -> None:
-        """Record what tracking (or waiting) learned about an action."""
+    def update(self, action: Action, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> bool:
+        """Record what tracking (or waiting) learned about `action`, only while it is still in
+        the state it was read in; False when it was not (cancelled meanwhile): nothing changed."""
         now = self._clock()
         finished = now if state.final else None
         history = json.dumps(agent_history) if agent_history is not None else None
-        self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
-                    " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?) WHERE id = ?",
-                    state.value, next_ts, message, now, history, finished, action_id)
+        return self._write("UPDATE actions SET state = ?, next_ts = ?, message = ?, updated_ts = ?,"
+                           " agent_history = COALESCE(?, agent_history), finished_ts = COALESCE(finished_ts, ?)"
+                           " WHERE id = ? AND state = ?",
+                           state.value, next_ts, message, now, history, finished, action.id, action.state.value) > 0
+
+
+def open_journal(source: str, path: str, clock: Callable[[], float] = time.time, readonly: bool = False,
+                 create: bool = True) -> Journal:
+    """The journal `[actions] journal` of configuration `source` names, opened as `run`
+    opens it (created in a folder made writable when absent, unless `readonly` or not
+    `create`). Any problem (unwritable folder, damaged, locked or absent journal) is a
+    ConfigError naming the configuration file, the key and the journal."""
+    readonly_absent = not create and not os.path.exists(path)  # refused as a read-only open refuses it
+    if not readonly and not readonly_absent and not os.path.exists(path):
+        problem = make_writable_folder(str(Path(path).parent))
+        if problem is not None:
+            raise ConfigError(source, "actions", "journal", problem)
+    try:
+        return Journal(path, clock, readonly=readonly or readonly_absent)
+    except StoreError as exc:
+        raise ConfigError(source, "actions", "journal", str(exc)) from None
+
+
+def check_journal(source: str, path: str) -> None:
+    """Raise what `open_journal` would, creating nothing: an existing journal is opened
+    (checked, and its write lock taken and released), an absent one's folder probed."""
+    if os.path.exists(path):
+        open_journal(source, path).close()
+        return
+    problem = writable_folder(str(Path(path).parent))
+    if problem is not None:
+        raise ConfigError(source, "actions", "journal", problem)

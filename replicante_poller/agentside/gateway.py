@@ -9,6 +9,7 @@ before it is read. A retry of an action already forwarded gets the first answer 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 import ssl
@@ -53,6 +54,7 @@ UPSTREAM_MAX_BODY = 4 * 1024 * 1024
 UNAUTHORIZED = b'{"error":"unauthorized"}'
 BAD_PATH = b'{"error":"the path must be printable ASCII"}'
 METRICS_PATH = "/gateway/metrics"
+READY_PATH = "/-/ready"
 UNKNOWN_CLUSTER = "\x00unknown"  # no agent reports it: the identity poll stops at the cluster check
 PRINTABLE_PATH = re.compile(r"/[\x21-\x7e]*")  # raw non-ASCII bytes or controls never reach the agent
 AGENT_GETS = frozenset({  # the agent API's GETs, legacy then replisdk; nothing else is forwarded
@@ -94,29 +96,85 @@ class Gateway:
                                 TlsSettings(ca_file=settings.upstream_ca_file, client_cert=settings.upstream_client_cert,
                                             client_key=settings.upstream_client_key))
         self._local = threading.local()
-        self.verifier: Optional[Verifier] = None
+        self.verifier: Optional[Verifier] = None  # once the agent's identity is known
+        self._keyring: Optional[Keyring] = None
+        self._store: Optional[ReplayStore] = None
+        self._waiting = f"waiting for the agent at {settings.upstream}: not asked yet"  # /-/ready while not ready
+        self._answered = threading.Event()  # the identity is known: configured, or the upstream answered
+        self._stopping = threading.Event()
         self._server: Optional[ThreadingHTTPServer] = None
         self._metrics_server: Optional[CountingServer] = None
 
     def start(self) -> None:
-        """Load keys and the replay store, learn the agent's identity, listen.
+        """Load keys and the replay store, listen, and learn the agent's identity: from
+        the configuration, else from the upstream, asked until it answers (actions are
+        refused with 503 meanwhile, and `/-/ready` says what the gateway waits for).
 
-        Raises KeyFileError/ConfigError (bad keys, unreachable upstream without ids)."""
+        Raises KeyFileError/ConfigError (bad keys or files)."""
         settings = self.settings
-        keyring = Keyring.from_entries(settings.keys, settings.revoked)
+        self._keyring = Keyring.from_entries(settings.keys, settings.revoked)
         self._transport.contexts.get(self._upstream.tls)
         self._transport.start()
-        cluster_id, node_id = settings.cluster_id, settings.node_id
-        if cluster_id is None or node_id is None:
-            cluster_id, node_id = self._identity()
-        store = ReplayStore(settings.replay_store)
-        self.verifier = Verifier(keyring, cluster_id, node_id, store, agent_urls=settings.agent_urls,
-                                 max_body=settings.max_body, claim_stale_after=2 * settings.timeout)
+        self._store = ReplayStore(settings.replay_store)
         self._start_metrics()
         self._server = _server(self, settings)
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
-        log.info("gateway for %s (cluster %s, node %s) with %d keys listening on %s:%d",
-                 settings.upstream, cluster_id, node_id, len(keyring), *self.address)
+        if settings.cluster_id is not None and settings.node_id is not None:
+            self._verify_for(settings.cluster_id, settings.node_id)  # nothing to learn from the upstream
+            self._answered.set()
+        else:
+            self._ask_upstream()  # the identity, which actions wait for
+        verifier = self.verifier
+        identity = f" (cluster {verifier.cluster_id}, node {verifier.node_id})" if verifier is not None else ""
+        log.info("gateway for %s%s with %d keys listening on %s:%d", settings.upstream, identity, len(self._keyring),
+                 *self.address)
+        if verifier is None:
+            log.warning("%s; asking again every %gs (actions are refused with 503 until it answers)",
+                        self._waiting, self._retry_seconds)
+            threading.Thread(target=self._wait_for_upstream, name="gateway-upstream", daemon=True).start()
+
+    def _verify_for(self, cluster_id: str, node_id: str) -> None:
+        assert self._keyring is not None and self._store is not None
+        settings = self.settings
+        self.verifier = Verifier(self._keyring, cluster_id, node_id, self._store, agent_urls=settings.agent_urls,
+                                 max_body=settings.max_body, claim_stale_after=2 * settings.timeout)
+
+    @property
+    def _retry_seconds(self) -> float:
+        return max(1.0, min(self.settings.timeout, 5.0))
+
+    def _wait_for_upstream(self) -> None:
+        """Ask the upstream until it answers or the gateway stops (waits on the stop Event)."""
+        while not self._stopping.wait(self._retry_seconds):
+            try:
+                if self._ask_upstream(retried=True):
+                    return
+            except Exception:  # the top of this thread's loop: log, count, keep asking
+                log.exception("gateway: asking the upstream failed unexpectedly")
+                self.metrics.request("error")
+
+    def _ask_upstream(self, retried: bool = False) -> bool:
+        """One poll of the upstream: True once it answered and the identity is known (the
+        verifier built); else `_waiting` says why not."""
+        upstream = dataclasses.replace(self._upstream, cluster_id=UNKNOWN_CLUSTER)
+        result = poll_target(self._client(), upstream)
+        if result.datastore is None:
+            self._waiting = f"waiting for the agent at {self.settings.upstream}: {result.message}"
+            return False
+        if self.verifier is None:
+            self._verify_for(result.datastore.cluster_id, result.datastore.node_id)
+        if retried:
+            log.info("the agent at %s answered (cluster %s, node %s): ready", self.settings.upstream,
+                     result.datastore.cluster_id, result.datastore.node_id)
+        self._answered.set()
+        return True
+
+    def ready(self) -> tuple[bool, str]:
+        """`/-/ready`: whether the agent's identity is known (configured, or the agent answered), in one line."""
+        if self._answered.is_set() and self.verifier is not None:
+            return True, (f"ready: forwarding to the agent at {self.settings.upstream} "
+                          f"(cluster {self.verifier.cluster_id}, node {self.verifier.node_id})")
+        return False, self._waiting
 
     def _start_metrics(self) -> None:
         """The metrics listener (`metrics_listen`), never the public one: rejection reasons
@@ -133,7 +191,6 @@ class Gateway:
         """Re-read the configuration's keyring (`keys`, `revoked`); anything else needs a restart.
 
         A bad file keeps the running keyring and logs one error."""
-        assert self.verifier is not None
         try:
             settings = load_gateway_config(path)
             keyring = Keyring.from_entries(settings.keys, settings.revoked)
@@ -143,7 +200,10 @@ class Gateway:
         changed = dataclasses.replace(settings, keys=self.settings.keys, revoked=self.settings.revoked)
         if changed != self.settings:
             log.warning("gateway settings other than keys and revoked take effect at the next restart")
-        self.verifier.keyring = keyring
+        self._keyring = keyring
+        verifier = self.verifier
+        if verifier is not None:
+            verifier.keyring = keyring
         self.settings = dataclasses.replace(self.settings, keys=settings.keys, revoked=settings.revoked)
         log.info("gateway keyring reloaded: %d keys, %d revoked", len(keyring), len(keyring.revoked))
 
@@ -154,6 +214,7 @@ class Gateway:
         return str(host), int(port)
 
     def stop(self) -> None:
+        self._stopping.set()
         for server in (self._server, self._metrics_server):
             if server is not None:
                 server.shutdown()
@@ -166,16 +227,6 @@ class Gateway:
             client = self._local.client = self._transport.client()
         return client
 
-    def _identity(self) -> tuple[str, str]:
-        """The upstream's cluster and node ids, from one poll of it (either generation)."""
-        upstream = dataclasses.replace(self._upstream, cluster_id=UNKNOWN_CLUSTER)
-        result = poll_target(self._client(), upstream)
-        if result.datastore is None:
-            raise ConfigError(self.settings.source, "gateway", "upstream",
-                              f"cannot learn cluster_id and node_id from the upstream ({result.message}); "
-                              "set them in [gateway]")
-        return result.datastore.cluster_id, result.datastore.node_id
-
     def forward(self, method: str, path: str, body: Optional[bytes] = None,
                 headers: Optional[dict[str, str]] = None) -> Reply | Failure:
         """One request to the upstream agent on a fresh connection."""
@@ -184,7 +235,14 @@ class Gateway:
 
     # -- request handling (on the server's threads) ----------------------------
 
+    def handle_ready(self, request: BaseHTTPRequestHandler) -> None:
+        """`GET /-/ready` (both listeners): 200 once the agent answered, else 503; one line."""
+        ok, line = self.ready()
+        send(request, 200 if ok else 503, "text/plain; charset=utf-8", line.encode("utf-8", "replace") + b"\n")
+
     def handle_get(self, request: BaseHTTPRequestHandler) -> None:
+        if request.path == READY_PATH and not _has_body(request):
+            return self.handle_ready(request)
         if not PRINTABLE_PATH.fullmatch(request.path):
             return self._refuse(request, 400, BAD_PATH)
         if _has_body(request):  # never leave unread bytes to be parsed as the next request
@@ -200,6 +258,8 @@ class Gateway:
 
     def handle_metrics(self, request: BaseHTTPRequestHandler) -> None:
         """A GET on the metrics listener."""
+        if request.path == READY_PATH and not _has_body(request):
+            return self.handle_ready(request)
         if request.path != METRICS_PATH or _has_body(request):
             return self._refuse(request, 404, b'{"error":"not found"}')
         body, content_type = render(self.registry)
@@ -210,7 +270,8 @@ class Gateway:
             return self._refuse(request, 400, BAD_PATH)
         if not (request.path.startswith(SCHEDULE_PREFIX) or request.path == ACTION):
             return self._refuse(request, 405, b'{"error":"only signed action schedules are accepted"}')
-        assert self.verifier is not None
+        if self.verifier is None:  # whom actions are for is not known yet: a retry later may pass
+            return self._not_ready(request)
         headers = self._signed_head(request)
         if isinstance(headers, Verdict):
             return self._reject_head(request, headers)
@@ -278,15 +339,16 @@ class Gateway:
         self.metrics.request("duplicate")
         previous = verdict.previous
         if previous is None:
-            request.send_response(503)
-            request.send_header("Retry-After", "1")
-            body = b'{"error":"this action is being forwarded, retry"}'
-            request.send_header("Content-Type", "application/json")
-            request.send_header("Content-Length", str(len(body)))
-            request.end_headers()
-            request.wfile.write(body)
-            return
+            return send(request, 503, "application/json", b'{"error":"this action is being forwarded, retry"}',
+                        headers=[("Retry-After", "1")])
         send(request, previous.status or 502, previous.content_type or "application/json", previous.body or b"")
+
+    def _not_ready(self, request: BaseHTTPRequestHandler) -> None:
+        """503 with Retry-After to an action POST before the agent's identity is known; its body is not read."""
+        request.close_connection = True
+        self.metrics.request("upstream_error")
+        send(request, 503, "application/json", json.dumps({"error": self._waiting}).encode(),
+             headers=[("Retry-After", str(int(self._retry_seconds)))])
 
     def _upstream_failed(self, request: BaseHTTPRequestHandler, detail: str) -> None:
         self.metrics.request("upstream_error")

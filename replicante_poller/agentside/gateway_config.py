@@ -9,7 +9,7 @@ from typing import Optional
 
 from ..config import Section, check_private_key, sections
 from ..converters import to_agent_url, to_agents, to_duration, to_listen, to_size
-from ..errors import ConfigError
+from ..errors import ConfigError, os_problem
 from ..limits import MAX_BODY
 
 KEY_ID = re.compile(r"ed25519-[0-9a-f]{16}")
@@ -119,5 +119,5 @@ def load_gateway_config(path: str) -> GatewaySettings:
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(file), None, None, f"cannot read: {exc}") from None
+        raise ConfigError(str(file), None, None, f"cannot read: {os_problem(exc)}") from None
     return parse_gateway_config(text, str(file), file.resolve().parent)

@@ -45,9 +45,9 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import ZnodeStat
 
-from ..actions.journal import Action, ActionState, Attempt
+from ..actions.journal import Action, ActionState, Attempt, cancellation, check_prefix, matching
 from ..config import CoordinationSettings
-from ..errors import ConfigError, JournalConflict, StoreError
+from ..errors import CancelRefused, ConfigError, JournalConflict, StoreError
 
 log = logging.getLogger(__name__)
 OP_TIMEOUT = 10.0  # seconds a ZooKeeper request may take before the operation fails
@@ -55,6 +55,7 @@ RETENTION = 14 * 86400.0  # final actions are kept this long after they finished
 MAX_FINAL = 10_000  # and at most this many (the oldest go first)
 PRUNE_EVERY = 600.0  # seconds between the leader's pruning passes
 PRUNE_BATCH = 500  # actions deleted per pass at most
+CANCEL_TRIES = 3  # reads of an action a cancel makes while the dispatcher keeps writing it
 FENCE_VERSION = 0  # an election znode is never written after its creation
 SUBMISSION = ("agent", "kind", "args", "requester", "created_ts")
 STATE = ("state", "attempts", "next_ts", "message", "cluster_id", "node_id", "delivered_ts", "finished_ts",
@@ -207,6 +208,39 @@ class ZkJournal:
         self._connected(f"reading action {action_id}")
         found = self._read(action_id)
         return found[0] if found else None
+
+    def resolve(self, prefix: str) -> str:
+        """The id of the one action whose id starts with `prefix`; ActionNotFound otherwise."""
+        prefix = check_prefix(prefix)
+        self._connected("listing actions")
+        try:
+            ids = self._call(self._client.get_children_async(self._base), "listing actions")
+        except NoNodeError:
+            ids = []
+        return matching(ids, prefix, self._where)
+
+    def cancel(self, action_id: str) -> Action:
+        """Cancel a PENDING action with no attempt in flight (any instance: a versioned write
+        the leader's next write of it then loses). CancelRefused / ActionNotFound otherwise."""
+        for _ in range(CANCEL_TRIES):
+            found = self._read(action_id) if _is_id(action_id) else None
+            action = found[0] if found else None
+            sending = action is not None and action.attempts > 0 and any(
+                a.n == action.attempts and a.outcome == "sending" for a in self.attempts(action_id))
+            message = cancellation(action, action_id, self._where, sending)
+            assert found is not None and action is not None
+            now = self._clock()
+            cancelled = dataclasses.replace(action, state=ActionState.CANCELLED, message=message, updated_ts=now,
+                                            finished_ts=now)
+            document = cancelled.to_json()
+            try:
+                self._commit(lambda t: t.set_data(self._path(action_id, "state"),
+                                                  _encode({k: document[k] for k in STATE}), version=found[1]),
+                             f"cancelling action {action_id}", fenced=False)
+            except JournalConflict:
+                continue  # the dispatcher wrote it meanwhile: look again
+            return cancelled
+        raise CancelRefused(f"action {action_id} keeps changing (being delivered?): try again (action show)")
 
     def list(self, limit: int = 200) -> list[Action]:
         """Newest first."""
@@ -365,8 +399,10 @@ class ZkJournal:
                 self._cache[action_id] = entry
         return entry
 
-    def _write(self, entry: _Entry, new: Action, doing: str, extra: Callable[[Any], None] = lambda t: None) -> None:
-        """Write `new` as the action's state if it still is at `entry`'s version (fenced)."""
+    def _write(self, entry: _Entry, new: Action, doing: str, extra: Callable[[Any], None] = lambda t: None) -> bool:
+        """Write `new` as the action's state if it still is at `entry`'s version (fenced);
+        False when another writer changed it first (a cancel): nothing written, the action
+        read again."""
         document = new.to_json()
 
         def ops(t: Any) -> None:
@@ -378,27 +414,33 @@ class ZkJournal:
             found = self._read(new.id)  # as it is now: the next step starts from there
             if found is not None:
                 self._remember(new.id, *found)
-            raise
+            return False
         stat = results[0]
         self._remember(new.id, new, stat.version if isinstance(stat, ZnodeStat) else entry.version + 1)
+        return True
 
-    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> int:
-        """Record that attempt n is about to be sent (before it is); returns n."""
+    def begin_attempt(self, action: Action, cluster_id: str, node_id: str) -> Optional[int]:
+        """Record that attempt n is about to be sent (before it is); returns n, or None when
+        the action is no longer PENDING (cancelled meanwhile): then nothing may be sent."""
         entry = self._entry(action.id)
+        if entry.action.state is not ActionState.PENDING:
+            return None
         n = entry.action.attempts + 1
         now = self._clock()
         new = dataclasses.replace(entry.action, attempts=n, cluster_id=cluster_id, node_id=node_id, updated_ts=now,
                                   message=f"sending attempt {n}")
         attempt = _encode({"ts": now, "outcome": "sending", "detail": ""})
-        self._write(entry, new, f"recording attempt {n} of action {action.id}",
-                    lambda t: t.create(self._path(action.id, "attempts", _attempt_name(n)), attempt))
+        if not self._write(entry, new, f"recording attempt {n} of action {action.id}",
+                           lambda t: t.create(self._path(action.id, "attempts", _attempt_name(n)), attempt)):
+            return None
         with self._lock:
             self._begun[(action.id, n)] = now
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
-                    next_ts: float, message: str) -> None:
-        """Record the outcome of attempt n and the action's new state."""
+                    next_ts: float, message: str) -> bool:
+        """Record the outcome of attempt n and, when it is still PENDING, the action's new
+        state; False when it no longer was (the outcome is recorded, the state kept)."""
         entry = self._entry(action_id)
         now = self._clock()
         old = entry.action
@@ -410,19 +452,26 @@ class ZkJournal:
         with self._lock:
             attempt_ts = self._begun.pop((action_id, n), now)
         result = _encode({"ts": attempt_ts, "outcome": outcome, "detail": detail})
-        self._write(entry, new, f"recording the outcome of attempt {n} of action {action_id}",
-                    lambda t: t.set_data(path, result))
+        doing = f"recording the outcome of attempt {n} of action {action_id}"
+        if old.state is ActionState.PENDING and self._write(entry, new, doing, lambda t: t.set_data(path, result)):
+            return True
+        self._commit(lambda t: t.set_data(path, result), doing, fenced=True)  # the outcome alone
+        return False
 
-    def update(self, action_id: str, state: ActionState, next_ts: float, message: str,
-               agent_history: Optional[list] = None) -> None:
-        """Record what tracking (or waiting) learned about an action."""
+    def update(self, action: Action, state: ActionState, next_ts: float, message: str,
+               agent_history: Optional[list] = None) -> bool:
+        """Record what tracking (or waiting) learned about `action`, only while it is still in
+        the state it was read in; False when it was not (cancelled meanwhile): nothing changed."""
+        action_id = action.id
         entry = self._entry(action_id)
         old = entry.action
+        if old.state is not action.state:
+            return False
         now = self._clock()
         new = dataclasses.replace(old, state=state, next_ts=next_ts, message=message, updated_ts=now,
                                   agent_history=agent_history if agent_history is not None else old.agent_history,
                                   finished_ts=old.finished_ts if old.finished_ts is not None or not state.final else now)
-        self._write(entry, new, f"updating action {action_id}")
+        return self._write(entry, new, f"updating action {action_id}")
 
     def _prune(self) -> None:
         """Delete final actions past RETENTION, and the oldest beyond MAX_FINAL (a batch per pass)."""

@@ -19,7 +19,7 @@ import yaml
 
 from ..config import ClusterConfig, Config, PollSettings, TlsSettings, read_cluster, sections
 from ..converters import to_agents, to_cluster_id
-from ..errors import ConfigError
+from ..errors import ConfigError, os_problem
 from ..filestamp import Stamp, file_stamp
 
 
@@ -132,7 +132,7 @@ def read_discovery_file(path: Path, config: Config) -> list[ClusterConfig]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), None, None, f"cannot read: {exc}") from None
+        raise ConfigError(str(path), None, None, f"cannot read: {os_problem(exc)}") from None
     poll, tls = config.poller.poll, config.tls
     if path.suffix in (".yaml", ".yml"):
         return parse_yaml_discovery(text, str(path), poll, tls)

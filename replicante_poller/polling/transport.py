@@ -428,7 +428,9 @@ def classify(exc: BaseException) -> Optional[Failure]:
     if (e := next((x for x in chain if isinstance(x, OSError) and x.errno in LOCAL_ERRNOS), None)) is not None:
         return Failure(Reason.LOCAL, f"the poller ran short: {_short(e)} (not the agent's fault)")
     if (e := find(socket.gaierror, urllib3.exceptions.NameResolutionError)) is not None:
-        return Failure(Reason.DNS, f"name resolution failed: {_short(e)}")
+        host = getattr(find(urllib3.exceptions.NameResolutionError), "conn", None)
+        name = f" of {host.host}" if host is not None else ""
+        return Failure(Reason.DNS, f"name resolution{name} failed: {_os_text(find(socket.gaierror) or e)}")
     if (e := find(ssl.SSLCertVerificationError)) is not None:
         return Failure(Reason.TLS_VERIFY, f"certificate verification failed: {getattr(e, 'verify_message', None) or _short(e)}")
     if find(http.client.RemoteDisconnected) is not None:
@@ -444,7 +446,10 @@ def classify(exc: BaseException) -> Optional[Failure]:
     if (e := find(http.client.HTTPException)) is not None and find(http.client.IncompleteRead) is None:
         return Failure(Reason.PROTOCOL, f"broken HTTP answer: {_short(e)}")
     if (e := find(urllib3.exceptions.NewConnectionError, ConnectionRefusedError)) is not None:
-        return Failure(Reason.CONNECT, f"connection failed: {_short(e)}")  # before: it subclasses ConnectTimeoutError
+        conn = getattr(e, "conn", None)  # before: it subclasses ConnectTimeoutError
+        where = f" ({f'[{conn.host}]' if ':' in conn.host else conn.host}:{conn.port})" if conn is not None else ""
+        cause = next((x for x in chain if isinstance(x, OSError) and x.strerror), e)
+        return Failure(Reason.CONNECT, f"connection failed: {_os_text(cause)}{where}")
     if find(urllib3.exceptions.ConnectTimeoutError) is not None:
         return Failure(Reason.CONNECT_TIMEOUT, "TCP connect timed out")
     if find(TimeoutError, socket.timeout, urllib3.exceptions.ReadTimeoutError) is not None:
@@ -473,8 +478,19 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(e for e in linked if isinstance(e, BaseException))
 
 
+# What urllib3 and requests put in front of their messages: a connection's or pool's repr.
+_REPRS = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*|\b\w*(?:Connection|Pool)\w*\([^()]*\):?\s*")
+
+
+def _os_text(exc: BaseException) -> str:
+    """An OS error as its words (`Connection refused`), without errno; others as `_short`."""
+    strerror = getattr(exc, "strerror", None)
+    return strerror if isinstance(strerror, str) and strerror else _short(exc)
+
+
 def _short(exc: BaseException) -> str:
-    text = str(getattr(exc, "reason", None) or exc)
+    """The text of an exception for a message: no object or connection reprs, at most 200 characters."""
+    text = _REPRS.sub("", str(getattr(exc, "reason", None) or exc)).strip() or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 

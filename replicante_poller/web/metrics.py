@@ -184,6 +184,8 @@ class PollerMetrics:
         for thread in THREADS:
             errors.labels(thread)  # every thread's series exists from the start, at 0
         self._errors = errors
+        self._state_save_errors = Counter(PREFIX + "state_save_errors", "Saves of the state file ([poller] state_dir) "
+                                          "that failed; the service keeps running.", registry=registry)
         Gauge(PREFIX + "build_info", "1, labelled with the running version and Python.", ["version", "python"],
               registry=registry).labels(__version__, platform.python_version()).set(1)
         ProcessCollector(registry=registry)
@@ -242,6 +244,9 @@ class PollerMetrics:
                 ("coordination_leader", "1 on the instance elected to dispatch actions (0 elsewhere, and "
                                          "everywhere when actions are disabled).", leader)):
             Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
+
+    def state_save_failed(self) -> None:
+        self._state_save_errors.inc()
 
     def thread_error(self, thread: str) -> None:
         """A thread loop caught an unexpected exception and went on."""

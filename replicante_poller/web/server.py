@@ -43,7 +43,7 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any, Callable, Iterable, Optional
 
-from ..errors import PollerError
+from ..errors import PollerError, os_problem
 
 log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 256  # open connections of one listener, all peers together
@@ -354,11 +354,6 @@ class ListenError(PollerError):
         super().__init__(f"cannot listen on {shown}: {problem}")
 
 
-def _problem(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
 def listen_family(address: tuple[str, int]) -> socket.AddressFamily:
     """The socket family `address` binds with: IPv4 when the host has an IPv4 address, else
     IPv6 (`::1`, `[::]`). ListenError when the host does not resolve."""
@@ -366,7 +361,7 @@ def listen_family(address: tuple[str, int]) -> socket.AddressFamily:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
-        raise ListenError(address, f"cannot resolve {host}: {_problem(exc) if isinstance(exc, OSError) else exc}") from None
+        raise ListenError(address, f"cannot resolve {host}: {os_problem(exc) if isinstance(exc, OSError) else exc}") from None
     families = [info[0] for info in infos]
     return socket.AF_INET if socket.AF_INET in families or not families else families[0]
 
@@ -393,7 +388,7 @@ class CountingServer(HTTPServer):
             self.server_activate()
         except OSError as exc:
             self.socket.close()
-            raise ListenError((address[0], address[1]), _problem(exc)) from None
+            raise ListenError((address[0], address[1]), os_problem(exc)) from None
         self.name = name
         self.deadline = deadline
         self.max_body = max_body

@@ -2,12 +2,13 @@
 `/agent` and their script), and the actions API (`/api/v1/actions`, handed to `ActionsApi`).
 
 Metrics, targets and the page are read-only views over state snapshots; the only writes
-are action submissions, which go to the journal through `ActionsApi`.
+are action submissions and cancellations, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -23,6 +24,7 @@ from .page import serve as serve_page
 from .server import DIGITS, CountingServer, send, send_json
 
 log = logging.getLogger(__name__)
+CANCEL_PATH = re.compile(r"/api/v1/actions/([^/]+)/cancel")
 
 
 def target_json(view: TargetView) -> dict[str, Any]:
@@ -64,6 +66,8 @@ class ActionRoutes(Protocol):
     def get(self, path: str, authorization: Optional[str] = None) -> tuple[int, dict[str, Any]]: ...
 
     def post(self, authorization: Optional[str], body: bytes) -> tuple[int, dict[str, Any]]: ...
+
+    def cancel(self, action_id: str, authorization: Optional[str]) -> tuple[int, dict[str, Any]]: ...
 
     def agent_actions(self, agent: str, limit: int = 20) -> list[dict[str, Any]]:
         """An agent's recent actions for its status page, without args (StoreError: unreadable)."""
@@ -174,6 +178,11 @@ class StatusServer:
                 request.close_connection = True  # a body is never read: never parsed as the next request
             ok, note = self._lifecycle.reload()
             return send_json(request, 200 if ok else 500, {"reloaded": ok, "message": note})
+        cancel = CANCEL_PATH.fullmatch(path)
+        if cancel is not None and self._actions is not None:
+            if request.headers.get("Content-Length", "0") not in ("", "0") or "Transfer-Encoding" in request.headers:
+                request.close_connection = True  # a body is never read: never parsed as the next request
+            return send_json(request, *self._actions.cancel(cancel.group(1), request.headers.get("Authorization")))
         if path != "/api/v1/actions" or self._actions is None:
             return send_json(request, 404, {"error": "not found"})
         length = request.headers.get("Content-Length", "")

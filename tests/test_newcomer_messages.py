@@ -1,0 +1,52 @@
+"""Issue 15, a newcomer's first hour (part): no Python repr of a connection or pool in what
+an operator reads (urllib3 and requests put them at the front of their messages)."""
+from __future__ import annotations
+
+import pytest
+import requests
+
+from replicante_poller.polling.transport import classify
+from test_newcomer import check_config, one_line_error, poller_ini
+
+REPRS = ("object at 0x", "Pool(", "Connection(", "Errno")
+
+
+def plain(text: str) -> None:
+    assert not [r for r in REPRS if r in text], text
+
+
+@pytest.mark.parametrize("server, said", [("127.0.0.1:9", "connection failed: Connection refused (127.0.0.1:9)"),
+                                          ("[::1]:9", "connection failed: Connection refused ([::1]:9)"),
+                                          ("nohost.invalid:9", "name resolution of nohost.invalid failed: ")])
+def test_an_unreachable_http_discovery_is_one_plain_line(tmp_path, pki, server, said):
+    path = poller_ini(tmp_path, pki, f"[discovery]\nhttp = https://{server}/discover\n")
+    done = check_config(path)
+    one_line_error(done, f"https://{server}/discover: [page 1]: HTTP discovery failed: {said}")
+    plain(done.stderr)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/", "http://nohost.invalid:9/"])
+def test_a_requests_failure_is_classified_without_reprs(url):
+    with pytest.raises(requests.RequestException) as raised:
+        requests.get(url, timeout=5)
+    failure = classify(raised.value)
+    assert failure is not None
+    plain(failure.message)
+
+
+@pytest.mark.parametrize("verb", ["check-config", "run", "gateway"])
+def test_a_configuration_that_cannot_be_read_is_said_in_words(tmp_path, verb):
+    from test_newcomer import cli
+
+    for path, said in ((tmp_path / "absent.ini", "no such file or directory"), (tmp_path, "is a directory")):
+        done = cli(verb, "--config", str(path))
+        one_line_error(done, f"{path}: cannot read: {said}")
+        plain(done.stderr)
+
+
+def test_a_discovery_file_that_cannot_be_read_is_said_in_words(tmp_path, pki):
+    (tmp_path / "d.json").mkdir()  # matches the glob, cannot be read as a file
+    path = poller_ini(tmp_path, pki, "[discovery]\nfiles = d.json\n")
+    done = check_config(path)
+    one_line_error(done, f"{tmp_path / 'd.json'}: cannot read: is a directory")
+    plain(done.stderr)
