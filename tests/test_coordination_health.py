@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Optional
 
 import pytest
 
+from replicante_poller.agentsim import Fault, NodeSpec
+from replicante_poller.config import PollSettings, TlsSettings
 from replicante_poller.coordination.health import (
     MAX_DOCUMENT,
     Published,
@@ -18,10 +26,17 @@ from replicante_poller.coordination.health import (
     newest,
 )
 from replicante_poller.coordination.publisher import Publisher
+from replicante_poller.coordination.rendezvous import owner
 from replicante_poller.models import NodeStatus
+from replicante_poller.polling.discovery import Target
 from replicante_poller.polling.health import HealthState
-from replicante_poller.polling.state import FleetState
+from replicante_poller.durations import rfc3339
+from replicante_poller.polling.state import FleetState, TargetView
+from replicante_poller.web.status import Reported, target_json, targets_document
 from replicante_poller.reasons import Reason, Status
+from harness import config_text
+from process import PollerProcess
+from test_coordination import ZooKeeper, instance_id, polled, wait_for, zookeeper  # noqa: F401 (the fixture)
 from test_persistence import OTHER, TARGET, down, replisdk_up, up
 
 ZNODE = "/p/health/rs"
@@ -175,3 +190,206 @@ def test_a_document_too_large_is_skipped_with_one_warning(caplog) -> None:
     views = fleet(huge).snapshot()
     assert publisher.due(views) == {} and publisher.final(views) == {}
     assert len([r for r in caplog.records if "not published" in r.getMessage()]) == 1
+
+
+def test_the_targets_document_marks_what_other_instances_reported() -> None:
+    own, other = fleet(up(TARGET, 100.0), down(OTHER, 100.0)).snapshot()
+    unreported = TargetView(dataclasses.replace(OTHER, url="https://c:1"))
+    document = targets_document([own], lambda cluster: "a:1", [Reported(other, "b:2", 120.0), Reported(unreported)], "a:1")
+    rows = {row["url"]: row for row in document["targets"]}
+    assert [row["url"] for row in document["targets"]] == sorted(rows)
+    assert set(rows[TARGET.url]) == set(target_json(own)) | {"owner", "reported_by", "published_at"}
+    assert (rows[TARGET.url]["reported_by"], rows[TARGET.url]["published_at"]) == ("a:1", None)
+    assert rows[OTHER.url]["reported_by"] == "b:2" and rows[OTHER.url]["published_at"] == rfc3339(120.0)
+    assert rows[OTHER.url]["health"] == "unhealthy" and rows[OTHER.url]["status"] == "AGENT_DOWN"
+    assert rows["https://c:1"]["reported_by"] is None and rows["https://c:1"]["health"] == "unknown"
+
+
+# -- real instances on a real ZooKeeper ---------------------------------------------------------
+
+CLUSTERS = 8
+SESSION_TIMEOUT = 4.0
+ROOT = "/test-health"
+
+
+def start_fleet(zookeeper: ZooKeeper, start_sim, pki: dict, tmp_path: Path) -> tuple[list[tuple[str, str, bool]], Path]:
+    """CLUSTERS clusters of two agents, node-0's node failing (NODE_DOWN), node-1's UP; a
+    configuration polling them every second, coordinated under ROOT. ((cluster, url, failing)...)"""
+    nodes = [NodeSpec(f"cluster-{c}", f"node-{n}", fault=Fault.NODE_DOWN if n == 0 else Fault.HEALTHY)
+             for c in range(CLUSTERS) for n in range(2)]
+    sim = start_sim(nodes)
+    agents = [(node.cluster_id, url, node.fault is Fault.NODE_DOWN) for node, url in sim.agents]
+    section = (f"[coordination]\nbackend = zookeeper\nhosts = {zookeeper.hosts}\npath = {ROOT}\n"
+               f"session_timeout = {SESSION_TIMEOUT:g}s\n")
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text([(c, u) for c, u, _ in agents], pki["ca"], interval="1s", timeout="800ms", extra=section))
+    return agents, path
+
+
+def as_expected(row: dict, failing: bool) -> bool:
+    """The agent's row shows what its simulated node does (fall 2: unhealthy after 2 polls)."""
+    if failing:
+        return row["status"] == "NODE_DOWN" and row["health"] == "unhealthy"
+    return row["status"] == "UP" and row["health"] == "healthy"
+
+
+def shows_the_fleet(poller: PollerProcess, agents: list[tuple[str, str, bool]], owners: dict[str, str]) -> bool:
+    """Every agent of `agents` listed, owned by its cluster's rendezvous owner, with the health it
+    reported (published, for the agents of other instances)."""
+    rows = poller.targets()
+    return all(
+        url in rows and rows[url]["owner"] == owners[cluster] and rows[url]["reported_by"] == owners[cluster]
+        and as_expected(rows[url], failing) for cluster, url, failing in agents)
+
+
+def test_every_instance_lists_the_whole_fleet_with_owners(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                          tmp_path: Path) -> None:
+    agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
+    pollers = [PollerProcess(path) for _ in range(3)]
+    try:
+        ids = [instance_id(p) for p in pollers]
+        owners = {c: owner(c, ids) for c, _, _ in agents}
+        wait_for(lambda: all(shows_the_fleet(p, agents, owners) for p in pollers), 20,
+                 "every instance lists every agent with its owner and health")
+        for poller, me in zip(pollers, ids):
+            rows = poller.targets()
+            assert len(rows) == len(agents)
+            mine = polled(poller)
+            assert set(mine) == {u for c, u, _ in agents if owners[c] == me}
+            others = [r for u, r in rows.items() if u not in mine]
+            assert others and all(r["published_at"] is not None and r["reported_by"] != me for r in others)
+    finally:
+        for poller in pollers:
+            poller.stop()
+
+
+class Watcher:
+    """Reads an instance's /api/v1/targets and /metrics as often as it can (a thread) and
+    keeps what they said of `urls` (stopped by `close`)."""
+
+    def __init__(self, poller: PollerProcess, urls: set[str]):
+        self.poller, self.urls = poller, urls
+        self.rows: list[dict] = []
+        self.metrics: list[dict] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                rows = self.poller.targets()
+                self.rows.extend(rows[u] for u in self.urls if u in rows)
+                self.metrics.append(self.poller.metrics())
+            except Exception as exc:  # noqa: BLE001 - a failed read is reported by the test
+                self.errors.append(repr(exc))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def agent_metric(sample: dict, name: str, cluster: str, url: str, status: Optional[str] = None) -> Optional[float]:
+    labels = [("agent", url), ("cluster", cluster)] + ([("status", status)] if status else [])
+    return sample.get(("replicante_poller_" + name, tuple(sorted(labels))))
+
+
+def test_health_moves_with_its_cluster_when_its_owner_dies(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                            tmp_path: Path) -> None:
+    agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
+    pollers = [PollerProcess(path) for _ in range(2)]
+    try:
+        ids = [instance_id(p) for p in pollers]
+        owners = {c: owner(c, ids) for c, _, _ in agents}
+        # the victim: the instance with more clusters (at least one of the CLUSTERS)
+        victim = max((0, 1), key=lambda i: sum(1 for c in set(owners) if owners[c] == ids[i]))
+        survivor = 1 - victim
+        moved = [(c, u, failing) for c, u, failing in agents if owners[c] == ids[victim]]
+        assert any(failing for _, _, failing in moved)
+        # the survivor shows the victim's agents as the victim published them: DOWN ones unhealthy
+        wait_for(lambda: shows_the_fleet(pollers[survivor], moved, owners), 20, "the victim's health published")
+        watcher = Watcher(pollers[survivor], {u for _, u, _ in moved})
+        killed = time.time()
+        pollers[victim].proc.send_signal(signal.SIGKILL)
+        pollers[victim].proc.wait()
+        try:
+            wait_for(lambda: {u for _, u, _ in moved} <= set(polled(pollers[survivor])), SESSION_TIMEOUT + 10,
+                     "the survivor polls the victim's clusters")
+            pollers[survivor].expect(r"restored the state of \d+ agents of the clusters taken \((\d+) from the health")
+            threading.Event().wait(2.5)  # its own polls of them, twice
+        finally:
+            watcher.close()
+        expected = {u: failing for _, u, failing in moved}
+        own = [r for r in watcher.rows if r["reported_by"] == ids[survivor]]
+        assert own and {r["url"] for r in own} == set(expected), "the survivor's own views were seen"
+        polled_since = [r for r in own if r["last_poll"] and r["last_poll"] > time.strftime(
+            "%Y-%m-%dT%H:%M:%S", time.gmtime(killed))]
+        assert polled_since, "the survivor polled them itself while watched"
+        wrong = [r for r in watcher.rows if not as_expected(r, expected[r["url"]])]
+        assert not wrong, f"{len(wrong)} of {len(watcher.rows)} views not as published, first: {wrong[0]}"
+        # its metrics likewise: from the first scrape that has the agent, never UP/healthy (or unknown)
+        seen = 0
+        for sample in watcher.metrics:
+            for cluster, url, failing in moved:
+                healthy = agent_metric(sample, "agent_healthy", cluster, url)
+                if healthy is None:
+                    continue
+                seen += 1
+                status = "NODE_DOWN" if failing else "UP"
+                assert healthy == (0.0 if failing else 1.0), (url, healthy)
+                assert agent_metric(sample, "agent_status", cluster, url, status) == 1.0, (url, status)
+        assert seen
+        assert not watcher.errors, watcher.errors[:3]
+        print(f"\n{len(moved)} agents moved; {len(watcher.rows)} views and {len(watcher.metrics)} scrapes "
+              f"of the survivor, every one as published")
+    finally:
+        for poller in pollers:
+            poller.stop()
+
+
+def test_a_corrupt_health_znode_is_ignored_with_one_line(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                         tmp_path: Path) -> None:
+    from kazoo.client import KazooClient
+
+    agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
+    cluster = "cluster-0"
+    targets = [Target(cluster, u, None, PollSettings(interval=1, timeout=0.8), TlsSettings())
+               for c, u, _ in agents if c == cluster]
+    state = FleetState(fall=2, rise=1)
+    state.set_targets(targets)
+    for target in targets:  # claims every agent of the cluster unhealthy...
+        state.record(dataclasses.replace(down(target, time.time() - 5), status=Status.NODE_DOWN))
+    document = json.loads(encode(cluster, state.snapshot(), "ghost", time.time() - 5))
+    document["targets"][1]["health"]["streak"] = -1  # ...but one field is out of range
+    znode = f"{ROOT}/health/{cluster}"
+    client = KazooClient(zookeeper.hosts)
+    client.start(timeout=10)
+    try:
+        client.create(znode, json.dumps(document).encode(), makepath=True)
+        poller = PollerProcess(path)
+        try:
+            me = instance_id(poller)
+            watcher = Watcher(poller, {t.url for t in targets})
+            try:
+                wait_for(lambda: all(r["last_poll"] for u, r in polled(poller).items() if u in watcher.urls)
+                         and len(polled(poller)) == len(agents), 20, "the cluster polled")
+                threading.Event().wait(1.5)
+            finally:
+                watcher.close()
+            lines = [line for line in poller.drained() if znode in line]
+            assert len(lines) == 1 and re.search(r"cannot be used \(\$\.targets\[1\]\.health\.streak", lines[0]), lines
+            # fresh: nothing of the document shown; first unknown, then what the agents say
+            assert watcher.rows and not [r for r in watcher.rows if r["reported_by"] == "ghost"]
+            first = [r for r in watcher.rows if r["reported_by"] == me]
+            assert first[0]["health"] == "unknown"
+            down_of = {u: d for _, u, d in agents}
+            assert all(r["health"] == "unknown" or as_expected(r, down_of[r["url"]]) for r in first)
+            # and the cluster's health published anew by its owner
+            data, _ = client.get(znode)
+            assert json.loads(data)["by"] == me
+        finally:
+            poller.stop()
+    finally:
+        client.stop()
+        client.close()
