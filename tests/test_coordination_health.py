@@ -210,6 +210,7 @@ def test_the_targets_document_marks_what_other_instances_reported() -> None:
 CLUSTERS = 8
 SESSION_TIMEOUT = 4.0
 ROOT = "/test-health"
+ZK_CLOCK = 0.05  # ZooKeeper's mtime and this process's clock: the same machine's, rounded to ms
 
 
 def start_fleet(zookeeper: ZooKeeper, start_sim, pki: dict, tmp_path: Path) -> tuple[list[tuple[str, str, bool]], Path]:
@@ -391,5 +392,40 @@ def test_a_corrupt_health_znode_is_ignored_with_one_line(zookeeper: ZooKeeper, s
         finally:
             poller.stop()
     finally:
+        client.stop()
+        client.close()
+
+
+def test_znodes_of_clusters_no_longer_configured_are_deleted_after_a_grace(zookeeper: ZooKeeper) -> None:
+    from kazoo.client import KazooClient
+
+    from replicante_poller.config import CoordinationSettings
+    from replicante_poller.coordination.zookeeper import ZkCoordinator
+
+    grace = 1.5
+    client = KazooClient(zookeeper.hosts)
+    client.start(timeout=10)
+    gone = [f"{ROOT}/health/gone", f"{ROOT}/handover/gone"]
+    kept = [f"{ROOT}/health/kept"]  # (its handover/kept would be taken by this instance, which takes the cluster)
+    settings = CoordinationSettings("zookeeper", zookeeper.hosts, ROOT, SESSION_TIMEOUT)
+    coordinator = ZkCoordinator(settings, "me", "127.0.0.1:1", lambda *held: None, cleanup_grace=grace, cleanup_every=0.2)
+    try:
+        for path in gone + kept:
+            client.create(path, b"{}", makepath=True)
+        created = time.time()
+        coordinator.set_clusters(frozenset({"kept"}))
+        coordinator.start()
+        deleted: dict[str, float] = {}
+
+        def all_gone() -> bool:
+            for path in gone:
+                if path not in deleted and client.exists(path) is None:
+                    deleted[path] = time.time()
+            return len(deleted) == len(gone)
+        wait_for(all_gone, 10, "the znodes of a cluster no longer configured deleted")
+        assert min(deleted.values()) - created >= grace - ZK_CLOCK
+        assert all(client.exists(path) is not None for path in kept)  # configured: kept
+    finally:
+        coordinator.stop()
         client.stop()
         client.close()

@@ -56,7 +56,8 @@ class ZkCoordinator:
 
     def __init__(self, settings: CoordinationSettings, member_id: str, listen: str,
                  on_held: Callable[[frozenset[str], Mapping[str, float], Mapping[str, Stored]], None],
-                 on_error: Callable[[str], None] = lambda name: None):
+                 on_error: Callable[[str], None] = lambda name: None,
+                 cleanup_grace: float = CLEANUP_GRACE, cleanup_every: float = CLEANUP_EVERY):
         self.id = member_id
         self._settings, self._listen, self._on_held, self._on_error = settings, listen, on_held, on_error
         self._events: "queue.Queue[tuple[str, object]]" = queue.Queue()
@@ -78,7 +79,8 @@ class ZkCoordinator:
         self._unpublished: dict[str, bytes] = {}  # health to publish (`_sync`, while connected)
         self._health: dict[str, Stored] = {}  # every health znode as last read (replaced, never changed)
         self._stale: set[str] = set()  # health znodes whose data watch fired
-        self._clean_at = time.monotonic() + CLEANUP_EVERY
+        self._cleanup_grace, self._cleanup_every = cleanup_grace, cleanup_every
+        self._clean_at = time.monotonic() + cleanup_every
         self._announced: frozenset[str] = frozenset()
         self._owners: dict[str, str] = {}  # cluster -> holder, from the locks (other instances')
         self._joined = False
@@ -249,7 +251,7 @@ class ZkCoordinator:
             self._acquire(cluster)
         self._announce()
         if time.monotonic() >= self._clean_at:
-            self._clean_at = time.monotonic() + CLEANUP_EVERY
+            self._clean_at = time.monotonic() + self._cleanup_every
             self._clean()
 
     def _acquire(self, cluster: str) -> None:
@@ -362,7 +364,7 @@ class ZkCoordinator:
 
     def _clean(self) -> None:
         """Delete the handover and health znodes of clusters absent from the configuration
-        and unmodified for CLEANUP_GRACE (pipelined; a znode written meanwhile is kept)."""
+        and unmodified for the cleanup grace (pipelined; a znode written meanwhile is kept)."""
         pending = []
         for folder in (self._handover_path, self._health_path):
             try:
@@ -375,7 +377,7 @@ class ZkCoordinator:
         deletions = []
         for path, result in pending:
             stat = result.get()
-            if stat is not None and time.time() - stat.mtime / 1000.0 > CLEANUP_GRACE:
+            if stat is not None and time.time() - stat.mtime / 1000.0 > self._cleanup_grace:
                 deletions.append((path, self._client.delete_async(path, version=stat.version)))
         deleted = 0
         for path, result in deletions:
