@@ -17,10 +17,11 @@ thread of this class does all the work.
 (`coordination.health`): written for clusters held only (`publish`, and at handover before
 the lock goes), read by the next owner when it takes the lock (`on_held`'s third argument).
 Every instance keeps the latest data of every health znode (`published()`) for its status
-API: a children watch on `health` and one data watch per znode, re-read (pipelined) only
-when its watch fired, so the reads are bounded by the writes: each instance reads each
-document once per publication, and the publications of a cluster are bounded by
-`publisher.Publisher` (on change, else at most once per max(interval, 10s)).
+API: a children watch on `health` and one data watch per znode; a znode is re-read only
+after its watch fired, in one pipelined batch at most every PEER_READ_EVERY, so each
+instance reads each document at most once per PEER_READ_EVERY and never more often than it
+is written (the publications of a cluster: on change, else at most once per max(interval,
+10s), `publisher.Publisher`). Its status API is as stale as that at most.
 `handover/CLUSTER` and `health/CLUSTER` of clusters absent from this instance's
 configuration are deleted once unmodified for CLEANUP_GRACE, checked every CLEANUP_EVERY.
 """
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 _STOP = ("stop", None)
 CLEANUP_GRACE = 600.0  # seconds a znode of a cluster no longer configured is kept (others may still know it)
 CLEANUP_EVERY = 60.0  # seconds between two looks for such znodes
+PEER_READ_EVERY = 2.0  # seconds between two reads of the health znodes that changed
 
 
 class ZkCoordinator:
@@ -79,6 +81,7 @@ class ZkCoordinator:
         self._unpublished: dict[str, bytes] = {}  # health to publish (`_sync`, while connected)
         self._health: dict[str, Stored] = {}  # every health znode as last read (replaced, never changed)
         self._stale: set[str] = set()  # health znodes whose data watch fired
+        self._read_at = 0.0  # monotonic: the stale health znodes are read from then on
         self._cleanup_grace, self._cleanup_every = cleanup_grace, cleanup_every
         self._clean_at = time.monotonic() + cleanup_every
         self._announced: frozenset[str] = frozenset()
@@ -143,9 +146,10 @@ class ZkCoordinator:
     def _run(self) -> None:
         while True:
             expiry = None if self._suspended_at is None else self._suspended_at + self._settings.session_timeout
-            wake = self._clean_at if expiry is None else min(expiry, self._clean_at)
+            timers = (self._clean_at, self._read_at if self._stale else None) if self._connected and self._joined else ()
+            wake = min((t for t in (expiry, *timers) if t is not None), default=None)
             try:
-                event = self._events.get(timeout=max(0.0, wake - time.monotonic()))
+                event = self._events.get(timeout=None if wake is None else max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 event = ("tick", None)
             if expiry is not None and time.monotonic() >= expiry:
@@ -159,6 +163,8 @@ class ZkCoordinator:
                 self._sync()
             except KazooException as exc:  # connection trouble: the next state event resumes
                 log.warning("coordination: ZooKeeper operation failed (%s), waiting for the connection", exc)
+                retry = time.monotonic() + PEER_READ_EVERY  # timers past due must not spin meanwhile
+                self._read_at, self._clean_at = max(self._read_at, retry), max(self._clean_at, retry)
             except Exception:
                 log.exception("coordination loop error")
                 self._on_error("coordination")
@@ -348,8 +354,9 @@ class ZkCoordinator:
             listed = {unquote(n) for n in names}
             self._stale |= listed - set(self._health)
             self._stale |= set(self._health) - listed  # gone: confirmed by the read below
-        if not self._stale:
+        if not self._stale or time.monotonic() < self._read_at:
             return
+        self._read_at = time.monotonic() + PEER_READ_EVERY
         stale, self._stale = sorted(self._stale), set()
         pending = [(c, self._client.get_async(f"{self._health_path}/{quote(c, safe='')}", watch=self._watch_health(c)))
                    for c in stale]
