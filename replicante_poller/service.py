@@ -330,8 +330,9 @@ class Service:
         None before any (any thread)."""
         view = self.state.view(target.key)
         result = view.result if view is not None else None
-        if (result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY
-                or view.api is None or result.started < self._started):  # restored: the node may have changed
+        # a restored result (the state file's, or the health another instance published): the node may have changed
+        restored = result is not None and (result.started < self._started or not view.recent)
+        if result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY or view.api is None or restored:
             return None
         return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
 

@@ -205,6 +205,20 @@ def test_the_targets_document_marks_what_other_instances_reported() -> None:
     assert rows["https://c:1"]["reported_by"] is None and rows["https://c:1"]["health"] == "unknown"
 
 
+def test_a_result_another_instance_published_is_no_identity_to_act_on() -> None:
+    from replicante_poller.config import parse_config
+    from replicante_poller.service import Service
+
+    service = Service(parse_config("[http]\nlisten = 127.0.0.1:0\n"), clock=lambda: 1000.0)
+    polled_elsewhere = fleet(replisdk_up(TARGET, 1001.0, NodeStatus("HEALTHY"))).snapshot()  # after this start
+    published = decode(stored(encode("rs", polled_elsewhere, "b:2", 1001.5)), "rs", [TARGET], 1002.0, 60.0)
+    service.state.set_targets([TARGET], restored=published.views)
+    assert service.state.view(TARGET.key).result.started == 1001.0
+    assert service.identity(TARGET) is None  # the node may have changed since: nothing is signed for it
+    service.state.record(replisdk_up(TARGET, 1002.0, NodeStatus("HEALTHY")))
+    assert service.identity(TARGET) is not None  # polled by this instance
+
+
 # -- real instances on a real ZooKeeper ---------------------------------------------------------
 
 CLUSTERS = 8
