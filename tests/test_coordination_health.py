@@ -241,6 +241,32 @@ def start_fleet(zookeeper: ZooKeeper, start_sim, pki: dict, tmp_path: Path) -> t
     return agents, path
 
 
+@dataclasses.dataclass
+class Coordinated:
+    """Pollers sharing the fleet of `start_fleet`, their ids and each cluster's owner."""
+
+    agents: list[tuple[str, str, bool]]
+    pollers: list[PollerProcess]
+    ids: list[str]
+    owners: dict[str, str]
+
+
+@pytest.fixture
+def coordinated(zookeeper: ZooKeeper, start_sim, pki: dict, tmp_path: Path):
+    """Start `count` pollers on `start_fleet`'s fleet (stopped at teardown)."""
+    started: list[PollerProcess] = []
+
+    def start(count: int) -> Coordinated:
+        agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
+        for _ in range(count):
+            started.append(PollerProcess(path))
+        ids = [instance_id(p) for p in started]
+        return Coordinated(agents, list(started), ids, {c: owner(c, ids) for c, _, _ in agents})
+    yield start
+    for poller in started:
+        poller.stop()
+
+
 def as_expected(row: dict, failing: bool) -> bool:
     """The agent's row shows what its simulated node does (fall 2: unhealthy after 2 polls)."""
     if failing:
@@ -257,25 +283,18 @@ def shows_the_fleet(poller: PollerProcess, agents: list[tuple[str, str, bool]], 
         and as_expected(rows[url], failing) for cluster, url, failing in agents)
 
 
-def test_every_instance_lists_the_whole_fleet_with_owners(zookeeper: ZooKeeper, start_sim, pki: dict,
-                                                          tmp_path: Path) -> None:
-    agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
-    pollers = [PollerProcess(path) for _ in range(3)]
-    try:
-        ids = [instance_id(p) for p in pollers]
-        owners = {c: owner(c, ids) for c, _, _ in agents}
-        wait_for(lambda: all(shows_the_fleet(p, agents, owners) for p in pollers), 20,
-                 "every instance lists every agent with its owner and health")
-        for poller, me in zip(pollers, ids):
-            rows = poller.targets()
-            assert len(rows) == len(agents)
-            mine = polled(poller)
-            assert set(mine) == {u for c, u, _ in agents if owners[c] == me}
-            others = [r for u, r in rows.items() if u not in mine]
-            assert others and all(r["published_at"] is not None and r["reported_by"] != me for r in others)
-    finally:
-        for poller in pollers:
-            poller.stop()
+def test_every_instance_lists_the_whole_fleet_with_owners(coordinated) -> None:
+    fleet_of = coordinated(3)
+    agents, owners = fleet_of.agents, fleet_of.owners
+    wait_for(lambda: all(shows_the_fleet(p, agents, owners) for p in fleet_of.pollers), 20,
+             "every instance lists every agent with its owner and health")
+    for poller, me in zip(fleet_of.pollers, fleet_of.ids):
+        rows = poller.targets()
+        assert len(rows) == len(agents)
+        mine = polled(poller)
+        assert set(mine) == {u for c, u, _ in agents if owners[c] == me}
+        others = [r for u, r in rows.items() if u not in mine]
+        assert others and all(r["published_at"] is not None and r["reported_by"] != me for r in others)
 
 
 class Watcher:
@@ -310,57 +329,50 @@ def agent_metric(sample: dict, name: str, cluster: str, url: str, status: Option
     return sample.get(("replicante_poller_" + name, tuple(sorted(labels))))
 
 
-def test_health_moves_with_its_cluster_when_its_owner_dies(zookeeper: ZooKeeper, start_sim, pki: dict,
-                                                            tmp_path: Path) -> None:
-    agents, path = start_fleet(zookeeper, start_sim, pki, tmp_path)
-    pollers = [PollerProcess(path) for _ in range(2)]
+def test_health_moves_with_its_cluster_when_its_owner_dies(coordinated) -> None:
+    fleet_of = coordinated(2)
+    agents, pollers, ids, owners = fleet_of.agents, fleet_of.pollers, fleet_of.ids, fleet_of.owners
+    # the victim: the instance with more clusters (at least one of the CLUSTERS)
+    victim = max((0, 1), key=lambda i: sum(1 for c in set(owners) if owners[c] == ids[i]))
+    survivor = 1 - victim
+    moved = [(c, u, failing) for c, u, failing in agents if owners[c] == ids[victim]]
+    assert any(failing for _, _, failing in moved)
+    # the survivor shows the victim's agents as the victim published them: DOWN ones unhealthy
+    wait_for(lambda: shows_the_fleet(pollers[survivor], moved, owners), 20, "the victim's health published")
+    watcher = Watcher(pollers[survivor], {u for _, u, _ in moved})
+    killed = time.time()
+    pollers[victim].proc.send_signal(signal.SIGKILL)
+    pollers[victim].proc.wait()
     try:
-        ids = [instance_id(p) for p in pollers]
-        owners = {c: owner(c, ids) for c, _, _ in agents}
-        # the victim: the instance with more clusters (at least one of the CLUSTERS)
-        victim = max((0, 1), key=lambda i: sum(1 for c in set(owners) if owners[c] == ids[i]))
-        survivor = 1 - victim
-        moved = [(c, u, failing) for c, u, failing in agents if owners[c] == ids[victim]]
-        assert any(failing for _, _, failing in moved)
-        # the survivor shows the victim's agents as the victim published them: DOWN ones unhealthy
-        wait_for(lambda: shows_the_fleet(pollers[survivor], moved, owners), 20, "the victim's health published")
-        watcher = Watcher(pollers[survivor], {u for _, u, _ in moved})
-        killed = time.time()
-        pollers[victim].proc.send_signal(signal.SIGKILL)
-        pollers[victim].proc.wait()
-        try:
-            wait_for(lambda: {u for _, u, _ in moved} <= set(polled(pollers[survivor])), SESSION_TIMEOUT + 10,
-                     "the survivor polls the victim's clusters")
-            pollers[survivor].expect(r"restored the state of \d+ agents of the clusters taken \((\d+) from the health")
-            threading.Event().wait(2.5)  # its own polls of them, twice
-        finally:
-            watcher.close()
-        expected = {u: failing for _, u, failing in moved}
-        own = [r for r in watcher.rows if r["reported_by"] == ids[survivor]]
-        assert own and {r["url"] for r in own} == set(expected), "the survivor's own views were seen"
-        polled_since = [r for r in own if r["last_poll"] and r["last_poll"] > time.strftime(
-            "%Y-%m-%dT%H:%M:%S", time.gmtime(killed))]
-        assert polled_since, "the survivor polled them itself while watched"
-        wrong = [r for r in watcher.rows if not as_expected(r, expected[r["url"]])]
-        assert not wrong, f"{len(wrong)} of {len(watcher.rows)} views not as published, first: {wrong[0]}"
-        # its metrics likewise: from the first scrape that has the agent, never UP/healthy (or unknown)
-        seen = 0
-        for sample in watcher.metrics:
-            for cluster, url, failing in moved:
-                healthy = agent_metric(sample, "agent_healthy", cluster, url)
-                if healthy is None:
-                    continue
-                seen += 1
-                status = "NODE_DOWN" if failing else "UP"
-                assert healthy == (0.0 if failing else 1.0), (url, healthy)
-                assert agent_metric(sample, "agent_status", cluster, url, status) == 1.0, (url, status)
-        assert seen
-        assert not watcher.errors, watcher.errors[:3]
-        print(f"\n{len(moved)} agents moved; {len(watcher.rows)} views and {len(watcher.metrics)} scrapes "
-              f"of the survivor, every one as published")
+        wait_for(lambda: {u for _, u, _ in moved} <= set(polled(pollers[survivor])), SESSION_TIMEOUT + 10,
+                 "the survivor polls the victim's clusters")
+        pollers[survivor].expect(r"restored the state of \d+ agents of the clusters taken \((\d+) from the health")
+        threading.Event().wait(2.5)  # its own polls of them, twice
     finally:
-        for poller in pollers:
-            poller.stop()
+        watcher.close()
+    expected = {u: failing for _, u, failing in moved}
+    own = [r for r in watcher.rows if r["reported_by"] == ids[survivor]]
+    assert own and {r["url"] for r in own} == set(expected), "the survivor's own views were seen"
+    polled_since = [r for r in own if r["last_poll"] and r["last_poll"] > time.strftime(
+        "%Y-%m-%dT%H:%M:%S", time.gmtime(killed))]
+    assert polled_since, "the survivor polled them itself while watched"
+    wrong = [r for r in watcher.rows if not as_expected(r, expected[r["url"]])]
+    assert not wrong, f"{len(wrong)} of {len(watcher.rows)} views not as published, first: {wrong[0]}"
+    # its metrics likewise, from the first scrape that has the agent: as published, never unknown
+    seen = 0
+    for sample in watcher.metrics:
+        for cluster, url, failing in moved:
+            healthy = agent_metric(sample, "agent_healthy", cluster, url)
+            if healthy is None:
+                continue
+            seen += 1
+            status = "NODE_DOWN" if failing else "UP"
+            assert healthy == (0.0 if failing else 1.0), (url, healthy)
+            assert agent_metric(sample, "agent_status", cluster, url, status) == 1.0, (url, status)
+    assert seen
+    assert not watcher.errors, watcher.errors[:3]
+    print(f"\n{len(moved)} agents moved; {len(watcher.rows)} views and {len(watcher.metrics)} scrapes "
+          f"of the survivor, every one as published")
 
 
 def test_a_corrupt_health_znode_is_ignored_with_one_line(zookeeper: ZooKeeper, start_sim, pki: dict,
