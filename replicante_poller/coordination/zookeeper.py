@@ -17,11 +17,12 @@ thread of this class does all the work.
 (`coordination.health`): written for clusters held only (`publish`, and at handover before
 the lock goes), read by the next owner when it takes the lock (`on_held`'s third argument).
 Every instance keeps the latest data of every health znode (`published()`) for its status
-API: a children watch on `health` and one data watch per znode; a znode is re-read only
-after its watch fired, in one pipelined batch at most every PEER_READ_EVERY, so each
-instance reads each document at most once per PEER_READ_EVERY and never more often than it
-is written (the publications of a cluster: on change, else at most once per max(interval,
-10s), `publisher.Publisher`). Its status API is as stale as that at most.
+API: a children watch on `health` and one data watch per znode of a cluster held by
+another instance; a znode is re-read only after its watch fired, in one pipelined batch at
+most every PEER_READ_EVERY. So each publication is read once by each other instance (n - 1
+reads a write with n instances) and each instance reads a document at most once per
+PEER_READ_EVERY; the publications of a cluster are bounded by `publisher.Publisher` (on
+change, else at most once per max(interval, 10s)). The status API is that stale at most.
 `handover/CLUSTER` and `health/CLUSTER` of clusters absent from this instance's
 configuration are deleted once unmodified for CLEANUP_GRACE, checked every CLEANUP_EVERY.
 """
@@ -357,7 +358,9 @@ class ZkCoordinator:
         if not self._stale or time.monotonic() < self._read_at:
             return
         self._read_at = time.monotonic() + PEER_READ_EVERY
-        stale, self._stale = sorted(self._stale), set()
+        stale, self._stale = sorted(self._stale - self._held), set()  # held: marked again when released
+        if not stale:
+            return
         pending = [(c, self._client.get_async(f"{self._health_path}/{quote(c, safe='')}", watch=self._watch_health(c)))
                    for c in stale]
         health = dict(self._health)
@@ -412,7 +415,10 @@ class ZkCoordinator:
         held = frozenset(self._held)
         if held != self._announced:
             log.info("coordination: holding %d clusters (%d members)", len(held), len(self._members))
-            self._announced = held
+            left, self._announced = self._announced - held, held
+            if left:  # others' now: their health shown again once read (not read while held here)
+                self._health = {c: h for c, h in self._health.items() if c not in left}
+                self._stale |= left
             since, self._since = {c: t for c, t in self._since.items() if c in held}, {}
             taken, self._taken = {c: h for c, h in self._taken.items() if c in held}, {}
             self._on_held(held, since, taken)
