@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
@@ -450,7 +450,7 @@ class Service:
         self._listener_tls = (context, now)
 
     def _apply_targets(self, targets: tuple[Target, ...], since: Mapping[str, float] = {},
-                       restored: list[TargetView] = []) -> None:
+                       restored: Iterable[TargetView] = ()) -> None:
         self._targets = targets
         by_url: dict[str, Target] = {}
         for target in targets:

@@ -195,8 +195,10 @@ def test_a_document_too_large_is_skipped_with_one_warning(caplog) -> None:
 def test_the_targets_document_marks_what_other_instances_reported() -> None:
     own, other = fleet(up(TARGET, 100.0), down(OTHER, 100.0)).snapshot()
     unreported = TargetView(dataclasses.replace(OTHER, url="https://c:1"))
-    document = targets_document([own], lambda cluster: "a:1", [Reported(other, "b:2", 120.0), Reported(unreported)], "a:1")
+    reported = [Reported(other, "b:2", 120.0), Reported(unreported), Reported(own, "b:2", 100.0)]  # own: just taken
+    document = targets_document([own], lambda cluster: "a:1", reported, "a:1")
     rows = {row["url"]: row for row in document["targets"]}
+    assert len(document["targets"]) == 3
     assert [row["url"] for row in document["targets"]] == sorted(rows)
     assert set(rows[TARGET.url]) == set(target_json(own)) | {"owner", "reported_by", "published_at"}
     assert (rows[TARGET.url]["reported_by"], rows[TARGET.url]["published_at"]) == ("a:1", None)

@@ -67,12 +67,13 @@ def targets_document(views: Iterable[TargetView], owner: Callable[[str], Optiona
     (`me`) polls, then with [coordination] those of the other instances as `reported`.
     `owner` names the instance polling a cluster (the lock's holder, None if nobody holds
     it); `reported_by` who the health shown comes from, `published_at` when it published it
-    (None for agents polled here)."""
+    (None for agents polled here, which win over a report of the same agent)."""
     rows = [(v, dict(target_json(v), owner=owner(v.target.cluster_id), reported_by=me, published_at=None))
             for v in views]
+    here = {v.target.key for v, _ in rows}
     rows += [(r.view, dict(target_json(r.view), owner=owner(r.view.target.cluster_id), reported_by=r.by,
                            published_at=rfc3339(r.published_at)))
-             for r in reported]
+             for r in reported if r.view.target.key not in here]
     return {"targets": [row for _, row in sorted(rows, key=lambda pair: pair[0].target.key)]}
 
 
