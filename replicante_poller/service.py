@@ -32,14 +32,14 @@ from .polling.discovery import Target, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
 from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
-from .polling.state import FleetState, TargetView
+from .polling.state import FleetState, Reported, TargetView
 from .polling.statefile import load_state, save_state
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
 from .reasons import Reason
 from .web.metrics import PollerMetrics, new_registry, render
 from .web.server import MAX_CONNECTIONS
-from .web.status import Reported, StatusServer
+from .web.status import StatusServer
 
 if TYPE_CHECKING:
     from .coordination.health import Stored

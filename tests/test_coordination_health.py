@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import requests
 
 from replicante_poller.agentsim import Fault, NodeSpec
 from replicante_poller.config import PollSettings, TlsSettings
@@ -31,8 +32,8 @@ from replicante_poller.models import NodeStatus
 from replicante_poller.polling.discovery import Target
 from replicante_poller.polling.health import HealthState
 from replicante_poller.durations import rfc3339
-from replicante_poller.polling.state import FleetState, TargetView
-from replicante_poller.web.status import Reported, target_json, targets_document
+from replicante_poller.polling.state import FleetState, Reported, TargetView
+from replicante_poller.web.status import target_json, targets_document
 from replicante_poller.reasons import Reason, Status
 from harness import config_text
 from process import PollerProcess
@@ -297,6 +298,13 @@ def test_every_instance_lists_the_whole_fleet_with_owners(coordinated) -> None:
         assert set(mine) == {u for c, u, _ in agents if owners[c] == me}
         others = [r for u, r in rows.items() if u not in mine]
         assert others and all(r["published_at"] is not None and r["reported_by"] != me for r in others)
+        # the status page too: every agent, those of the others with who reported them
+        page = requests.get(f"http://{poller.address}/", timeout=5).text
+        assert all(url in page for _, url, _ in agents)
+        assert all(f'reported by <span class="v">{other}</span>' in page for other in fleet_of.ids if other != me)
+        agent = requests.get(f"http://{poller.address}/agent", params={"cluster": others[0]["cluster"],
+                                                                         "url": others[0]["url"]}, timeout=5)
+        assert agent.status_code == 200 and others[0]["status"] in agent.text
 
 
 class Watcher:

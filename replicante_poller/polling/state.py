@@ -33,6 +33,16 @@ class TargetView:
     recent: PollHistory = dataclasses.field(default=PollHistory(), compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """An agent another instance polls ([coordination]): its view as the instance `by`
+    published it at `published_at` (both None when no instance reports it yet)."""
+
+    view: TargetView
+    by: Optional[str] = None
+    published_at: Optional[float] = None
+
+
 class FleetState:
     """Latest results, health and node ownership of every known target."""
 

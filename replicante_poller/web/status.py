@@ -6,7 +6,6 @@ are action submissions, which go to the journal through `ActionsApi`.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import ssl
@@ -17,7 +16,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 from ..durations import rfc3339
 from ..limits import MAX_BODY
-from ..polling.state import TargetView
+from ..polling.state import Reported, TargetView
 from .metrics import PREFIX, ListenerMetrics, new_registry, render
 from .page import PATHS as PAGE_PATHS
 from .page import serve as serve_page
@@ -49,16 +48,6 @@ def target_json(view: TargetView) -> dict[str, Any]:
         "shards": [s.to_json() for s in result.shards] if result and result.shards is not None else None,
         "tls_cert_expiry": rfc3339(result.cert_not_after) if result else None,
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class Reported:
-    """An agent this instance does not poll ([coordination]): its health as the instance
-    `by` published it at `published_at` (both None when no instance reports it yet)."""
-
-    view: TargetView
-    by: Optional[str] = None
-    published_at: Optional[float] = None
 
 
 def targets_document(views: Iterable[TargetView], owner: Callable[[str], Optional[str]] = lambda cluster: None,
@@ -165,7 +154,8 @@ class StatusServer:
                 indent=1).encode()
             content_type = "application/json"
         elif path in PAGE_PATHS:
-            page = serve_page(path, request.path.partition("?")[2], self._snapshot, self._actions, time.time())
+            page = serve_page(path, request.path.partition("?")[2], self._snapshot, self._actions, time.time(),
+                              getattr(self._lifecycle, "reported", lambda: ()))
             return send(request, page.status, page.content_type, page.body, compressible=True, headers=page.headers)
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
