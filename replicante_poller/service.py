@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Optional
 
 from .actions.api import ActionsApi, read_token
 from .actions.dispatcher import AgentIdentity, Dispatcher
@@ -24,6 +24,7 @@ from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
+from .coordination.health import newest
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
@@ -33,7 +34,7 @@ from .polling.discovery import Target, check_globs, discover, discovery_stamp
 from .polling.httpdiscovery import HttpDiscovery, HttpDiscoveryThread
 from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
-from .polling.state import FleetState, TargetView
+from .polling.state import FleetState, Reported, TargetView
 from .polling.statefile import load_state, save_state
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
     from .actions.elected import ElectedDispatcher
     from .coordination.election import Election
     from .coordination.journal import ZkJournal
+    from .coordination.health import Stored
+    from .coordination.peers import PeerHealth
+    from .coordination.publisher import Publisher
     from .coordination.zookeeper import ZkCoordinator
 
 log = logging.getLogger(__name__)
@@ -177,6 +181,8 @@ class Service:
         self._probe: Optional[IdentityProbe] = None  # the leader's identities of agents it does not poll
         self._held: Optional[frozenset[str]] = None  # the clusters this instance may poll; None: all
         self._saved: list[TargetView] = []  # the state file's views of clusters not taken yet (coordinated)
+        self._publisher: Optional["Publisher"] = None  # the health of held clusters, to ZooKeeper
+        self._peers: Optional["PeerHealth"] = None  # the health other instances published
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -212,6 +218,9 @@ class Service:
         self._api.start()
         self._scheduler.every(lambda: self.config.discovery.refresh, self._check_files)
         self._scheduler.every(self._save_period, self._save)
+        if self._publisher is not None:
+            from .coordination.publisher import CHECK_PERIOD
+            self._scheduler.every(lambda: CHECK_PERIOD, self._publish)
         self._scheduler.start()
         if http is not None:
             self._http_thread = HttpDiscoveryThread(
@@ -236,35 +245,76 @@ class Service:
         settings = self.config.coordination
         if settings.backend != "zookeeper":
             return
+        from .coordination.peers import PeerHealth
+        from .coordination.publisher import Publisher
         from .coordination.zookeeper import ZkCoordinator
 
         listen = "%s:%d" % self.api_address
         self._held = frozenset()
-        self._coordinator = ZkCoordinator(settings, self.instance_id, listen,
-                                          lambda held, since: self._scheduler.call(lambda: self._held_changed(held, since)),
-                                          self.metrics.thread_error, client=self._zk)
+        self._coordinator = ZkCoordinator(
+            settings, self.instance_id, listen,
+            lambda held, since, health: self._scheduler.call(lambda: self._held_changed(held, since, health)),
+            self.metrics.thread_error, client=self._zk)
+        self._publisher = Publisher(self.instance_id, self._save_period, self._clock)
+        self._peers = PeerHealth(self._coordinator.published, self._clock, lambda: self.config.poller.max_retry_after)
         self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
                                           self._coordinator.owned,
                                           self._election.leader if self._election is not None else lambda: 0.0)
         log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
 
-    def _held_changed(self, held: frozenset[str], since: Mapping[str, float]) -> None:
+    def _held_changed(self, held: frozenset[str], since: Mapping[str, float], health: Mapping[str, "Stored"] = {}) -> None:
         """The coordinator's new set of held clusters (on the scheduler thread): poll exactly
-        those (`since`: when their previous owner stopped, for those handed over); a released
-        cluster's lock goes once its last poll ended, with when it left the schedule."""
-        if self._held is None or self._coordinator is None:
+        those (`since`: when their previous owner stopped, for those handed over), each agent
+        taken starting from the newer of the health its last owner published and this
+        instance's state file; a released cluster's health is published and its lock goes
+        once its last poll ended, with when it left the schedule."""
+        if self._held is None or self._coordinator is None or self._publisher is None:
             return
         released = self._held - held
+        final = self._publisher.final(v for v in self.state.snapshot() if v.target.cluster_id in released)
         self._held = held
-        self._apply_targets(self._targets, since)
-        stopped = self._clock()
-        taken = [view for view in self._saved if view.target.cluster_id in held]
-        if taken:  # once, at the first take after start: later the cluster's state is another instance's
+        saved = [view for view in self._saved if view.target.cluster_id in held]
+        if saved:  # once, at the first take after start: later the cluster's state is another instance's
             self._saved = [view for view in self._saved if view.target.cluster_id not in held]
-            log.info("restored the state of %d agents of the clusters taken", self.state.restore(taken))
+        published = self._published_views(health)
+        restored, from_zookeeper = newest(published, saved), {id(view) for view in published}
+        self._apply_targets(self._targets, since, restored)
+        stopped = self._clock()
+        if restored:
+            log.info("restored the state of %d agents of the clusters taken (%d from the health published in ZooKeeper)",
+                     len(restored), sum(1 for view in restored if id(view) in from_zookeeper))
         if released:
             self._scheduler.when_idle(
-                released, lambda: self._coordinator.released(released, stopped) if self._coordinator else None)
+                released, lambda: self._coordinator.released(released, stopped, final) if self._coordinator else None)
+
+    def _published_views(self, health: Mapping[str, "Stored"]) -> list[TargetView]:
+        """The views of the health znodes of clusters taken, of agents still known; a znode
+        that cannot be used is ignored with one log line naming it (`PeerHealth`)."""
+        if self._peers is None:
+            return []
+        return [view for published in self._peers.decoded(health, self._targets).values() for view in published.views]
+
+    def _publish(self) -> None:
+        """Hand the health of held clusters that changed to the coordinator (scheduler thread)."""
+        if self._publisher is not None and self._coordinator is not None:
+            documents = self._publisher.due(self.state.snapshot())
+            if documents:
+                self._coordinator.publish(documents)
+
+    def reported(self) -> list[Reported]:
+        """Agents of clusters this instance does not hold (`/api/v1/targets`, any thread),
+        with the health their instance last published, or unknown."""
+        held, peers = self._held, self._peers
+        if held is None or peers is None:
+            return []
+        others = [t for t in self._targets if t.cluster_id not in held]
+        published = peers.reported(others)
+        by_key = {v.target.key: (v, p) for p in published.values() for v in p.views}
+        out = []
+        for target in others:
+            view, document = by_key.get(target.key, (TargetView(target), None))
+            out.append(Reported(view, document.by, document.published_at) if document else Reported(view))
+        return out
 
     def owner(self, cluster_id: str) -> Optional[str]:
         """The instance polling the cluster (`/api/v1/targets`): this one without coordination."""
@@ -341,8 +391,9 @@ class Service:
             return self._probe.identity(target)
         view = self.state.view(target.key)
         result = view.result if view is not None else None
-        if (result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY
-                or view.api is None or result.started < self._started):  # restored: the node may have changed
+        # a restored result (the state file's, or the health another instance published): the node may have changed
+        restored = result is not None and (result.started < self._started or not view.recent)
+        if result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY or view.api is None or restored:
             return None
         return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
 
@@ -402,6 +453,8 @@ class Service:
         self._pool.stop()
         self._scheduler.drain()
         if self._coordinator is not None:
+            if self._publisher is not None:  # the health of every held cluster, for the next owners
+                self._coordinator.publish(self._publisher.final(self.state.snapshot()))
             self._coordinator.stop()  # after the last poll: closing the session releases every lock
         self._save()
         self._transport.stop()
@@ -466,14 +519,16 @@ class Service:
             log.info("listener TLS certificate reloaded")
         self._listener_tls = (context, now)
 
-    def _apply_targets(self, targets: tuple[Target, ...], since: Mapping[str, float] = {}) -> None:
+    def _apply_targets(self, targets: tuple[Target, ...], since: Mapping[str, float] = {},
+                       restored: Iterable[TargetView] = ()) -> None:
         self._targets = targets
         by_url: dict[str, Target] = {}
         for target in targets:
             by_url.setdefault(target.url, target)
         self._by_url = by_url
         held = self._held
-        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held), since)
+        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held),
+                                    since, restored)
         if self._coordinator is not None:
             self._coordinator.set_clusters(frozenset(t.cluster_id for t in targets))
 

@@ -56,6 +56,18 @@ class PollerProcess:
             if match:
                 return match
 
+    def drained(self) -> list[str]:
+        """Every line logged so far (those not expected yet included), without waiting."""
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.log
+            if line is None:
+                self.lines.put(None)  # the end stays for expect()
+                return self.log
+            self.log.append(line)
+
     def targets(self) -> dict[str, dict]:
         document = requests.get(f"http://{self.address}/api/v1/targets", timeout=5).json()
         return {t["url"]: t for t in document["targets"]}

@@ -198,11 +198,17 @@ def instance_id(poller: PollerProcess) -> str:
     return poller.expect(r"coordination through ZooKeeper \S+ as (\S+)").group(1)
 
 
+def polled(poller: PollerProcess) -> dict[str, dict]:
+    """The agents the instance polls itself, from its /api/v1/targets (which lists every
+    agent: those of other instances with the health they published)."""
+    return {u: t for u, t in poller.targets().items() if t["reported_by"] is not None and t["published_at"] is None}
+
+
 def settled(pollers: list[PollerProcess], ids: list[str], cluster_of: dict[str, str]) -> bool:
     """Each instance lists exactly the agents of the clusters the rendezvous gives it, as owner."""
     shares = assignment(set(cluster_of.values()), ids)
     for poller, me in zip(pollers, ids):
-        targets = poller.targets()
+        targets = polled(poller)
         if {cluster_of[u] for u in targets} != shares[me] or any(t["owner"] != me for t in targets.values()):
             return False
         if len(targets) != sum(1 for c in cluster_of.values() if c in shares[me]):
@@ -214,7 +220,7 @@ def ownership(pollers: list[PollerProcess]) -> dict[str, list[str]]:
     """Agent URL -> owners claiming it across the instances' /api/v1/targets."""
     owners: dict[str, list[str]] = {}
     for poller in pollers:
-        for url, target in poller.targets().items():
+        for url, target in polled(poller).items():
             owners.setdefault(url, []).append(target["owner"])
     return owners
 
@@ -241,7 +247,7 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         wait_for(lambda: all(metric(p, "coordination_members") == 3 for p in pollers), 10, "3 members")
         owners = ownership(pollers)
         assert len(owners) == len(urls) and all(len(o) == 1 for o in owners.values())
-        per_instance = [len(p.targets()) for p in pollers]
+        per_instance = [len(polled(p)) for p in pollers]
         owned = [metric(p, "coordination_clusters_owned") for p in pollers]
         assert sum(per_instance) == len(urls) and sum(owned) == CLUSTERS and min(per_instance) > 0
         assert all(metric(p, "coordination_connected") == 1 and metric(p, "coordination_leader") == 0 for p in pollers)
@@ -260,7 +266,7 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
 
         # SIGKILL one: its clusters are polled again within session_timeout + one interval.
         victim, survivors, survivor_ids = pollers[0], pollers[1:], ids[1:]
-        victims = list(victim.targets())
+        victims = list(polled(victim))
         watch.mark()
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
@@ -304,11 +310,11 @@ def test_three_pollers_share_the_fleet(zookeeper: ZooKeeper, start_sim, pki: dic
         pollers.append(PollerProcess(path))
         survivors.append(pollers[-1])
         survivor_ids.append(instance_id(pollers[-1]))
-        wait_for(lambda: taken_over() and len(pollers[-1].targets()) > 0, 20, "the newcomer holds its share")
+        wait_for(lambda: taken_over() and len(polled(pollers[-1])) > 0, 20, "the newcomer holds its share")
         threading.Event().wait(2 * INTERVAL)
         elapsed = time.monotonic() - started
         gaps = watch.gaps()
-        moved = set(pollers[-1].targets())
+        moved = set(polled(pollers[-1]))
         join_gap = max(gaps.values())
         polls = {u: (sim.requests_seen(u) - before[u]) / REQUESTS_PER_POLL for u in urls}
         print(f"joining: {len(moved)} agents moved, longest gap {max(gaps[u] for u in moved):.2f}s "

@@ -22,7 +22,7 @@ from ..reasons import Reason
 from .discovery import Target
 from .poll import PollResult
 from .reporting import PollReporter
-from .state import FleetState
+from .state import FleetState, TargetView
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,15 @@ class Scheduler:
         known = len(self._state)
         return known - len(self._unpolled), known
 
-    def set_targets(self, targets: Iterable[Target], since: Mapping[str, float] = {}) -> None:
+    def set_targets(self, targets: Iterable[Target], since: Mapping[str, float] = {},
+                    restored: Iterable[TargetView] = ()) -> None:
         """Schedule exactly `targets` (unchanged ones keep slot and state) and report when
         each has been polled once. From the scheduler thread, or before `start`. `since`:
-        clusters handed over by another instance (`Schedule.set_targets`)."""
+        clusters handed over by another instance (`Schedule.set_targets`); `restored`: the
+        views new targets start from (`FleetState.set_targets`)."""
         targets = tuple(targets)
         self._schedule.set_targets(targets, self._clock(), since)
-        self._state.set_targets(targets)
+        self._state.set_targets(targets, restored)
         self._metrics.targets_changed(len(targets))
         self._unpolled = {t.key for t in targets}
         if not self._unpolled:

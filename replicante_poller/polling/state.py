@@ -33,6 +33,16 @@ class TargetView:
     recent: PollHistory = dataclasses.field(default=PollHistory(), compare=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class Reported:
+    """An agent another instance polls ([coordination]): its view as the instance `by`
+    published it at `published_at` (both None when no instance reports it yet)."""
+
+    view: TargetView
+    by: Optional[str] = None
+    published_at: Optional[float] = None
+
+
 class FleetState:
     """Latest results, health and node ownership of every known target."""
 
@@ -53,16 +63,24 @@ class FleetState:
         self.policy = HealthPolicy(fall, rise, flap_window, flap_threshold)
         self._max_retry_after = max_retry_after
 
-    def set_targets(self, targets: Iterable[Target]) -> None:
-        """Track exactly `targets`: unchanged keys keep their state, removed ones go."""
+    def set_targets(self, targets: Iterable[Target], restored: Iterable[TargetView] = ()) -> None:
+        """Track exactly `targets`: unchanged keys keep their state, removed ones go, new ones
+        start from their view in `restored` if any (in the same step: no reader sees them
+        unknown first)."""
+        start = {v.target.key: v for v in restored}
         with self._lock:
             old = self._views
             self._views = {
-                t.key: dataclasses.replace(old[t.key], target=t) if t.key in old else TargetView(t)
+                t.key: dataclasses.replace(old[t.key], target=t) if t.key in old else self._fresh(t, start.get(t.key))
                 for t in targets
             }
             for key in [k for k in self._claims if k not in self._views]:
                 self._unclaim(key)
+
+    def _fresh(self, target: Target, restored: Optional[TargetView]) -> TargetView:
+        if restored is None:
+            return TargetView(target)
+        return dataclasses.replace(restored, target=target, flapping=restored.health.flapping(self.policy))
 
     def record(self, result: PollResult) -> Optional[TargetView]:
         """Fold one poll result in; None when its target was removed meanwhile."""

@@ -48,7 +48,7 @@ MAX_DURATION = 86400.0  # seconds: a poll lasts at most its timeout
 MAX_COUNT = 2**31 - 1  # health streaks
 
 
-def _result_json(result: PollResult) -> dict[str, Any]:
+def _result_json(result: PollResult, shards: bool = True) -> dict[str, Any]:
     return {
         "status": result.status.value,
         "reason": result.reason.value if result.reason else None,
@@ -59,13 +59,14 @@ def _result_json(result: PollResult) -> dict[str, Any]:
         "retry_after": result.retry_after,
         "agent": result.agent.to_json() if result.agent else None,
         "datastore": result.datastore.to_json() if result.datastore else None,
-        "shards": [s.to_json() for s in result.shards] if result.shards is not None else None,
+        "shards": [s.to_json() for s in result.shards] if shards and result.shards is not None else None,
         "api": result.api,
         "node_status": result.node_status.to_json() if result.node_status else None,
     }
 
 
-def _view_json(view: TargetView) -> dict[str, Any]:
+def encode_view(view: TargetView, shards: bool = True) -> dict[str, Any]:
+    """One target's saved state as JSON (without its shards unless `shards`)."""
     return {
         "cluster": view.target.cluster_id,
         "url": view.target.url,
@@ -74,7 +75,7 @@ def _view_json(view: TargetView) -> dict[str, Any]:
         "last_success": view.last_success,
         "deferred_until": view.deferred_until,
         "api": view.api,
-        "result": _result_json(view.result) if view.result else None,
+        "result": _result_json(view.result, shards) if view.result else None,
     }
 
 
@@ -82,7 +83,7 @@ def save_state(directory: str, views: Iterable[TargetView], clock: Any = time.ti
     """Write every target's state to `directory`/state.json, atomically."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    document = {"format": FORMAT, "saved_at": clock(), "targets": [_view_json(v) for v in views]}
+    document = {"format": FORMAT, "saved_at": clock(), "targets": [encode_view(v) for v in views]}
     path = folder / FILE_NAME
     fd, tmp = tempfile.mkstemp(prefix=".state-", dir=folder)
     try:
@@ -123,7 +124,7 @@ def _values(kind: type[enum.Enum]) -> tuple[str, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Reading:
+class Reading:
     """What the times of a saved document are checked against."""
 
     now: float
@@ -158,7 +159,7 @@ def _model(value: Any, path: str, validate: Callable[[Any], Any]) -> Any:
     return model
 
 
-def _result(doc: Any, path: str, target: Target, reading: _Reading) -> PollResult:
+def _result(doc: Any, path: str, target: Target, reading: Reading) -> PollResult:
     doc = expect_object(doc, path)
     shards = doc.get("shards")
     return PollResult(
@@ -187,7 +188,7 @@ def _count(value: Any, path: str) -> int:
     return value
 
 
-def _health(doc: Any, path: str, reading: _Reading) -> Health:
+def _health(doc: Any, path: str, reading: Reading) -> Health:
     doc = expect_object(doc, path)
     transitions = expect_list(doc.get("transitions", []), path + ".transitions")
     return Health(
@@ -197,7 +198,7 @@ def _health(doc: Any, path: str, reading: _Reading) -> Health:
     )
 
 
-def _view(doc: Mapping[str, Any], path: str, target: Target, reading: _Reading) -> TargetView:
+def _view(doc: Mapping[str, Any], path: str, target: Target, reading: Reading) -> TargetView:
     result = doc.get("result")
     return TargetView(
         target=target,
@@ -209,16 +210,22 @@ def _view(doc: Mapping[str, Any], path: str, target: Target, reading: _Reading) 
     )
 
 
-def _views(document: Any, targets: Iterable[Target], reading: _Reading) -> list[TargetView]:
+def _views(document: Any, targets: Iterable[Target], reading: Reading) -> list[TargetView]:
     """The saved views of the targets still known; the others are dropped unread."""
     document = expect_object(document, "$")
     if type(document.get("format")) is not int or document["format"] != FORMAT:
         fail("$.format", f"unknown format {document.get('format')!r} (this version writes {FORMAT})")
     optional(document.get("saved_at"), "$.saved_at", reading.past)
+    return decode_views(document.get("targets"), "$.targets", targets, reading)
+
+
+def decode_views(items: Any, where: str, targets: Iterable[Target], reading: Reading) -> list[TargetView]:
+    """The views listed at `where` (a list of `encode_view` objects) of the targets still
+    known; the others are dropped unread. Raises Problem naming the first bad field."""
     by_key = {t.key: t for t in targets}
     views = []
-    for i, item in enumerate(expect_list(document.get("targets"), "$.targets")):
-        path = f"$.targets[{i}]"
+    for i, item in enumerate(expect_list(items, where)):
+        path = f"{where}[{i}]"
         doc = expect_object(item, path)
         target = by_key.get((expect_string(doc.get("cluster"), path + ".cluster"), expect_string(doc.get("url"), path + ".url")))
         if target is not None:
@@ -243,7 +250,7 @@ def load_state(directory: str, targets: Iterable[Target], max_retry_after: float
         _set_aside(path, "not strict JSON: " + document.message.replace("body", "the file", 1))
         return []
     try:
-        return _views(document, targets, _Reading(clock(), max_retry_after))
+        return _views(document, targets, Reading(clock(), max_retry_after))
     except Problem as problem:
         _set_aside(path, str(problem))
         return []

@@ -16,7 +16,7 @@ import re
 import urllib.parse
 from typing import Callable, Iterable, Optional
 
-from ..polling.state import TargetView
+from ..polling.state import Reported, TargetView
 from ..reasons import Reason
 from .agentpage import AgentActions, agent_page
 from .layout import (
@@ -60,17 +60,18 @@ class Page:
 
 
 def serve(path: str, query: str, snapshot: Callable[[], list[TargetView]], actions: Optional[AgentActions],
-          now: float) -> Page:
-    """Answer one of PATHS: a page (with its CSP), or the page's script."""
+          now: float, reported: Callable[[], Iterable[Reported]] = lambda: ()) -> Page:
+    """Answer one of PATHS: a page (with its CSP), or the page's script. `reported`: the
+    agents other instances poll ([coordination]), shown with who reported them."""
     if path == SCRIPT_PATH:
         return Page(200, "text/javascript; charset=utf-8", SCRIPT, (("Cache-Control", "max-age=86400"),))
     headers = (("Content-Security-Policy", PAGE_CSP), ("Cache-Control", "no-store"))
     params = _params(query)
     if path == "/agent":
-        status, text = agent_page(snapshot(), params.get("cluster", ""), params.get("url", ""), actions, now,
+        status, text = agent_page(everyone(snapshot(), reported())[0], params.get("cluster", ""), params.get("url", ""), actions, now,
                                   _refresh(params.get("refresh")))
         return Page(status, HTML, text.encode(), headers)
-    return Page(200, HTML, overview(snapshot(), Filters.parse(params), now).encode(), headers)
+    return Page(200, HTML, overview(snapshot(), Filters.parse(params), now, reported()).encode(), headers)
 
 
 def _params(query: str) -> dict[str, str]:
@@ -173,8 +174,9 @@ def rank(view: TargetView, now: float) -> int:
     return OK
 
 
-def overview(views: Iterable[TargetView], filters: Filters, now: float) -> str:
-    """The overview page."""
+def overview(views: Iterable[TargetView], filters: Filters, now: float, reported: Iterable[Reported] = ()) -> str:
+    """The overview page: the agents polled here and those `reported` by other instances."""
+    views, reports = everyone(views, reported)
     ranked = sorted(((rank(v, now), v) for v in views), key=lambda item: (item[0], item[1].target.key))
     scoped = [(r, v) for r, v in ranked if filters.matches_scope(v)]
     shown = [(r, v) for r, v in scoped if filters.matches(v, r)]
@@ -194,7 +196,7 @@ def overview(views: Iterable[TargetView], filters: Filters, now: float) -> str:
             + f" · showing {len(shown):,} of {len(ranked):,} agents</p>"
             + "".join(f'<p class="warning">Ignored {esc(item)}: not a value this filter takes.</p>'
                       for item in filters.ignored)
-            + _table(shown, filters, now) + "</main>")
+            + _table(shown, filters, now, reports) + "</main>")
     return document(title, _form(filters, clusters) + live, icon, filters.refresh)
 
 
@@ -268,7 +270,7 @@ def _form(filters: Filters, clusters: list[tuple[str, Optional[str]]]) -> str:
     )
 
 
-def _table(shown: list[tuple[int, TargetView]], filters: Filters, now: float) -> str:
+def _table(shown: list[tuple[int, TargetView]], filters: Filters, now: float, reports: dict[tuple[str, str], Reported]) -> str:
     if not shown:
         every = filters.link(status="", reason="", q="")
         return f'<p class="panel">No agent matches these filters: <a href="{every}">show every agent</a> of this scope.</p>'
@@ -283,7 +285,7 @@ def _table(shown: list[tuple[int, TargetView]], filters: Filters, now: float) ->
         budget -= len(kept)
         out = [f'<tbody class="{css}"><tr class="group"><th colspan="{len(_COLUMNS)}">{name} '
                f'<span class="muted">{len(rows):,}</span></th></tr>']
-        out += [_agent_row(r, v, now) for r, v in kept]
+        out += [_agent_row(r, v, now, reports.get(v.target.key)) for r, v in kept]
         if len(kept) < len(rows):
             out.append(f'<tr class="group"><td class="more" colspan="{len(_COLUMNS)}">{len(rows) - len(kept):,} more '
                        f'not shown: filter by cluster or search, or <a href="{filters.link(limit="all")}">show all</a>.'
@@ -292,7 +294,7 @@ def _table(shown: list[tuple[int, TargetView]], filters: Filters, now: float) ->
     return f'<table class="agents cards"><thead><tr>{head}</tr></thead>{"".join(bodies)}</table>'
 
 
-def _agent_row(position: int, view: TargetView, now: float) -> str:
+def _agent_row(position: int, view: TargetView, now: float, report: Optional[Reported] = None) -> str:
     result, target = view.result, view.target
     name = target.display_name or (result.datastore.cluster_display_name if result and result.datastore else None)
     node = ""
@@ -314,7 +316,8 @@ def _agent_row(position: int, view: TargetView, now: float) -> str:
         message = f'<span class="muted">{message}</span>'
     cells = (
         ("st head", badge(status_of(view))),
-        ("head", f'<span class="v">{esc(target.cluster_id)}</span>' + (f'<div class="sub v">{esc(name)}</div>' if name else "")),
+        ("head", f'<span class="v">{esc(target.cluster_id)}</span>' + (f'<div class="sub v">{esc(name)}</div>' if name else "")
+         + (_reporter(report, now) if report else "")),
         ("agent", f'<a class="v mono" href="{agent_href(target.cluster_id, target.url)}">{esc(target.url)}</a>{node}'),
         ("nowrap", f'<span class="reason">{esc(result.reason.value)}</span>' if result and result.reason else ""),
         ("health", health),
@@ -323,3 +326,19 @@ def _agent_row(position: int, view: TargetView, now: float) -> str:
         ("msg", message),
     )
     return row({DOWN: "row down", WARN: "row warn"}.get(position, "row"), _COLUMNS, cells)
+
+
+def everyone(views: Iterable[TargetView], reported: Iterable[Reported]) -> tuple[list[TargetView], dict[tuple[str, str], Reported]]:
+    """The views polled here, then those reported by other instances (never an agent twice:
+    the view polled here wins), and those reports by target key."""
+    views = list(views)
+    here = {v.target.key for v in views}
+    reports = {r.view.target.key: r for r in reported if r.view.target.key not in here}
+    return views + [r.view for r in reports.values()], reports
+
+
+def _reporter(report: Reported, now: float) -> str:
+    """Who an agent polled by another instance was reported by, and when."""
+    if report.by is None or report.published_at is None:
+        return '<div class="sub">polled by another instance, not reported yet</div>'
+    return f'<div class="sub">reported by <span class="v">{esc(report.by)}</span> {ago(report.published_at, now)}</div>'

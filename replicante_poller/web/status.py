@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 
 from ..durations import rfc3339
 from ..limits import MAX_BODY
-from ..polling.state import TargetView
+from ..polling.state import Reported, TargetView
 from .metrics import PREFIX, ListenerMetrics, new_registry, render
 from .page import PATHS as PAGE_PATHS
 from .page import serve as serve_page
@@ -52,12 +52,20 @@ def target_json(view: TargetView) -> dict[str, Any]:
     }
 
 
-def targets_document(views: Iterable[TargetView],
-                     owner: Callable[[str], Optional[str]] = lambda cluster: None) -> dict[str, Any]:
-    """The `/api/v1/targets` document, sorted by cluster then URL; `owner` names the
-    instance polling a cluster ([coordination])."""
-    ordered = sorted(views, key=lambda v: v.target.key)
-    return {"targets": [dict(target_json(v), owner=owner(v.target.cluster_id)) for v in ordered]}
+def targets_document(views: Iterable[TargetView], owner: Callable[[str], Optional[str]] = lambda cluster: None,
+                     reported: Iterable[Reported] = (), me: Optional[str] = None) -> dict[str, Any]:
+    """The `/api/v1/targets` document, sorted by cluster then URL: the agents this instance
+    (`me`) polls, then with [coordination] those of the other instances as `reported`.
+    `owner` names the instance polling a cluster (the lock's holder, None if nobody holds
+    it); `reported_by` who the health shown comes from, `published_at` when it published it
+    (None for agents polled here, which win over a report of the same agent)."""
+    rows = [(v, dict(target_json(v), owner=owner(v.target.cluster_id), reported_by=me, published_at=None))
+            for v in views]
+    here = {v.target.key for v, _ in rows}
+    rows += [(r.view, dict(target_json(r.view), owner=owner(r.view.target.cluster_id), reported_by=r.by,
+                           published_at=rfc3339(r.published_at)))
+             for r in reported if r.view.target.key not in here]
+    return {"targets": [row for _, row in sorted(rows, key=lambda pair: pair[0].target.key)]}
 
 
 class ActionRoutes(Protocol):
@@ -144,10 +152,14 @@ class StatusServer:
             if self._listener_registry is not None:
                 body += render(self._listener_registry)[0]
         elif path == "/api/v1/targets":
-            body = json.dumps(targets_document(self._snapshot(), getattr(self._lifecycle, "owner", lambda cluster: None)), indent=1).encode()
+            body = json.dumps(targets_document(
+                self._snapshot(), getattr(self._lifecycle, "owner", lambda cluster: None),
+                getattr(self._lifecycle, "reported", lambda: ())(), getattr(self._lifecycle, "instance_id", None)),
+                indent=1).encode()
             content_type = "application/json"
         elif path in PAGE_PATHS:
-            page = serve_page(path, request.path.partition("?")[2], self._snapshot, self._actions, time.time())
+            page = serve_page(path, request.path.partition("?")[2], self._snapshot, self._actions, time.time(),
+                              getattr(self._lifecycle, "reported", lambda: ()))
             return send(request, page.status, page.content_type, page.body, compressible=True, headers=page.headers)
         elif path == "/api/v1/actions" or path.startswith("/api/v1/actions/"):
             if self._actions is None:
