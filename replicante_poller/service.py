@@ -388,7 +388,7 @@ class Service:
         None before any (any thread). Agents of clusters another instance polls: from a poll
         of the leader's own (`IdentityProbe`)."""
         if self._probe is not None and not self._polls(target):
-            return self._probe.identity(target)
+            return self._probed_identity(self._probe, target)
         view = self.state.view(target.key)
         result = view.result if view is not None else None
         # a restored result (the state file's, or the health another instance published): the node may have changed
@@ -396,6 +396,23 @@ class Service:
         if result is None or result.datastore is None or result.reason in UNTRUSTED_IDENTITY or view.api is None or restored:
             return None
         return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
+
+    def _probed_identity(self, probe: IdentityProbe, target: Target) -> Optional[AgentIdentity]:
+        """The leader's own poll of an agent of another instance's cluster, unless the health
+        its owner published distrusts it (a duplicate node id, a node of another cluster: the
+        owner's cluster-wide checks) or saw another node at that URL."""
+        identity = probe.identity(target)
+        members = [t for t in self._targets if t.cluster_id == target.cluster_id]
+        published = self._peers.reported(members) if self._peers is not None else {}
+        view = next((v for p in published.values() for v in p.views if v.target.key == target.key), None)
+        result = view.result if view is not None else None
+        if identity is None or result is None:
+            return identity
+        if result.reason in UNTRUSTED_IDENTITY:
+            return None
+        if result.datastore is not None and (result.datastore.cluster_id, result.datastore.node_id) != identity[:2]:
+            return None
+        return identity
 
     def generation(self, target: Target) -> Optional[str]:
         """The agent's API generation as last learned (restored state included), or None."""

@@ -361,3 +361,48 @@ def test_one_instance_leads_and_a_successor_follows_at_once(zookeeper: ZooKeeper
             election.stop()
             client.stop()
             client.close()
+
+
+def test_the_leader_does_not_sign_for_agents_their_owner_distrusts(
+        zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
+    """Two agents of a cluster another instance polls report one node id (a relay, or a
+    cloned node): the owner marks both duplicate_node and publishes it; the leader, which
+    would otherwise learn each one's identity from a poll of its own, sends them nothing."""
+    from replicante_poller.coordination.rendezvous import owner
+
+    sim = enforcing_sim(start_sim, keys, [NodeSpec("rs-0", "node-1")])
+    discovered = tmp_path / "discovered.ini"
+    discovered.write_text("")
+    extra = coordinated(zookeeper, keys, path="/test-distrust") + f"[discovery]\nfiles = {discovered}\nrefresh = 1s\n"
+    path = poller_config(sim, pki, tmp_path, extra)
+    owner_config = tmp_path / "owner.ini"  # the same fleet, actions off: this instance never leads
+    owner_config.write_text(path.read_text().replace("[actions]\nenabled = true\n", "[actions]\nenabled = false\n")
+                            .replace(f"signing_key = {keys['key']}\n", ""))
+    pollers = [PollerProcess(path), PollerProcess(owner_config)]
+    try:
+        wait_for(lambda: len(leaders(pollers)) == 1, 30, "one leader")
+        leader = pollers[0]
+        ids = [p.expect(r"coordination through ZooKeeper \S+ as (\S+)").group(1) for p in pollers]
+        cluster = next(f"dup-{n}" for n in range(1000) if owner(f"dup-{n}", ids) == ids[1])  # held by the other
+        twins = start_sim([NodeSpec(cluster, "same-node"), NodeSpec(cluster, "same-node")],
+                          keyring=Keyring.from_entries([str(keys["pub"])]), action_seconds=0.05)
+        urls = [url for _, url in twins.agents]
+        discovered.write_text(f"[cluster:{cluster}]\nagents = {', '.join(urls)}\n")
+
+        def distrusted() -> bool:
+            seen = leader.targets()
+            return all(u in seen and seen[u]["reason"] == "duplicate_node" and seen[u]["owner"] == ids[1] for u in urls)
+        wait_for(distrusted, 30, "the owner's published health reaches the leader: duplicate_node")
+        submitted = [requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
+                                   json={"agent": u, "kind": PING}).json()["id"] for u in urls]
+        control = requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
+                                json={"agent": sim.agents[0][1], "kind": PING}).json()["id"]
+        assert sim.wait_for_state(sim.agents[0][1], control, "DONE", 30)  # the leader dispatches meanwhile
+        threading.Event().wait(2.0)  # a few more dispatch passes
+        assert [twins.schedule_posts(u) for u in urls] == [0, 0]
+        listed = {a["id"]: a for a in requests.get(f"http://{leader.address}/api/v1/actions", headers=AUTH,
+                                                   timeout=10).json()["actions"]}
+        assert all(listed[i]["state"] == "PENDING" and "waiting" in listed[i]["message"] for i in submitted), listed
+    finally:
+        for poller in pollers:
+            poller.stop()

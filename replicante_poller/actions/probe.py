@@ -3,8 +3,9 @@ coordinated fleet delivers to every agent, but polls only the clusters it holds.
 others it polls the agent once itself (the same validated poll, over the same verified TLS)
 and remembers the answer for the target's poll interval.
 
-The owner's cluster-wide duplicate-id check does not apply to such a probe; the signature
-still binds the agent URL the dispatcher dialed (profile v2), which is what stops a relay.
+The owner's cluster-wide checks (duplicate node ids) cannot run on one probe: the service
+signs only when the health the owner published agrees (`Service._probed_identity`), and
+the signature binds the agent URL the dispatcher dialed (profile v2).
 """
 from __future__ import annotations
 
