@@ -406,3 +406,29 @@ def test_the_leader_does_not_sign_for_agents_their_owner_distrusts(
     finally:
         for poller in pollers:
             poller.stop()
+
+
+def test_the_action_commands_use_the_journal_in_zookeeper(zookeeper: ZooKeeper, keys: dict, tmp_path: Path) -> None:
+    """submit, list, show (by prefix) and cancel, from the command line, no instance running."""
+    path = tmp_path / "poller.ini"
+    path.write_text("[cluster:rs]\nagents = https://127.0.0.1:9\n" + coordinated(zookeeper, keys, path="/test-cli"))
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "replicante_poller", "action", *args, "--config", str(path)],
+                              capture_output=True, text=True, timeout=60)
+    submitted = command("submit", "--agent", "https://127.0.0.1:9", "--kind", PING, "--args", '{"n": 1}')
+    assert submitted.returncode == 0, submitted.stderr
+    action_id = submitted.stdout.strip()
+    listed = command("list")
+    assert listed.returncode == 0 and action_id in listed.stdout and "PENDING" in listed.stdout, listed
+    shown = command("show", action_id[:8])
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["id"] == action_id and document["args"] == {"n": 1} and document["created_ts"].endswith("Z")
+    cancelled = command("cancel", action_id[:8])
+    assert cancelled.returncode == 0 and "CANCELLED" in cancelled.stdout, cancelled
+    again = command("cancel", action_id)
+    assert again.returncode == 1 and again.stderr.strip().endswith("is CANCELLED, not PENDING: only an action not "
+                                                                   "delivered yet can be cancelled"), again
+    unknown = command("show", "abcd")
+    assert unknown.returncode == 1 and f"no action abcd in the action journal ZooKeeper {zookeeper.hosts}" in unknown.stderr
