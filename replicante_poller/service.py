@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from .coordination.zookeeper import ZkCoordinator
 
 log = logging.getLogger(__name__)
+ELECTION_STOP_WAIT = 2.0  # seconds stop() waits for the election thread before closing the session
 RELOAD_WAIT = 30.0  # seconds POST /-/reload waits for the scheduler to run the reload
 JOURNAL_FDS = 8  # the action journal (SQLite: database, WAL, shared memory, readers)
 
@@ -398,16 +399,17 @@ class Service:
         return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
 
     def _probed_identity(self, probe: IdentityProbe, target: Target) -> Optional[AgentIdentity]:
-        """The leader's own poll of an agent of another instance's cluster, unless the health
-        its owner published distrusts it (a duplicate node id, a node of another cluster: the
-        owner's cluster-wide checks) or saw another node at that URL."""
+        """The leader's own poll of an agent of another instance's cluster, once the health
+        its owner published agrees: with none yet, a duplicate node id or a node of another
+        cluster there (the owner's cluster-wide checks), or another node seen at that URL,
+        nothing is signed for it."""
         identity = probe.identity(target)
         members = [t for t in self._targets if t.cluster_id == target.cluster_id]
         published = self._peers.reported(members) if self._peers is not None else {}
         view = next((v for p in published.values() for v in p.views if v.target.key == target.key), None)
         result = view.result if view is not None else None
-        if identity is None or result is None:
-            return identity
+        if identity is None or result is None:  # nothing published yet: its owner's checks have not run
+            return None
         if result.reason in UNTRUSTED_IDENTITY:
             return None
         if result.datastore is not None and (result.datastore.cluster_id, result.datastore.node_id) != identity[:2]:
@@ -463,8 +465,8 @@ class Service:
         if self._http_thread is not None:
             self._http_thread.stop()
         self._scheduler.stop()
-        if self._election is not None:
-            self._election.stop()  # deposes this instance: its dispatcher stops, a successor is elected
+        if self._election is not None:  # deposes this instance: its dispatcher stops, a successor is elected
+            self._election.stop(ELECTION_STOP_WAIT)  # a contender stuck while ZooKeeper is away: ends below
         if self._dispatcher is not None:
             self._dispatcher.stop()
         self._pool.stop()
@@ -473,6 +475,8 @@ class Service:
             if self._publisher is not None:  # the health of every held cluster, for the next owners
                 self._coordinator.publish(self._publisher.final(self.state.snapshot()))
             self._coordinator.stop()  # after the last poll: closing the session releases every lock
+        if self._election is not None and not self._election.join(ELECTION_STOP_WAIT):
+            log.warning("election thread still blocked in ZooKeeper after the session closed")
         self._save()
         self._transport.stop()
         if self._api is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import subprocess
 import sys
@@ -209,6 +210,95 @@ def test_any_instance_cancels_and_the_leader_never_sends(zookeeper: ZooKeeper, c
         other.cancel(delivered.id)
 
 
+def test_a_failed_read_of_new_submissions_is_retried(zookeeper: ZooKeeper, client: KazooClient,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    journal.lead(fence(client))
+    action = journal.submit("https://a:1", PING, None)
+    real = journal._read_many
+    monkeypatch.setattr(journal, "_read_many", lambda ids: (_ for _ in ()).throw(StoreError("zk", "journal", "no answer")))
+    journal._listing.set()  # the children watch fired
+    with pytest.raises(StoreError):
+        journal.due(time.time() + 1)
+    monkeypatch.setattr(journal, "_read_many", real)
+    assert [a.id for a in journal.due(time.time() + 1)] == [action.id]  # listed again, not forgotten
+
+
+def test_pruning_goes_on_while_too_many_final_actions_are_kept(zookeeper: ZooKeeper, client: KazooClient,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import replicante_poller.coordination.journal as module
+
+    monkeypatch.setattr(module, "PRUNE_BATCH", 2)
+    monkeypatch.setattr(module, "MAX_FINAL", 1)
+    journal = ZkJournal(client, settings(zookeeper))
+    actions = [journal.submit("https://a:1", PING, None) for _ in range(5)]
+    journal.lead(fence(client))
+    for action in actions:
+        journal.update(action, ActionState.DONE, 0.0, "done")
+    counts = []
+    for _ in range(3):  # one pass per dispatcher look, not one per PRUNE_EVERY while over the cap
+        journal.due(time.time())
+        counts.append(len(client.get_children("/unit/journal/actions")))
+    assert counts == [3, 1, 1]
+    assert journal.get(actions[-1].id) is not None  # the newest final action is kept
+
+
+def test_a_journal_deleted_under_the_leader_is_made_again(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    journal = ZkJournal(client, settings(zookeeper))
+    journal.submit("https://a:1", PING, None)
+    journal.lead(fence(client))
+    client.delete("/unit/journal", recursive=True)
+    journal._listing.set()  # the children watch fired
+    assert journal.due(time.time() + 1) == [] and client.exists("/unit/journal/actions") is not None
+
+
+def test_a_submission_without_an_answer_is_never_said_not_stored(zookeeper: ZooKeeper, client: KazooClient,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ZooKeeper stalls (paused) while a submission is committed: the answer says it may have
+    been stored and names it, and it is there once ZooKeeper goes on (a 503 "not stored" would
+    have Core submit it again: the action twice, with two ids)."""
+    import replicante_poller.coordination.journal as module
+
+    monkeypatch.setattr(module, "OP_TIMEOUT", 1.0)
+    journal = ZkJournal(client, settings(zookeeper))
+    journal.submit("https://a:1", PING, None)  # the base znode exists
+    assert zookeeper.proc is not None
+    zookeeper.proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(StoreError, match=r"action (\S+) may have been stored.*check `action show \1`") as caught:
+            journal.submit("https://a:1", PING, {"n": 2})
+    finally:
+        zookeeper.proc.send_signal(signal.SIGCONT)
+    action_id = re.search(r"action (\S+) may have been stored", str(caught.value)).group(1)  # type: ignore[union-attr]
+    wait_for(lambda: journal.get(action_id) is not None, 10, "the stalled submission committed")
+
+
+def test_a_contender_stops_while_zookeeper_is_away(zookeeper: ZooKeeper) -> None:
+    from replicante_poller.coordination.election import Election
+
+    clients = [KazooClient(zookeeper.hosts, timeout=5) for _ in range(2)]
+    elected = threading.Event()
+    elections = [Election(c, settings(zookeeper), f"instance-{n}", lambda fence: elected.set(), lambda: None)
+                 for n, c in enumerate(clients)]
+    for client, election in zip(clients, elections):
+        client.start(timeout=10)
+        election.start()
+    try:
+        assert elected.wait(10)
+        contender = next(n for n, e in enumerate(elections) if e.leader() == 0.0)
+        zookeeper.stop()
+        started = time.monotonic()
+        elections[contender].stop(1.0)  # kazoo's lock retries while ZooKeeper is away: stop() does not wait for it
+        assert time.monotonic() - started < 3
+        clients[contender].stop()  # closing the session ends the thread
+        assert elections[contender].join(10)
+    finally:
+        for client, election in zip(clients, elections):
+            election.stop(1.0)
+            client.stop()
+            client.close()
+
+
 # -- three real instances, one leader, SIGKILL ----------------------------------------------
 
 def enforcing_sim(start_sim, keys: dict, nodes: list[NodeSpec]):
@@ -367,7 +457,8 @@ def test_the_leader_does_not_sign_for_agents_their_owner_distrusts(
         zookeeper: ZooKeeper, start_sim, pki: dict, keys: dict, tmp_path: Path) -> None:
     """Two agents of a cluster another instance polls report one node id (a relay, or a
     cloned node): the owner marks both duplicate_node and publishes it; the leader, which
-    would otherwise learn each one's identity from a poll of its own, sends them nothing."""
+    would otherwise learn each one's identity from a poll of its own, sends them nothing,
+    neither before their owner published anything nor after."""
     from replicante_poller.coordination.rendezvous import owner
 
     sim = enforcing_sim(start_sim, keys, [NodeSpec("rs-0", "node-1")])
@@ -392,9 +483,18 @@ def test_the_leader_does_not_sign_for_agents_their_owner_distrusts(
         def distrusted() -> bool:
             seen = leader.targets()
             return all(u in seen and seen[u]["reason"] == "duplicate_node" and seen[u]["owner"] == ids[1] for u in urls)
+        # Submitted as soon as the leader knows the agents, before their owner published
+        # anything: the leader's own poll alone is not enough to sign.
+        submitted = []
+        for url in urls:
+            def accepted() -> bool:
+                reply = requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
+                                      json={"agent": url, "kind": PING})
+                if reply.status_code == 202:
+                    submitted.append(reply.json()["id"])
+                return reply.status_code == 202
+            wait_for(accepted, 30, f"the leader knows {url}")
         wait_for(distrusted, 30, "the owner's published health reaches the leader: duplicate_node")
-        submitted = [requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
-                                   json={"agent": u, "kind": PING}).json()["id"] for u in urls]
         control = requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
                                 json={"agent": sim.agents[0][1], "kind": PING}).json()["id"]
         assert sim.wait_for_state(sim.agents[0][1], control, "DONE", 30)  # the leader dispatches meanwhile

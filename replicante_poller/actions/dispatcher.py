@@ -24,6 +24,7 @@ agent's pruning explains it, else LOST.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -339,6 +340,11 @@ class Dispatcher:
         n = self._journal.begin_attempt(action, cluster_id, node_id)
         if n is None:  # cancelled since it was read: never sent
             log.info("action %s was cancelled before its attempt", action.id)
+            return True
+        if self._stopping.is_set():  # deposed (or stopping) meanwhile: the next dispatcher sends attempt n + 1
+            with contextlib.suppress(StoreError):  # a deposed leader cannot write: its successor sends n + 1
+                self._journal.end_attempt(action.id, n, "not sent", "the dispatcher stopped before sending it",
+                                          ActionState.PENDING, self._clock(), f"attempt {n} not sent: the dispatcher stopped")
             return True
         path, body = protocol.schedule(action)
         settings, signer = self._config

@@ -22,6 +22,7 @@ from kazoo.recipe.lock import Lock
 
 from ..config import CoordinationSettings
 from ..errors import PollerError
+from .journal import plain
 
 log = logging.getLogger(__name__)
 OP_TIMEOUT = 10.0  # seconds for the election's own requests
@@ -50,17 +51,24 @@ class Election:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: Optional[float] = None) -> bool:
         """Leave the election: a leader is deposed first (its dispatcher stopped), then its
-        znode deleted (if connected), so a successor starts without waiting for the session."""
+        znode deleted (if connected), so a successor starts without waiting for the session.
+        False when the thread did not end within `timeout`: a contender blocked in kazoo's
+        lock while ZooKeeper is away ends once the client is closed (`join` then)."""
         with self._changed:
             self._stopping = True
             lock = self._lock
             self._changed.notify_all()
         if lock is not None:
             lock.cancel()
+        return self.join(timeout)
+
+    def join(self, timeout: Optional[float] = None) -> bool:
+        """Wait for the election thread to end; whether it did."""
         if self._thread.ident is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def leader(self) -> float:
         """1.0 while this instance is the dispatcher leader (the `coordination_leader` metric)."""
@@ -88,7 +96,8 @@ class Election:
             except CancelledError:
                 continue
             except (KazooException, self._client.handler.timeout_exception) as exc:
-                log.warning("election: ZooKeeper request failed (%s), contending again", exc or type(exc).__name__)
+                if not self._stopping:
+                    log.warning("election: ZooKeeper request failed (%s), contending again", plain(exc))
                 self._wait(lambda: False, RETRY_WAIT)
             except PollerError as exc:  # the leader could not take over (its journal unreadable ...)
                 log.error("election: stepped down: %s", exc)

@@ -55,6 +55,7 @@ RETENTION = 14 * 86400.0  # final actions are kept this long after they finished
 MAX_FINAL = 10_000  # and at most this many (the oldest go first)
 PRUNE_EVERY = 600.0  # seconds between the leader's pruning passes
 PRUNE_BATCH = 500  # actions deleted per pass at most
+LIST_REUSE = 1.0  # seconds a listing serves again (status pages refresh; each listing reads ZooKeeper)
 CANCEL_TRIES = 3  # reads of an action a cancel makes while the dispatcher keeps writing it
 FENCE_VERSION = 0  # an election znode is never written after its creation
 SUBMISSION = ("agent", "kind", "args", "requester", "created_ts")
@@ -65,7 +66,7 @@ _PLAIN = {ConnectionLoss: "the connection to ZooKeeper was lost", SessionExpired
           ConnectionClosedError: "not connected to ZooKeeper"}
 
 
-def _plain(exc: BaseException) -> str:
+def plain(exc: BaseException) -> str:
     """A kazoo exception as words (their str() is often empty)."""
     for kind, words in _PLAIN.items():
         if isinstance(exc, kind):
@@ -103,12 +104,15 @@ class ZkJournal:
         self._where = f"ZooKeeper {settings.hosts}{self._base}"
         self._lock = threading.Lock()
         self._fence: Optional[str] = None  # the leader's election znode
-        self._cache: Optional[dict[str, _Entry]] = None  # every action, on the leader
+        self._cache: Optional[dict[str, _Entry]] = None  # the live actions, on the leader
+        self._finished: dict[str, float] = {}  # and when each final one finished (for pruning)
         self._listing = threading.Event()  # the children changed since the leader last listed them
         self._pruned_at = float("-inf")
         self._ready = False  # the base znode exists
         self._created: dict[str, float] = {}  # submission times, for listings (`_creation_times`)
-        self._begun: dict[tuple[str, int], float] = {}  # attempts in flight: when each began
+        self._begun: dict[str, tuple[int, float]] = {}  # attempts in flight: action -> (n, when it began)
+        self._damaged: set[str] = set()  # records named in the log once
+        self._listed: Optional[tuple[float, int, list[Action]]] = None  # the last listing (when, limit, actions)
 
     def __str__(self) -> str:
         return self._where
@@ -124,7 +128,7 @@ class ZkJournal:
         except self._client.handler.timeout_exception:
             raise StoreError(self._where, self.what, f"{doing}: ZooKeeper did not answer within {OP_TIMEOUT:g}s") from None
         except KazooException as exc:
-            raise StoreError(self._where, self.what, f"{doing}: {_plain(exc)}") from None
+            raise StoreError(self._where, self.what, f"{doing}: {plain(exc)}") from None
 
     def _connected(self, doing: str) -> None:
         """StoreError at once while the session is down (rather than a request waiting OP_TIMEOUT)."""
@@ -156,8 +160,10 @@ class ZkJournal:
                 continue
             action = _decode(action_id, sub_data, state_data)
             if action is None:
-                log.error("%s: the record of action %s cannot be read (damaged?), left as it is",
-                          self._where, action_id)
+                if action_id not in self._damaged:
+                    self._damaged.add(action_id)
+                    log.error("%s: the record of action %s cannot be read (damaged?), left as it is",
+                              self._where, action_id)
                 continue
             found[action_id] = (action, stat.version)
         return found
@@ -168,6 +174,7 @@ class ZkJournal:
         transaction = self._client.transaction()
         fence = self._fence
         if fenced:
+            self._connected(doing)  # a suspended leader is being deposed: nothing waits OP_TIMEOUT
             if fence is None:
                 raise StoreError(self._where, self.what, f"{doing}: this instance is no longer the dispatcher leader")
             transaction.check(fence, FENCE_VERSION)
@@ -182,7 +189,7 @@ class ZkJournal:
                                                      "(its election znode is gone)")
         if isinstance(error, BadVersionError):
             raise JournalConflict(self._where, self.what, f"{doing}: changed meanwhile by another writer")
-        raise StoreError(self._where, self.what, f"{doing}: {_plain(error)}")
+        raise StoreError(self._where, self.what, f"{doing}: {plain(error)}")
 
     # -- any instance ----------------------------------------------------------------
 
@@ -199,8 +206,26 @@ class ZkJournal:
             t.create(self._path(action.id), _encode({k: document[k] for k in SUBMISSION}))
             t.create(self._path(action.id, "state"), _encode({k: document[k] for k in STATE}))
             t.create(self._path(action.id, "attempts"), b"")
-        self._commit(ops, f"storing action {action.id}", fenced=False)
+        try:
+            self._commit(ops, f"storing action {action.id}", fenced=False)
+        except JournalConflict:
+            raise
+        except StoreError as exc:  # no answer: it may have committed all the same
+            if not self._stored(action.id):
+                raise
+            log.warning("%s: action %s was stored although the answer was lost (%s)", self._where, action.id, exc)
+        self._listed = None
         return action
+
+    def _stored(self, action_id: str) -> bool:
+        """After a submission without an answer: whether it committed (requests of a session
+        are answered in order, so a later read tells). StoreError saying so when unknown."""
+        try:
+            return self._call(self._client.exists_async(self._path(action_id)), "checking a submission") is not None
+        except StoreError:
+            raise StoreError(self._where, self.what, f"action {action_id} may have been stored, ZooKeeper did not "
+                                                     f"say: check `action show {action_id}` before submitting it "
+                                                     "again") from None
 
     def get(self, action_id: str) -> Optional[Action]:
         if not _is_id(action_id):
@@ -239,11 +264,15 @@ class ZkJournal:
                              f"cancelling action {action_id}", fenced=False)
             except JournalConflict:
                 continue  # the dispatcher wrote it meanwhile: look again
+            self._listed = None
             return cancelled
         raise CancelRefused(f"action {action_id} keeps changing (being delivered?): try again (action show)")
 
     def list(self, limit: int = 200) -> list[Action]:
-        """Newest first."""
+        """Newest first (a listing of this instance's is reused for LIST_REUSE seconds)."""
+        listed, now = self._listed, time.monotonic()
+        if listed is not None and now - listed[0] < LIST_REUSE and listed[1] >= limit:
+            return listed[2][:limit]
         self._connected("listing actions")
         try:
             ids = self._call(self._client.get_children_async(self._base), "listing actions")
@@ -253,6 +282,7 @@ class ZkJournal:
         newest = sorted(created, key=lambda i: (-created[i], i))[:limit]  # only these are read whole
         actions = [action for action, _ in self._read_many(newest).values()]
         actions.sort(key=lambda a: (-a.created_ts, a.id))
+        self._listed = (now, limit, actions)
         return actions
 
     def _creation_times(self, ids: Iterable[str]) -> dict[str, float]:
@@ -327,44 +357,52 @@ class ZkJournal:
         action. Returns how many are live. StoreError when they cannot be read."""
         self._ensure()
         with self._lock:
-            self._fence, self._cache = fence, {}
+            self._fence, self._cache, self._finished = fence, {}, {}
         self._listing.set()
         self._refresh()
         with self._lock:
-            return sum(1 for e in (self._cache or {}).values() if e.action.state in LIVE)
+            return len(self._cache or {})
 
     def unlead(self) -> None:
         """No longer the leader: forget the actions, write nothing more."""
         with self._lock:
-            self._fence, self._cache = None, None
+            self._fence, self._cache, self._finished, self._begun = None, None, {}, {}
 
     def _children_changed(self, event: object) -> None:
         self._listing.set()
         self._on_submit()
 
     def _refresh(self) -> None:
-        """Read the submissions that appeared since the last listing."""
+        """Read the submissions that appeared since the last listing (listed again next
+        time when anything of it failed)."""
         if not self._listing.is_set():
             return
         self._listing.clear()
         try:
-            ids = set(self._call(self._client.get_children_async(self._base, watch=self._children_changed),
-                                 "listing actions"))
+            try:
+                ids = set(self._call(self._client.get_children_async(self._base, watch=self._children_changed),
+                                     "listing actions"))
+            except NoNodeError:  # deleted under the service: made again, empty
+                self._ready = False
+                self._ensure()
+                ids = set()
+            with self._lock:
+                known = set(self._cache or ()) | set(self._finished)
+            found = self._read_many(ids - known)
         except BaseException:
-            self._listing.set()  # listed again next time
+            self._listing.set()
             raise
-        with self._lock:
-            known = set(self._cache or ())
-        found = self._read_many(ids - known)
         with self._lock:
             if self._cache is None:
                 return
             for action_id in known - ids:
                 self._cache.pop(action_id, None)
-            for action_id, (action, version) in found.items():
-                self._cache.setdefault(action_id, _Entry(action, version))
+                self._finished.pop(action_id, None)
+        for action_id, (action, version) in found.items():
+            self._remember(action_id, action, version, replace=False)
 
     def _entries(self) -> list[_Entry]:
+        """The live actions."""
         self._refresh()
         with self._lock:
             if self._cache is None:
@@ -374,12 +412,12 @@ class ZkJournal:
     def due(self, now: float, limit: int = 100) -> list[Action]:
         """Live actions whose next step is due (from memory), soonest first."""
         self._prune()
-        live = [e.action for e in self._entries() if e.action.state in LIVE and e.action.next_ts <= now]
+        live = [e.action for e in self._entries() if e.action.next_ts <= now]
         live.sort(key=lambda a: a.next_ts)
         return live[:limit]
 
     def next_due(self) -> Optional[float]:
-        times = [e.action.next_ts for e in self._entries() if e.action.state in LIVE]
+        times = [e.action.next_ts for e in self._entries()]
         return min(times) if times else None
 
     def _entry(self, action_id: str) -> _Entry:
@@ -392,12 +430,24 @@ class ZkJournal:
             raise StoreError(self._where, self.what, f"no action {action_id}")
         return self._remember(action_id, *found)
 
-    def _remember(self, action_id: str, action: Action, version: int) -> _Entry:
+    def _remember(self, action_id: str, action: Action, version: int, replace: bool = True) -> _Entry:
+        """Keep a live action whole, a final one's finishing time only (for pruning)."""
         entry = _Entry(action, version)
         with self._lock:
-            if self._cache is not None:
+            if self._cache is None or (not replace and (action_id in self._cache or action_id in self._finished)):
+                return entry
+            if action.state in LIVE:
                 self._cache[action_id] = entry
+            else:
+                self._cache.pop(action_id, None)
+                self._finished[action_id] = action.finished_ts or action.updated_ts
         return entry
+
+    def _forget(self, action_id: str) -> None:
+        """After a write whose outcome is unknown (no answer): read it again before the next."""
+        with self._lock:
+            if self._cache is not None:
+                self._cache.pop(action_id, None)
 
     def _write(self, entry: _Entry, new: Action, doing: str, extra: Callable[[Any], None] = lambda t: None) -> bool:
         """Write `new` as the action's state if it still is at `entry`'s version (fenced);
@@ -415,6 +465,9 @@ class ZkJournal:
             if found is not None:
                 self._remember(new.id, *found)
             return False
+        except StoreError:
+            self._forget(new.id)
+            raise
         stat = results[0]
         self._remember(new.id, new, stat.version if isinstance(stat, ZnodeStat) else entry.version + 1)
         return True
@@ -434,7 +487,7 @@ class ZkJournal:
                            lambda t: t.create(self._path(action.id, "attempts", _attempt_name(n)), attempt)):
             return None
         with self._lock:
-            self._begun[(action.id, n)] = now
+            self._begun[action.id] = (n, now)
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
@@ -450,8 +503,8 @@ class ZkJournal:
                                   finished_ts=old.finished_ts if old.finished_ts is not None or not state.final else now)
         path = self._path(action_id, "attempts", _attempt_name(n))
         with self._lock:
-            attempt_ts = self._begun.pop((action_id, n), now)
-        result = _encode({"ts": attempt_ts, "outcome": outcome, "detail": detail})
+            begun = self._begun.pop(action_id, None)
+        result = _encode({"ts": begun[1] if begun and begun[0] == n else now, "outcome": outcome, "detail": detail})
         doing = f"recording the outcome of attempt {n} of action {action_id}"
         if old.state is ActionState.PENDING and self._write(entry, new, doing, lambda t: t.set_data(path, result)):
             return True
@@ -474,33 +527,41 @@ class ZkJournal:
         return self._write(entry, new, f"updating action {action_id}")
 
     def _prune(self) -> None:
-        """Delete final actions past RETENTION, and the oldest beyond MAX_FINAL (a batch per pass)."""
+        """Delete final actions past RETENTION, and the oldest beyond MAX_FINAL: a batch per
+        pass, every PRUNE_EVERY, or at once again while more are due."""
         now = self._clock()  # not due()'s argument: the dispatcher asks for everything with +inf
         if now - self._pruned_at < PRUNE_EVERY:
             return
-        self._pruned_at = now
-        finals = sorted((e.action for e in self._entries() if e.action.state.final),
-                        key=lambda a: a.finished_ts or a.updated_ts)
+        with self._lock:
+            finals = sorted(self._finished.items(), key=lambda item: item[1])
         excess = max(0, len(finals) - MAX_FINAL)
-        doomed = [a for n, a in enumerate(finals) if n < excess or (a.finished_ts or a.updated_ts) < now - RETENTION]
-        for action in doomed[:PRUNE_BATCH]:
-            self._delete(action.id)
+        doomed = [i for n, (i, finished) in enumerate(finals) if n < excess or finished < now - RETENTION]
+        for action_id in doomed[:PRUNE_BATCH]:
+            self._delete(action_id)
+        if len(doomed) <= PRUNE_BATCH:
+            self._pruned_at = now
         if doomed:
             log.info("%s: deleted %d final actions (kept %gd, at most %d)", self._where, min(len(doomed), PRUNE_BATCH),
                      RETENTION / 86400, MAX_FINAL)
 
     def _delete(self, action_id: str) -> None:
-        names = self._call(self._client.get_children_async(self._path(action_id, "attempts")), "listing attempts")
+        try:
+            names = self._call(self._client.get_children_async(self._path(action_id, "attempts")), "listing attempts")
+        except NoNodeError:
+            names = None  # gone already (or damaged): forgotten below
 
         def ops(t: Any) -> None:
-            for name in names:
+            for name in names or ():
                 t.delete(self._path(action_id, "attempts", name))
             for path in (self._path(action_id, "attempts"), self._path(action_id, "state"), self._path(action_id)):
                 t.delete(path)
-        self._commit(ops, f"deleting final action {action_id}", fenced=True)
+        if names is not None:
+            try:
+                self._commit(ops, f"deleting final action {action_id}", fenced=True)
+            except StoreError as exc:  # changed meanwhile, or ZooKeeper failed: left for a later leader
+                log.warning("%s", exc)
         with self._lock:
-            if self._cache is not None:
-                self._cache.pop(action_id, None)
+            self._finished.pop(action_id, None)
 
 
 def open_journal(settings: CoordinationSettings, source: str) -> ZkJournal:
