@@ -260,7 +260,7 @@ class Service:
         self._peers = PeerHealth(self._coordinator.published, self._clock, lambda: self.config.poller.max_retry_after)
         self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
                                           self._coordinator.owned,
-                                          self._election.leader if self._election is not None else lambda: 0.0)
+                                          self._election.leader if self._election is not None else None)
         log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
 
     def _held_changed(self, held: frozenset[str], since: Mapping[str, float], health: Mapping[str, "Stored"] = {}) -> None:

@@ -10,7 +10,7 @@ import contextlib
 import platform
 import threading
 import weakref
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -234,15 +234,18 @@ class PollerMetrics:
         self.polls_stuck.set_function(stuck)
 
     def observe_coordination(self, connected: Callable[[], float], members: Callable[[], float],
-                             owned: Callable[[], float], leader: Callable[[], float]) -> None:
+                             owned: Callable[[], float], leader: Optional[Callable[[], float]] = None) -> None:
         """`[coordination] backend = zookeeper`: the session, the live members, the clusters
-        this instance holds and whether it is the elected dispatcher, read at scrape time."""
-        for name, help_text, read in (
-                ("coordination_connected", "1 while the ZooKeeper session is connected.", connected),
-                ("coordination_members", "Live poller instances registered in ZooKeeper.", members),
-                ("coordination_clusters_owned", "Clusters whose lock this instance holds (and polls).", owned),
-                ("coordination_leader", "1 on the instance elected to dispatch actions (0 elsewhere, and "
-                                         "everywhere when actions are disabled).", leader)):
+        this instance holds and, with actions on (`leader`), whether it is the elected
+        dispatcher, read at scrape time. Without actions there is no `coordination_leader`
+        series, so "no instance leads" is `max(coordination_leader) == 0` (an alert)."""
+        gauges = [("coordination_connected", "1 while the ZooKeeper session is connected.", connected),
+                  ("coordination_members", "Live poller instances registered in ZooKeeper.", members),
+                  ("coordination_clusters_owned", "Clusters whose lock this instance holds (and polls).", owned)]
+        if leader is not None:
+            gauges.append(("coordination_leader", "1 on the instance elected to dispatch actions, 0 on the others "
+                                                  "(only with actions enabled).", leader))
+        for name, help_text, read in gauges:
             Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
 
     def state_save_failed(self) -> None:
