@@ -496,14 +496,19 @@ def test_the_leader_does_not_sign_for_agents_their_owner_distrusts(
                 return reply.status_code == 202
             wait_for(accepted, 30, f"the leader knows {url}")
         wait_for(distrusted, 30, "the owner's published health reaches the leader: duplicate_node")
+        distrusted_at = time.time()
         control = requests.post(f"http://{leader.address}/api/v1/actions", headers=AUTH, timeout=10,
                                 json={"agent": sim.agents[0][1], "kind": PING}).json()["id"]
         assert sim.wait_for_state(sim.agents[0][1], control, "DONE", 30)  # the leader dispatches meanwhile
-        threading.Event().wait(2.0)  # a few more dispatch passes
+
+        def listed() -> dict[str, dict]:
+            return {a["id"]: a for a in requests.get(f"http://{leader.address}/api/v1/actions", headers=AUTH,
+                                                     timeout=10).json()["actions"]}
+        wait_for(lambda: all(listed()[i]["updated_ts"] > distrusted_at for i in submitted), 30,
+                 "the leader looked at both actions again since their owner distrusted the agents")
         assert [twins.schedule_posts(u) for u in urls] == [0, 0]
-        listed = {a["id"]: a for a in requests.get(f"http://{leader.address}/api/v1/actions", headers=AUTH,
-                                                   timeout=10).json()["actions"]}
-        assert all(listed[i]["state"] == "PENDING" and "waiting" in listed[i]["message"] for i in submitted), listed
+        actions = listed()
+        assert all(actions[i]["state"] == "PENDING" and "waiting" in actions[i]["message"] for i in submitted), actions
     finally:
         for poller in pollers:
             poller.stop()

@@ -22,7 +22,7 @@ from kazoo.recipe.lock import Lock
 
 from ..config import CoordinationSettings
 from ..errors import PollerError
-from .journal import plain
+from .zookeeper import plain
 
 log = logging.getLogger(__name__)
 OP_TIMEOUT = 10.0  # seconds for the election's own requests

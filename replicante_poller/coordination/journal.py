@@ -34,20 +34,13 @@ import uuid
 from typing import Any, Callable, Iterable, Optional
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import (
-    BadVersionError,
-    ConnectionClosedError,
-    ConnectionLoss,
-    KazooException,
-    NoNodeError,
-    RolledBackError,
-    SessionExpiredError,
-)
+from kazoo.exceptions import BadVersionError, KazooException, NoNodeError, RolledBackError
 from kazoo.protocol.states import ZnodeStat
 
 from ..actions.journal import Action, ActionState, Attempt, cancellation, check_prefix, matching
 from ..config import CoordinationSettings
 from ..errors import CancelRefused, ConfigError, JournalConflict, StoreError
+from .zookeeper import new_client, plain
 
 log = logging.getLogger(__name__)
 OP_TIMEOUT = 10.0  # seconds a ZooKeeper request may take before the operation fails
@@ -62,18 +55,6 @@ SUBMISSION = ("agent", "kind", "args", "requester", "created_ts")
 STATE = ("state", "attempts", "next_ts", "message", "cluster_id", "node_id", "delivered_ts", "finished_ts",
          "updated_ts", "agent_history")
 LIVE = (ActionState.PENDING, ActionState.SCHEDULED, ActionState.RUNNING)
-_PLAIN = {ConnectionLoss: "the connection to ZooKeeper was lost", SessionExpiredError: "the ZooKeeper session expired",
-          ConnectionClosedError: "not connected to ZooKeeper"}
-
-
-def plain(exc: BaseException) -> str:
-    """A kazoo exception as words (their str() is often empty)."""
-    for kind, words in _PLAIN.items():
-        if isinstance(exc, kind):
-            return words
-    return str(exc) or type(exc).__name__
-
-
 def _encode(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
@@ -110,7 +91,6 @@ class ZkJournal:
         self._pruned_at = float("-inf")
         self._ready = False  # the base znode exists
         self._created: dict[str, float] = {}  # submission times, for listings (`_creation_times`)
-        self._begun: dict[str, tuple[int, float]] = {}  # attempts in flight: action -> (n, when it began)
         self._damaged: set[str] = set()  # records named in the log once
         self._listed: Optional[tuple[float, int, list[Action]]] = None  # the last listing (when, limit, actions)
 
@@ -366,7 +346,7 @@ class ZkJournal:
     def unlead(self) -> None:
         """No longer the leader: forget the actions, write nothing more."""
         with self._lock:
-            self._fence, self._cache, self._finished, self._begun = None, None, {}, {}
+            self._fence, self._cache, self._finished = None, None, {}
 
     def _children_changed(self, event: object) -> None:
         self._listing.set()
@@ -486,8 +466,6 @@ class ZkJournal:
         if not self._write(entry, new, f"recording attempt {n} of action {action.id}",
                            lambda t: t.create(self._path(action.id, "attempts", _attempt_name(n)), attempt)):
             return None
-        with self._lock:
-            self._begun[action.id] = (n, now)
         return n
 
     def end_attempt(self, action_id: str, n: int, outcome: str, detail: str, state: ActionState,
@@ -502,9 +480,8 @@ class ZkJournal:
                                   state is not ActionState.SCHEDULED else now,
                                   finished_ts=old.finished_ts if old.finished_ts is not None or not state.final else now)
         path = self._path(action_id, "attempts", _attempt_name(n))
-        with self._lock:
-            begun = self._begun.pop(action_id, None)
-        result = _encode({"ts": begun[1] if begun and begun[0] == n else now, "outcome": outcome, "detail": detail})
+        began = old.updated_ts if old.attempts == n else now  # begin_attempt's write is the last one before this
+        result = _encode({"ts": began, "outcome": outcome, "detail": detail})
         doing = f"recording the outcome of attempt {n} of action {action_id}"
         if old.state is ActionState.PENDING and self._write(entry, new, doing, lambda t: t.set_data(path, result)):
             return True
@@ -568,8 +545,7 @@ def open_journal(settings: CoordinationSettings, source: str) -> ZkJournal:
     """The journal for a command (`action submit`, `list`, `show`): its own client, closed
     with the journal; ConfigError naming `[coordination] hosts` when ZooKeeper does not
     answer within `session_timeout`."""
-    from .zookeeper import new_client
-
+    
     client = new_client(settings)
     timeout = settings.session_timeout
     try:

@@ -37,7 +37,15 @@ from typing import Callable, Mapping, Optional
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    SessionExpiredError,
+)
 from kazoo.retry import KazooRetry
 
 from ..config import CoordinationSettings
@@ -49,6 +57,18 @@ _STOP = ("stop", None)
 CLEANUP_GRACE = 600.0  # seconds a znode of a cluster no longer configured is kept (others may still know it)
 CLEANUP_EVERY = 60.0  # seconds between two looks for such znodes
 PEER_READ_EVERY = 2.0  # seconds between two reads of the health znodes that changed
+
+
+_PLAIN = {ConnectionLoss: "the connection to ZooKeeper was lost", SessionExpiredError: "the ZooKeeper session expired",
+          ConnectionClosedError: "not connected to ZooKeeper"}
+
+
+def plain(exc: BaseException) -> str:
+    """A kazoo exception as words (their str() is often empty)."""
+    for kind, words in _PLAIN.items():
+        if isinstance(exc, kind):
+            return words
+    return str(exc) or type(exc).__name__
 
 
 def new_client(settings: CoordinationSettings) -> KazooClient:
@@ -171,7 +191,7 @@ class ZkCoordinator:
                 self._handle(*event)
                 self._sync()
             except KazooException as exc:  # connection trouble: the next state event resumes
-                log.warning("coordination: ZooKeeper operation failed (%s), waiting for the connection", exc)
+                log.warning("coordination: ZooKeeper operation failed (%s), waiting for the connection", plain(exc))
                 retry = time.monotonic() + PEER_READ_EVERY  # timers past due must not spin meanwhile
                 self._read_at, self._clean_at = max(self._read_at, retry), max(self._clean_at, retry)
             except Exception:
