@@ -163,10 +163,10 @@ class Gateway:
             return False
         if self.verifier is None:
             self._verify_for(result.datastore.cluster_id, result.datastore.node_id)
+        self._answered.set()  # before the log line: whoever reads "ready" there finds /-/ready saying so
         if retried:
             log.info("the agent at %s answered (cluster %s, node %s): ready", self.settings.upstream,
                      result.datastore.cluster_id, result.datastore.node_id)
-        self._answered.set()
         return True
 
     def ready(self) -> tuple[bool, str]:
