@@ -35,3 +35,13 @@ def test_benchmark_runs_at_a_tiny_size(tmp_path):
     assert report["service"]["polls"] > 0 and report["service"]["exit_code"] == 0
     assert {"sign", "sign_action"} <= set(report["signing"])
     assert {"service_over_floor", "peer_over_service"} <= set(report["ratios"])
+
+
+def test_the_publisher_benchmark_runs_at_a_tiny_size():
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_publisher.py"), "--sizes", "200"],
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [row[:2] for row in rows] == [["200", "snapshot"], ["200", "first"], ["200", "publisher"], ["200", "ratios"]]
+    assert "publisher/first" in rows[3] and "publisher/snapshot" in rows[3]

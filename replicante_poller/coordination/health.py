@@ -9,7 +9,6 @@ It is read back as strictly as the state file; a document that cannot be used is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Iterable, Union
 
@@ -84,18 +83,23 @@ def decode(stored: Stored, cluster: str, targets: Iterable[Target], now: float,
     return Published(cluster, by, published_at, tuple(views))
 
 
-def digest(views: Iterable[TargetView]) -> str:
-    """What a change of a cluster's health is measured by: each agent's status, reason,
-    debounced health and its streak, flapping, API generation and node status; never times
-    or messages (a poll that only moved timestamps changes nothing here)."""
-    items = []
-    for view in sorted(views, key=lambda v: v.target.key):
-        result = view.result
-        items.append([view.target.url, view.health.state.value, view.health.streak, view.flapping, view.api,
-                      result.status.value if result else None,
-                      result.reason.value if result and result.reason else None,
-                      result.node_status.to_json() if result and result.node_status else None])
-    return hashlib.sha256(json.dumps(items, separators=(",", ":")).encode()).hexdigest()
+Signature = tuple  # what of one view a change of health is measured by (`signature`)
+
+
+def signature(view: TargetView) -> Signature:
+    """What a change of an agent's health is measured by: its status, reason, debounced
+    health and its streak, flapping, API generation and node status; never times or
+    messages (a poll that only moved timestamps changes nothing here)."""
+    result = view.result
+    return (view.health.state, view.health.streak, view.flapping, view.api,
+            result.status if result else None, result.reason if result else None,
+            result.node_status if result else None)
+
+
+def digest(views: Iterable[TargetView]) -> dict[tuple[str, str], Signature]:
+    """A cluster's health as compared between two looks: each agent's `signature`, by agent
+    (order does not matter; an agent added or gone is a change)."""
+    return {view.target.key: signature(view) for view in views}
 
 
 def latest(views: Iterable[TargetView]) -> float:

@@ -4,8 +4,10 @@ A cluster is published as soon as its health changed (its `health.digest`: statu
 health and streak, not mere timestamps), and otherwise at least every `refresh` seconds
 while it has new polls (so other instances show recent times), once more at handover. The
 scheduler thread asks (`due`, `final`); the documents go to the coordination thread, which
-writes them. A document over `health.MAX_DOCUMENT` is not published (one warning per
-cluster while it stays too large; its next owner starts from its own state).
+writes them. An agent's `signature` is computed again only when its view is a new object
+(a poll, a restore): `benchmarks/bench_publisher.py` measures a look. A document over
+`health.MAX_DOCUMENT` is not published (one warning per cluster while it stays too large;
+its next owner starts from its own state).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import logging
 from typing import Callable, Iterable
 
 from ..polling.state import TargetView
-from .health import MAX_DOCUMENT, digest, encode, latest
+from .health import MAX_DOCUMENT, Signature, encode, latest, signature
 
 log = logging.getLogger(__name__)
 CHECK_PERIOD = 1.0  # seconds between two looks for changed health (a change is published this late at most)
@@ -22,7 +24,7 @@ CHECK_PERIOD = 1.0  # seconds between two looks for changed health (a change is 
 
 @dataclasses.dataclass(frozen=True)
 class _Last:
-    digest: str
+    digest: dict[tuple[str, str], Signature]  # each agent's signature, as published
     latest: float  # the start of the latest poll published
     at: float  # when published
 
@@ -34,6 +36,7 @@ class Publisher:
         self._by, self._refresh, self._clock = by, refresh, clock
         self._last: dict[str, _Last] = {}
         self._too_large: set[str] = set()
+        self._seen: dict[tuple[str, str], tuple[TargetView, Signature]] = {}  # each agent's last view looked at
 
     def due(self, views: Iterable[TargetView]) -> dict[str, bytes]:
         """Documents of the clusters among `views` (those held) to publish now. Clusters no
@@ -42,8 +45,9 @@ class Publisher:
         clusters = _by_cluster(views)
         self._last = {c: last for c, last in self._last.items() if c in clusters}
         documents = {}
+        seen, self._seen = self._seen, {}
         for cluster, members in clusters.items():
-            last, now_digest, newest = self._last.get(cluster), digest(members), latest(members)
+            last, now_digest, newest = self._last.get(cluster), self._digest(members, seen), latest(members)
             if last is not None and last.digest == now_digest and (
                     last.latest == newest or now - last.at < self._refresh()):
                 continue
@@ -52,6 +56,19 @@ class Publisher:
             if document is not None:
                 documents[cluster] = document
         return documents
+
+    def _digest(self, members: list[TargetView], seen: dict[tuple[str, str], tuple[TargetView, Signature]]
+                ) -> dict[tuple[str, str], Signature]:
+        """`health.digest` of one cluster, reusing the signatures of views seen unchanged at the
+        last look (the same objects: views are immutable and replaced at every poll)."""
+        digest, kept = {}, self._seen
+        for view in members:
+            key = view.target.key
+            known = seen.get(key)
+            value = known[1] if known is not None and known[0] is view else signature(view)
+            kept[key] = (view, value)
+            digest[key] = value
+        return digest
 
     def final(self, views: Iterable[TargetView]) -> dict[str, bytes]:
         """Documents of every cluster among `views`, whatever changed (a handover)."""
