@@ -612,8 +612,8 @@ class Service:
             log.info("[actions] reloaded: signing with key %s", signer.key_id)
 
     def _reload_failed(self, exc: PollerError) -> tuple[bool, str]:
+        self.metrics.config_loaded(False, self._clock())  # before the line: whoever reads it finds the metric agreeing
         log.error("configuration reload failed, still running the last good one: %s", exc)
-        self.metrics.config_loaded(False, self._clock())
         return False, f"reload failed, still running the last good configuration: {exc}"
 
     # -- persistence -----------------------------------------------------------
