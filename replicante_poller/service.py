@@ -583,9 +583,10 @@ class Service:
         p = config.poller
         self.state.configure(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
         self.config = config
-        if targets != self._targets:
-            log.info("now polling %d agents (was %d)", len(targets), len(self._targets))
+        previous = self._targets
         self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
+        if targets != previous:  # after: whoever reads the line finds /api/v1/targets listing them
+            log.info("now polling %d agents (was %d)", len(targets), len(previous))
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
         return True, f"configuration reloaded: {len(targets)} agents"
