@@ -628,5 +628,5 @@ class Service:
             try:
                 save_state(directory, self.state.snapshot(), self._clock)
             except OSError as exc:  # counted, and the service keeps polling: the state is a convenience
+                self.metrics.state_save_failed()  # counted before the line that says so
                 log.error("cannot save state to %s: %s", Path(directory), exc.strerror or exc)
-                self.metrics.state_save_failed()
