@@ -583,9 +583,10 @@ class Service:
         p = config.poller
         self.state.configure(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
         self.config = config
-        if targets != self._targets:
-            log.info("now polling %d agents (was %d)", len(targets), len(self._targets))
+        previous = self._targets
         self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
+        if targets != previous:  # after: whoever reads the line finds /api/v1/targets listing them
+            log.info("now polling %d agents (was %d)", len(targets), len(previous))
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
         return True, f"configuration reloaded: {len(targets)} agents"
@@ -612,8 +613,8 @@ class Service:
             log.info("[actions] reloaded: signing with key %s", signer.key_id)
 
     def _reload_failed(self, exc: PollerError) -> tuple[bool, str]:
+        self.metrics.config_loaded(False, self._clock())  # before the line: whoever reads it finds the metric agreeing
         log.error("configuration reload failed, still running the last good one: %s", exc)
-        self.metrics.config_loaded(False, self._clock())
         return False, f"reload failed, still running the last good configuration: {exc}"
 
     # -- persistence -----------------------------------------------------------
@@ -627,5 +628,5 @@ class Service:
             try:
                 save_state(directory, self.state.snapshot(), self._clock)
             except OSError as exc:  # counted, and the service keeps polling: the state is a convenience
+                self.metrics.state_save_failed()  # counted before the line that says so
                 log.error("cannot save state to %s: %s", Path(directory), exc.strerror or exc)
-                self.metrics.state_save_failed()

@@ -83,11 +83,12 @@ def main() -> int:
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.bind(("127.0.0.1", 53))  # bound before the command starts: its first query is answered
     threading.Thread(target=serve_dns, args=(dns, args.dns, args.name, addresses), daemon=True).start()
-    print(f"ns-helper: pid {os.getpid()}", file=sys.stderr, flush=True)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     child = subprocess.Popen(command, preexec_fn=_die_with_parent)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda s, _: child.send_signal(s))
+    # announced once a signal sent to it is forwarded: a test may send one as soon as it reads this
+    print(f"ns-helper: pid {os.getpid()}", file=sys.stderr, flush=True)
     code = child.wait()
     for hole in holes:
         hole.close()

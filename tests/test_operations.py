@@ -110,6 +110,7 @@ def test_discovery_file_change_is_picked_up_without_a_signal(tmp_path, start_sim
     discovery.write_text(json.dumps([{"cluster_id": "zk", "nodes": [first_url, second_url]}]))
     process.expect(r"discovery files changed")
     process.expect(r"now polling 2 agents")
+    assert set(process.targets()) == {first_url, second_url}  # the line's promise: the API lists them already
     process.expect(r"all 2 agents polled: 2 UP")
 
     discovery.write_text("[{broken")

@@ -136,8 +136,8 @@ class Election:
             return
         if not self._wait(lambda: True) or self._troubled:
             return
+        self._leader = True  # before the line: coordination_leader agrees with it
         log.info("election: this instance is the dispatcher leader (%s)", fence)
-        self._leader = True
         try:
             self._on_elected(fence)
             self._wait(lambda: self._troubled)

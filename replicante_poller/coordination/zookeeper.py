@@ -219,18 +219,18 @@ class ZkCoordinator:
 
     def _state(self, state: object) -> None:
         if state == KazooState.CONNECTED:
-            if not self._connected:
+            was, self._connected, self._suspended_at = self._connected, True, None  # before the line: the metric agrees
+            if not was:
                 log.info("coordination: connected to ZooKeeper (%s)", self._settings.hosts)
-            self._connected, self._suspended_at = True, None
             if not self._joined:
                 self._join()
             self._dirty = {"members": True, "locks": True, "health": True}
         elif state == KazooState.SUSPENDED:
-            if self._connected:
+            was, self._connected = self._connected, False  # before the line: the metric agrees
+            if was:
+                self._suspended_at = time.monotonic()
                 log.warning("coordination: ZooKeeper connection suspended: polling the %d held clusters "
                             "until the session expires (%gs)", len(self._held), self._settings.session_timeout)
-                self._suspended_at = time.monotonic()
-            self._connected = False
         elif state == KazooState.LOST:
             self._connected, self._suspended_at = False, None
             self._drop("ZooKeeper session lost: dropping every cluster until a new session joins")
@@ -265,9 +265,9 @@ class ZkCoordinator:
             self._dirty["members"] = False
             names = self._client.get_children(self._members_path, watch=self._watch("members"))
             members = tuple(sorted(unquote(n) for n in names))
-            if members != self._members:
+            previous, self._members = self._members, members  # before the line: coordination_members agrees
+            if members != previous:
                 log.info("coordination: %d members: %s", len(members), ", ".join(members))
-            self._members = members
         if self._dirty["locks"]:
             self._dirty["locks"] = False
             self._read_owners()
@@ -442,14 +442,14 @@ class ZkCoordinator:
     def _announce(self) -> None:
         held = frozenset(self._held)
         if held != self._announced:
-            log.info("coordination: holding %d clusters (%d members)", len(held), len(self._members))
-            left, self._announced = self._announced - held, held
+            left, self._announced = self._announced - held, held  # before the line: coordination_clusters_owned agrees
             if left:  # others' now: their health shown again once read (not read while held here)
                 self._health = {c: h for c, h in self._health.items() if c not in left}
                 self._stale |= left
             since, self._since = {c: t for c, t in self._since.items() if c in held}, {}
             taken, self._taken = {c: h for c, h in self._taken.items() if c in held}, {}
             self._on_held(held, since, taken)
+            log.info("coordination: holding %d clusters (%d members)", len(held), len(self._members))
 
     def _watch(self, kind: str) -> Callable[[object], None]:
         if kind not in self._watchers:
