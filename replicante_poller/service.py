@@ -24,7 +24,6 @@ from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
-from .coordination.health import newest
 from .errors import ConfigError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
@@ -47,11 +46,9 @@ if TYPE_CHECKING:
 
     from .actions.elected import ElectedDispatcher
     from .coordination.election import Election
-    from .coordination.journal import ZkJournal
     from .coordination.health import Stored
-    from .coordination.peers import PeerHealth
-    from .coordination.publisher import Publisher
-    from .coordination.zookeeper import ZkCoordinator
+    from .coordination.journal import ZkJournal
+    from .coordination.share import Share
 
 log = logging.getLogger(__name__)
 ELECTION_STOP_WAIT = 2.0  # seconds stop() waits for the election thread before closing the session
@@ -176,14 +173,10 @@ class Service:
         self._dispatcher: Optional[Dispatcher | ElectedDispatcher] = None
         self._actions_api: Optional[ActionsApi] = None
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._coordinator: Optional["ZkCoordinator"] = None  # [coordination] backend = zookeeper
+        self._share: Optional["Share"] = None  # [coordination] backend = zookeeper: the clusters held here
         self._zk: Optional["KazooClient"] = None  # its client, shared with the journal and the election
         self._election: Optional["Election"] = None  # with actions: who dispatches
         self._probe: Optional[IdentityProbe] = None  # the leader's identities of agents it does not poll
-        self._held: Optional[frozenset[str]] = None  # the clusters this instance may poll; None: all
-        self._saved: list[TargetView] = []  # the state file's views of clusters not taken yet (coordinated)
-        self._publisher: Optional["Publisher"] = None  # the health of held clusters, to ZooKeeper
-        self._peers: Optional["PeerHealth"] = None  # the health other instances published
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -211,7 +204,8 @@ class Service:
         if self.config.poller.state_dir:
             saved = load_state(self.config.poller.state_dir, targets, self.config.poller.max_retry_after, self._clock)
             restored = self.state.restore(saved)
-            self._saved = saved if self._held is not None else []  # coordinated: restored as clusters are taken
+            if self._share is not None:  # coordinated: restored as clusters are taken
+                self._share.restore_later(saved)
             log.info("restored the state of %d of %d agents from %s", restored, len(targets), self.config.poller.state_dir)
         self.metrics.config_loaded(True, self._clock())
         self._transport.start()
@@ -219,9 +213,10 @@ class Service:
         self._api.start()
         self._scheduler.every(lambda: self.config.discovery.refresh, self._check_files)
         self._scheduler.every(self._save_period, self._save)
-        if self._publisher is not None:
+        if self._share is not None:
             from .coordination.publisher import CHECK_PERIOD
-            self._scheduler.every(lambda: CHECK_PERIOD, self._publish)
+            share = self._share
+            self._scheduler.every(lambda: CHECK_PERIOD, lambda: share.publish(self.state.snapshot()))
         self._scheduler.start()
         if http is not None:
             self._http_thread = HttpDiscoveryThread(
@@ -231,8 +226,8 @@ class Service:
             self._http_thread.start()
         if self._dispatcher is not None:
             self._dispatcher.start()
-        if self._coordinator is not None:
-            self._coordinator.start()
+        if self._share is not None:
+            self._share.coordinator.start()
         if self._election is not None:
             self._election.start()
         host, port = self.api_address
@@ -246,80 +241,43 @@ class Service:
         settings = self.config.coordination
         if settings.backend != "zookeeper":
             return
-        from .coordination.peers import PeerHealth
-        from .coordination.publisher import Publisher
-        from .coordination.zookeeper import ZkCoordinator
+        from .coordination.share import Share
 
-        listen = "%s:%d" % self.api_address
-        self._held = frozenset()
-        self._coordinator = ZkCoordinator(
-            settings, self.instance_id, listen,
-            lambda held, since, health: self._scheduler.call(lambda: self._held_changed(held, since, health)),
-            self.metrics.thread_error, client=self._zk)
-        self._publisher = Publisher(self.instance_id, self._save_period, self._clock)
-        self._peers = PeerHealth(self._coordinator.published, self._clock, lambda: self.config.poller.max_retry_after)
-        self.metrics.observe_coordination(self._coordinator.connected, self._coordinator.members,
-                                          self._coordinator.owned,
+        assert self._zk is not None
+        share = self._share = Share(
+            settings, self.instance_id, "%s:%d" % self.api_address, self._zk,
+            lambda held, since, health: self._scheduler.call(lambda: self._held_changed(share, held, since, health)),
+            self.metrics.thread_error, self._clock, self._save_period, lambda: self.config.poller.max_retry_after)
+        self.metrics.observe_coordination(share.coordinator.connected, share.coordinator.members,
+                                          share.coordinator.owned,
                                           self._election.leader if self._election is not None else None)
         log.info("coordination through ZooKeeper %s%s as %s", settings.hosts, settings.path, self.instance_id)
 
-    def _held_changed(self, held: frozenset[str], since: Mapping[str, float], health: Mapping[str, "Stored"] = {}) -> None:
+    def _held_changed(self, share: "Share", held: frozenset[str], since: Mapping[str, float],
+                      health: Mapping[str, "Stored"]) -> None:
         """The coordinator's new set of held clusters (on the scheduler thread): poll exactly
         those (`since`: when their previous owner stopped, for those handed over), each agent
         taken starting from the newer of the health its last owner published and this
         instance's state file; a released cluster's health is published and its lock goes
         once its last poll ended, with when it left the schedule."""
-        if self._held is None or self._coordinator is None or self._publisher is None:
-            return
-        released = self._held - held
-        final = self._publisher.final(v for v in self.state.snapshot() if v.target.cluster_id in released)
-        self._held = held
-        saved = [view for view in self._saved if view.target.cluster_id in held]
-        if saved:  # once, at the first take after start: later the cluster's state is another instance's
-            self._saved = [view for view in self._saved if view.target.cluster_id not in held]
-        published = self._published_views(health)
-        restored, from_zookeeper = newest(published, saved), {id(view) for view in published}
-        self._apply_targets(self._targets, since, restored)
+        taken = share.take(held, health, self.state.snapshot(), self._targets)
+        self._apply_targets(self._targets, since, taken.restored)
         stopped = self._clock()
-        if restored:
+        if taken.restored:  # logged once applied: whoever reads it finds the state restored
             log.info("restored the state of %d agents of the clusters taken (%d from the health published in ZooKeeper)",
-                     len(restored), sum(1 for view in restored if id(view) in from_zookeeper))
-        if released:
+                     len(taken.restored), taken.from_zookeeper)
+        if taken.released:
             self._scheduler.when_idle(
-                released, lambda: self._coordinator.released(released, stopped, final) if self._coordinator else None)
-
-    def _published_views(self, health: Mapping[str, "Stored"]) -> list[TargetView]:
-        """The views of the health znodes of clusters taken, of agents still known; a znode
-        that cannot be used is ignored with one log line naming it (`PeerHealth`)."""
-        if self._peers is None:
-            return []
-        return [view for published in self._peers.decoded(health, self._targets).values() for view in published.views]
-
-    def _publish(self) -> None:
-        """Hand the health of held clusters that changed to the coordinator (scheduler thread)."""
-        if self._publisher is not None and self._coordinator is not None:
-            documents = self._publisher.due(self.state.snapshot())
-            if documents:
-                self._coordinator.publish(documents)
+                taken.released, lambda: share.coordinator.released(taken.released, stopped, taken.final))
 
     def reported(self) -> list[Reported]:
         """Agents of clusters this instance does not hold (`/api/v1/targets`, any thread),
         with the health their instance last published, or unknown."""
-        held, peers = self._held, self._peers
-        if held is None or peers is None:
-            return []
-        others = [t for t in self._targets if t.cluster_id not in held]
-        published = peers.reported(others)
-        by_key = {v.target.key: (v, p) for p in published.values() for v in p.views}
-        out = []
-        for target in others:
-            view, document = by_key.get(target.key, (TargetView(target), None))
-            out.append(Reported(view, document.by, document.published_at) if document else Reported(view))
-        return out
+        return self._share.reported(self._targets) if self._share is not None else []
 
     def owner(self, cluster_id: str) -> Optional[str]:
         """The instance polling the cluster (`/api/v1/targets`): this one without coordination."""
-        return self._coordinator.owner(cluster_id) if self._coordinator is not None else self.instance_id
+        return self._share.coordinator.owner(cluster_id) if self._share is not None else self.instance_id
 
     def _open_actions(self) -> ActionsApi:
         """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
@@ -388,8 +346,8 @@ class Service:
         """Cluster id, node id and API generation as a poll of this run observed them, or
         None before any (any thread). Agents of clusters another instance polls: from a poll
         of the leader's own (`IdentityProbe`)."""
-        if self._probe is not None and not self._polls(target):
-            return self._probed_identity(self._probe, target)
+        if self._probe is not None and self._share is not None and not self._share.polls(target):
+            return self._probed_identity(self._probe, self._share, target)
         view = self.state.view(target.key)
         result = view.result if view is not None else None
         # a restored result (the state file's, or the health another instance published): the node may have changed
@@ -398,15 +356,13 @@ class Service:
             return None
         return AgentIdentity(result.datastore.cluster_id, result.datastore.node_id, view.api)
 
-    def _probed_identity(self, probe: IdentityProbe, target: Target) -> Optional[AgentIdentity]:
+    def _probed_identity(self, probe: IdentityProbe, share: "Share", target: Target) -> Optional[AgentIdentity]:
         """The leader's own poll of an agent of another instance's cluster, once the health
         its owner published agrees: with none yet, a duplicate node id or a node of another
         cluster there (the owner's cluster-wide checks), or another node seen at that URL,
         nothing is signed for it."""
         identity = probe.identity(target)
-        members = [t for t in self._targets if t.cluster_id == target.cluster_id]
-        published = self._peers.reported(members) if self._peers is not None else {}
-        view = next((v for p in published.values() for v in p.views if v.target.key == target.key), None)
+        view = share.published_view(target, self._targets)
         result = view.result if view is not None else None
         if identity is None or result is None:  # nothing published yet: its owner's checks have not run
             return None
@@ -418,15 +374,10 @@ class Service:
 
     def generation(self, target: Target) -> Optional[str]:
         """The agent's API generation as last learned (restored state included), or None."""
-        if self._probe is not None and not self._polls(target):
+        if self._probe is not None and self._share is not None and not self._share.polls(target):
             return self._probe.generation(target)
         view = self.state.view(target.key)
         return view.api if view is not None else None
-
-    def _polls(self, target: Target) -> bool:
-        """Whether this instance polls the target (coordinated: its cluster is held here)."""
-        held = self._held
-        return held is None or target.cluster_id in held
 
     @property
     def api_address(self) -> tuple[str, int]:
@@ -471,10 +422,8 @@ class Service:
             self._dispatcher.stop()
         self._pool.stop()
         self._scheduler.drain()
-        if self._coordinator is not None:
-            if self._publisher is not None:  # the health of every held cluster, for the next owners
-                self._coordinator.publish(self._publisher.final(self.state.snapshot()))
-            self._coordinator.stop()  # after the last poll: closing the session releases every lock
+        if self._share is not None:  # after the last poll: the health of held clusters, then the locks go
+            self._share.stop(self.state.snapshot())
         if self._election is not None and not self._election.join(ELECTION_STOP_WAIT):
             log.warning("election thread still blocked in ZooKeeper after the session closed")
         self._save()
@@ -547,11 +496,11 @@ class Service:
         for target in targets:
             by_url.setdefault(target.url, target)
         self._by_url = by_url
-        held = self._held
-        self._scheduler.set_targets(targets if held is None else tuple(t for t in targets if t.cluster_id in held),
+        share = self._share
+        self._scheduler.set_targets(targets if share is None else tuple(t for t in targets if share.polls(t)),
                                     since, restored)
-        if self._coordinator is not None:
-            self._coordinator.set_clusters(frozenset(t.cluster_id for t in targets))
+        if share is not None:
+            share.coordinator.set_clusters(frozenset(t.cluster_id for t in targets))
 
     def _reload_from_file(self) -> tuple[bool, str]:
         log.info("reloading configuration")
