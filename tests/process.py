@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,16 +37,18 @@ class PollerProcess:
         self.lines.put(None)
 
     def expect(self, pattern: str, timeout: float = 20.0) -> re.Match:
-        """The first new log line matching `pattern`; fails on exit or timeout."""
+        """The first new log line matching `pattern`; fails on exit, or once `timeout`
+        seconds passed in all (a process logging other lines does not extend it)."""
         regex = re.compile(pattern)
         while self._cursor < len(self.log):
             self._cursor += 1
             match = regex.search(self.log[self._cursor - 1])
             if match:
                 return match
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                line = self.lines.get(timeout=timeout)
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n" + "".join(self.log))
             if line is None:
