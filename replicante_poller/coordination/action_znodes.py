@@ -118,6 +118,11 @@ class ActionZnodes:
         """The ids of every action (NoNodeError when the base znode is missing)."""
         return self.call(self.client.get_children_async(self.base, watch=watch), "listing actions")
 
+    def watch_state(self, action_id: str, watch: Callable[[Any], None]) -> None:
+        """Have `watch` called once the action's state changes (or appears): the request is
+        sent, its answer not waited for."""
+        self.client.exists_async(self.path(action_id, "state"), watch=watch)
+
     def exists(self, action_id: str) -> bool:
         return self.call(self.client.exists_async(self.path(action_id)), "checking a submission") is not None
 

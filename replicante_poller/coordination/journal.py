@@ -173,7 +173,7 @@ class ZkJournal:
         watch = lambda event: changed.set()  # noqa: E731 (one function: kazoo keeps one watch per function)
         while True:
             changed.clear()
-            self._client.exists_async(self._znodes.path(action_id, "state"), watch=watch)
+            self._znodes.watch_state(action_id, watch)
             action = self.get(action_id)
             remaining = deadline - time.monotonic()
             if (action is not None and predicate(action)) or remaining <= 0:
