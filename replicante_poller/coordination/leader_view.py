@@ -1,8 +1,9 @@
 """The elected leader's view of the action journal in ZooKeeper: what its dispatcher
 reads and writes (`journal.ZkJournal` hands it the leader's calls).
 
-The leader keeps every action in memory (read when elected; new submissions read when the
-children watch fires), so choosing due actions reads nothing from ZooKeeper. Its writes
+The leader keeps every live action in memory, and when each final one finished (read when
+elected; new submissions read when the children watch fires), so choosing due actions
+reads nothing from ZooKeeper. Its writes
 are fenced by its election znode and conditional on the version of the state it read
 (`action_znodes.py`); one that loses (a cancel got there first) writes nothing and the
 action is read again. Final actions are deleted RETENTION after they finished, and the
