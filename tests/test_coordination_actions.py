@@ -215,18 +215,19 @@ def test_a_failed_read_of_new_submissions_is_retried(zookeeper: ZooKeeper, clien
     journal = ZkJournal(client, settings(zookeeper))
     journal.lead(fence(client))
     action = journal.submit("https://a:1", PING, None)
-    real = journal._read_many
-    monkeypatch.setattr(journal, "_read_many", lambda ids: (_ for _ in ()).throw(StoreError("zk", "journal", "no answer")))
-    journal._listing.set()  # the children watch fired
+    znodes = journal._znodes  # what the leader's view reads through
+    real = znodes.read_many
+    monkeypatch.setattr(znodes, "read_many", lambda ids: (_ for _ in ()).throw(StoreError("zk", "journal", "no answer")))
+    journal._leader._listing.set()  # the children watch fired
     with pytest.raises(StoreError):
         journal.due(time.time() + 1)
-    monkeypatch.setattr(journal, "_read_many", real)
+    monkeypatch.setattr(znodes, "read_many", real)
     assert [a.id for a in journal.due(time.time() + 1)] == [action.id]  # listed again, not forgotten
 
 
 def test_pruning_goes_on_while_too_many_final_actions_are_kept(zookeeper: ZooKeeper, client: KazooClient,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    import replicante_poller.coordination.journal as module
+    import replicante_poller.coordination.leader_view as module
 
     monkeypatch.setattr(module, "PRUNE_BATCH", 2)
     monkeypatch.setattr(module, "MAX_FINAL", 1)
@@ -248,7 +249,7 @@ def test_a_journal_deleted_under_the_leader_is_made_again(zookeeper: ZooKeeper, 
     journal.submit("https://a:1", PING, None)
     journal.lead(fence(client))
     client.delete("/unit/journal", recursive=True)
-    journal._listing.set()  # the children watch fired
+    journal._leader._listing.set()  # the children watch fired
     assert journal.due(time.time() + 1) == [] and client.exists("/unit/journal/actions") is not None
 
 
@@ -257,7 +258,7 @@ def test_a_submission_without_an_answer_is_never_said_not_stored(zookeeper: ZooK
     """ZooKeeper stalls (paused) while a submission is committed: the answer says it may have
     been stored and names it, and it is there once ZooKeeper goes on (a 503 "not stored" would
     have Core submit it again: the action twice, with two ids)."""
-    import replicante_poller.coordination.journal as module
+    import replicante_poller.coordination.action_znodes as module
 
     monkeypatch.setattr(module, "OP_TIMEOUT", 1.0)
     journal = ZkJournal(client, settings(zookeeper))
