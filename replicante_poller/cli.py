@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 from . import __version__
 from .actions.api import action_json, submit
-from .actions.journal import ActionStore, Journal, open_journal
+from .actions.journal import ActionStore, open_journal
 from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config

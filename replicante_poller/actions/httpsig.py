@@ -15,8 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from ..errors import SignatureFormatError
-from ..limits import ACTION_TTL as DEFAULT_TTL  # noqa: F401 (CLOCK_SKEW for verifiers)
-from ..limits import CLOCK_SKEW
+from ..limits import ACTION_TTL as DEFAULT_TTL
 from ..limits import MAX_ACTION_TTL as MAX_TTL
 
 LABEL = "replicante"

@@ -17,7 +17,6 @@ import time
 from typing import Callable, Iterable, Mapping, Optional
 
 from ..actions.httpsig import (
-    CLOCK_SKEW,
     COVERED,
     LABEL,
     MAX_TTL,
@@ -31,7 +30,7 @@ from ..actions.httpsig import (
 from ..actions.signing import PublicKey, load_public_key
 from ..agentapi import ACTION
 from ..errors import KeyFileError
-from ..limits import MAX_BODY
+from ..limits import CLOCK_SKEW, MAX_BODY
 from .replay import Outcome, ReplayStore
 
 NONCE = re.compile(r"[A-Za-z0-9_-]{22}")
