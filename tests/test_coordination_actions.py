@@ -184,6 +184,22 @@ def test_final_actions_are_pruned_after_retention_only(zookeeper: ZooKeeper, cli
     assert journal.get(recent.id) is not None and journal.get(live.id) is not None
 
 
+def test_a_final_action_without_its_attempts_znode_is_still_pruned(zookeeper: ZooKeeper, client: KazooClient) -> None:
+    """A damaged final action (its `attempts` znode gone) is deleted like the others, not
+    forgotten and read again at every listing, forever."""
+    from replicante_poller.coordination.journal import RETENTION
+
+    now = [1_800_000_000.0]
+    journal = ZkJournal(client, settings(zookeeper), clock=lambda: now[0])
+    damaged = journal.submit("https://a:1", PING, None)
+    journal.lead(fence(client))
+    journal.update(damaged, ActionState.DONE, now[0], "done long ago")
+    client.delete(f"/unit/journal/actions/{damaged.id}/attempts")
+    now[0] += RETENTION + 1
+    journal.due(float("inf"))
+    assert client.exists(f"/unit/journal/actions/{damaged.id}") is None
+
+
 def test_any_instance_cancels_and_the_leader_never_sends(zookeeper: ZooKeeper, client: KazooClient) -> None:
     leader = ZkJournal(client, settings(zookeeper))
     action, sent, delivered = (leader.submit("https://a:1", PING, None) for _ in range(3))

@@ -41,8 +41,6 @@ CANCEL_TRIES = 3  # reads of an action a cancel makes while the dispatcher keeps
 class ZkJournal:
     """The journal's ZooKeeper store, with the SQLite `Journal`'s interface."""
 
-    what = "action journal"
-
     def __init__(self, client: KazooClient, settings: CoordinationSettings, clock: Callable[[], float] = time.time,
                  on_submit: Callable[[], None] = lambda: None, own_client: bool = False):
         """`on_submit` is called (on kazoo's thread: keep it short) when the leader sees new

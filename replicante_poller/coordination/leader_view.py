@@ -255,21 +255,24 @@ class LeaderView:
                      min(len(doomed), PRUNE_BATCH), RETENTION / 86400, MAX_FINAL)
 
     def _delete(self, action_id: str) -> None:
+        """Delete a final action's znodes in one multi-op (those it has: an `attempts` znode
+        may be missing from a damaged one); then it is forgotten."""
         path = self._znodes.path
         try:
-            names = self._znodes.attempt_names(action_id)
+            names: Optional[list[str]] = self._znodes.attempt_names(action_id)
         except NoNodeError:
-            names = None  # gone already (or damaged): forgotten below
+            names = None  # no attempts znode: damaged, or the whole action gone already
 
         def ops(t: Any) -> None:
             for name in names or ():
                 t.delete(path(action_id, "attempts", name))
-            for znode in (path(action_id, "attempts"), path(action_id, "state"), path(action_id)):
+            for znode in ((path(action_id, "attempts"),) if names is not None else ()) + (
+                    path(action_id, "state"), path(action_id)):
                 t.delete(znode)
-        if names is not None:
-            try:
-                self._commit(ops, f"deleting final action {action_id}")
-            except StoreError as exc:  # changed meanwhile, or ZooKeeper failed: left for a later leader
+        try:
+            self._commit(ops, f"deleting final action {action_id}")
+        except StoreError as exc:  # changed meanwhile, gone already, or ZooKeeper failed: left for a later leader
+            if names is not None:
                 log.warning("%s", exc)
         with self._lock:
             self._finished.pop(action_id, None)
