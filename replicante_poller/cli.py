@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .actions.api import action_json, submit
+from .actions.api import action_json, decode_submission, submit
 from .actions.journal import ActionStore, open_journal
 from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
 from .agentside.gateway import Gateway
@@ -167,7 +167,9 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     by_url = {t.url: t for t in discover_all(config)}  # HTTP-discovered agents included
     try:
-        arguments = json.loads(args.args)
+        arguments = decode_submission(args.args)
+    except SubmissionError as exc:
+        raise ConfigError("command line", None, "--args", str(exc)) from None
     except ValueError as exc:
         raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
     if config.actions.enabled and config.actions.signing_key is not None:
