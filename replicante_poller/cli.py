@@ -26,6 +26,7 @@ from .config import Config, load_config
 from .converters import to_agent_url, to_listen
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, KeyFileError, PollerError, SubmissionError
+from .limits import MAX_ARGS_DEPTH
 from .logformat import TEXT_FORMAT, JsonFormatter
 from .polling.discovery import Target, check_globs
 from .polling.health import Health
@@ -170,6 +171,8 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
         arguments = decode_submission(args.args)
     except SubmissionError as exc:
         raise ConfigError("command line", None, "--args", str(exc)) from None
+    except RecursionError:  # what check_args would refuse anyway, before json.loads gives up
+        raise ConfigError("command line", None, "--args", f"args are nested deeper than {MAX_ARGS_DEPTH} levels") from None
     except ValueError as exc:
         raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
     if config.actions.enabled and config.actions.signing_key is not None:

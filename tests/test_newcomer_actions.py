@@ -174,3 +174,13 @@ def test_action_submit_refuses_args_with_a_duplicate_key(tmp_path, pki):
         assert journal.list() == []
     finally:
         journal.close()
+
+
+def test_action_submit_refuses_args_nested_too_deeply_in_one_line(tmp_path, pki):
+    """20,000 nested lists in `--args` ended in a RecursionError traceback from json.loads."""
+    path, _ = journal_config(tmp_path, pki)
+
+    done = cli("action", "submit", "--config", str(path), "--agent", AGENT, "--kind", PING,
+               "--args", "[" * 20_000 + "]" * 20_000)
+
+    one_line_error(done, "--args", "nested deeper than 64 levels")
