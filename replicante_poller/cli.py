@@ -112,7 +112,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     finally:
         client.close()
         transport.stop()
-    view = TargetView(target, result, Health().observe(result.ok, 1, 1), result.started if result.ok else None)
+    last_success = result.started + result.duration if result.ok else None  # as FleetState.record sets it
+    view = TargetView(target, result, Health().observe(result.ok, 1, 1), last_success, api=result.api)
     print(json.dumps(target_json(view), indent=2))
     return 0 if result.ok else 1
 
