@@ -18,14 +18,14 @@ from typing import Callable, Optional, Sequence
 from . import __version__
 from .actions.api import action_json, decode_submission, submit
 from .actions.journal import ActionStore, open_journal
-from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
+from .actions.signing import add_keygen_arguments, keygen_command
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config
 from .converters import to_agent_url, to_listen
 from .durations import format_duration, rfc3339
-from .errors import ConfigError, KeyFileError, PollerError, SubmissionError
+from .errors import ConfigError, PollerError, SubmissionError
 from .limits import MAX_ARGS_DEPTH
 from .logformat import TEXT_FORMAT, JsonFormatter
 from .polling.discovery import Target, check_globs
@@ -34,7 +34,7 @@ from .polling.poll import poll_target
 from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .service import Service, check_resources, discover_all, listener_context
+from .service import Service, check_resources, configured_signer, discover_all, listener_context
 from .web.server import ListenError, listen_family
 from .web.status import target_json
 
@@ -177,10 +177,8 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
     if config.actions.enabled and config.actions.signing_key is not None:
-        try:  # the key run signs with: an action it could never send is not journaled
-            load_signing_key(config.actions.signing_key)
-        except KeyFileError as exc:
-            raise ConfigError(config.source, "actions", "signing_key", str(exc)) from None
+        # the key run signs with: an action it could never send is not journaled
+        configured_signer(config.source, config.actions.signing_key)
     journal = _journal(config)
     try:
         action = submit(journal, by_url.get, args.agent, args.kind, arguments)

@@ -24,7 +24,7 @@ from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
 from .config import ActionsSettings, ClusterConfig, Config, load_config
-from .errors import ConfigError, PollerError
+from .errors import ConfigError, KeyFileError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
 from .folders import make_writable_folder, writable_folder
@@ -120,6 +120,15 @@ def check_state_dir(config: Config, create: bool) -> None:
         raise ConfigError(config.source, "poller", "state_dir", problem)
 
 
+def configured_signer(source: str, path: str) -> Signer:
+    """The `[actions] signing_key` at `path`; a file that is not a usable key is a
+    ConfigError naming the configuration file `source`, the key and the file."""
+    try:
+        return load_signing_key(path)
+    except KeyFileError as exc:
+        raise ConfigError(source, "actions", "signing_key", str(exc)) from None
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once (creating nothing): the state
     folder, discovery, TLS material, the signing key, the API token and the action
@@ -129,7 +138,7 @@ def check_resources(config: Config) -> tuple[Target, ...]:
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
     if actions.enabled and actions.signing_key is not None:
-        load_signing_key(actions.signing_key)
+        configured_signer(config.source, actions.signing_key)
     if actions.enabled and actions.api_token_file is not None:
         read_token(actions.api_token_file)
     if actions.enabled and actions.journal is not None:
@@ -283,7 +292,7 @@ class Service:
         """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
         settings = self.config.actions
         assert settings.signing_key is not None
-        signer = load_signing_key(settings.signing_key)
+        signer = configured_signer(self.config.source, settings.signing_key)
         token = read_token(settings.api_token_file) if settings.api_token_file else None
         journal: Journal | ZkJournal
         if self._zk is not None:
@@ -553,7 +562,7 @@ class Service:
         if new.journal != old.journal:
             log.warning("[actions] journal changed: takes effect at the next restart")
         assert new.signing_key is not None
-        signer = load_signing_key(new.signing_key)  # files are re-read: a key replaced in place counts
+        signer = configured_signer(self.config.source, new.signing_key)  # files are re-read: a key replaced in place counts
         token = read_token(new.api_token_file) if new.api_token_file else None
         previous = self._dispatcher.signer
         self._dispatcher.reconfigure(dataclasses.replace(new, journal=old.journal), signer)

@@ -416,3 +416,29 @@ def test_a_gateway_server_key_that_does_not_match_its_certificate_names_the_file
     one_line_error(done, f"{path}: [gateway] server_key: {key} cannot be used with server_cert {pki['cert']}",
                    "KEY_VALUES_MISMATCH")
     assert "_ssl.c" not in done.stderr
+
+
+def test_a_signing_key_that_is_no_key_is_named_by_file_section_and_key(tmp_path, pki):
+    """`signing_key` pointing at another 0600 file (the token) was `error: TOKEN: not an
+    Ed25519 PKCS#8 private key`: neither the configuration nor `[actions] signing_key` named."""
+    import requests
+
+    from harness import action_files
+    from process import PollerProcess
+
+    keys = action_files(tmp_path)
+    path = poller_ini(tmp_path, pki, f"[http]\nlisten = 127.0.0.1:0\n[actions]\nenabled = true\n"
+                                     f"signing_key = {keys['token']}\njournal = {keys['journal']}\n")
+    expected = f"{path}: [actions] signing_key: {keys['token']}: not an Ed25519 PKCS#8 private key"
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)), expected)
+
+    good = path.read_text().replace(f"signing_key = {keys['token']}", f"signing_key = {keys['key']}")
+    path.write_text(good)
+    process = PollerProcess(path)
+    try:
+        path.write_text(good.replace(f"signing_key = {keys['key']}", f"signing_key = {keys['token']}"))
+        answer = requests.post(f"http://{process.address}/-/reload", timeout=10)
+        assert answer.status_code == 500 and expected in answer.json()["message"], answer.text
+    finally:
+        process.stop()
