@@ -63,7 +63,8 @@ def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsCon
             contexts.get(target.tls)
         except ConfigError as exc:
             section = "tls" if target.tls == config.tls else f"cluster:{target.cluster_id}"
-            raise ConfigError(config.source, section, None, exc.message + f" ({exc.source})") from None
+            suffix = "" if exc.key is not None else f" ({exc.source})"  # a key's message names its file
+            raise ConfigError(config.source, section, exc.key, exc.message + suffix) from None
 
 
 def listener_context(config: Config) -> Optional[tuple[ssl.SSLContext, Stamp]]:

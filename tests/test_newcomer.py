@@ -442,3 +442,20 @@ def test_a_signing_key_that_is_no_key_is_named_by_file_section_and_key(tmp_path,
         assert answer.status_code == 500 and expected in answer.json()["message"], answer.text
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("section", ["tls", "cluster:rs"])
+def test_a_ca_file_that_holds_no_certificate_is_named_by_section_and_key(tmp_path, pki, section):
+    """`ca_file` naming a file without a certificate was `[tls]: cannot load TLS material:
+    [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)`: no key."""
+    not_a_ca = tmp_path / "notes.txt"
+    not_a_ca.write_text("not a certificate\n")
+    path = tmp_path / "poller.ini"
+    if section == "tls":
+        path.write_text(f"[tls]\nca_file = {not_a_ca}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    else:
+        path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = https://127.0.0.1:9\nca_file = {not_a_ca}\n")
+    for verb in ("check-config", "run"):
+        done = cli(verb, "--config", str(path))
+        one_line_error(done, f"{path}: [{section}] ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")
+        assert "_ssl.c" not in done.stderr, done.stderr

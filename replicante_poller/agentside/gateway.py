@@ -122,7 +122,12 @@ class Gateway:
         Raises KeyFileError/ConfigError (bad keys or files)."""
         settings = self.settings
         self._keyring = configured_keyring(settings)
-        self._transport.contexts.get(self._upstream.tls)
+        try:
+            self._transport.contexts.get(self._upstream.tls)
+        except ConfigError as exc:  # located in gateway.ini, where the upstream_* keys are
+            key = None if exc.key is None else f"upstream_{exc.key}"
+            raise ConfigError(settings.source, "gateway", key,
+                              exc.message if key is not None else f"{exc.message} ({exc.source})") from None
         self._transport.start()
         try:
             self._store = ReplayStore(settings.replay_store)
