@@ -34,7 +34,7 @@ from .polling.poll import poll_target
 from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .service import Service, check_resources, configured_signer, discover_all, listener_context
+from .service import Service, check_fd_limit, check_resources, configured_signer, discover_all, listener_context
 from .web.server import ListenError, listen_family
 from .web.status import target_json
 
@@ -138,6 +138,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)  # a process-wide setting: the entry point of the service owns it
     config = load_config(args.config)
     check_globs(config)
+    check_fd_limit(config)  # before Service sizes its worker pool by `workers`
     service = Service(config, config_path=args.config, adjust=_listen_override(args.listen))
     install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
     try:

@@ -130,10 +130,30 @@ def configured_signer(source: str, path: str) -> Signer:
         raise ConfigError(source, "actions", "signing_key", str(exc)) from None
 
 
+def check_fd_limit(config: Config, change: bool = True) -> None:
+    """Enough file descriptors for every worker, listener connection and file (the soft
+    limit raised when the hard one allows, unless `change` is False: check-config), or a
+    clear refusal now: not hundreds of agents failing with `connect` later. Checked
+    before anything is sized by `workers`."""
+    workers = config.poller.workers
+    dispatch = config.actions.dispatch_workers + JOURNAL_FDS if config.actions.enabled else 0
+    needed = workers + MAX_CONNECTIONS + dispatch + FILES_RESERVE
+    try:
+        before, after = ensure_fd_limit(needed, change)
+    except ValueError as exc:
+        raise ConfigError(config.source, "poller", "workers",
+                          f"{exc} by {workers} workers, {MAX_CONNECTIONS} listener connections and files: "
+                          "raise it (ulimit -n, LimitNOFILE= in a systemd unit) or lower workers") from None
+    if change and after != before:
+        log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
+                 before, after, workers, MAX_CONNECTIONS)
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once (creating nothing): the state
     folder, discovery, TLS material, the signing key, the API token and the action
     journal. Raises the error `run` would."""
+    check_fd_limit(config, change=False)
     check_state_dir(config, create=False)
     targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
@@ -195,7 +215,7 @@ class Service:
 
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
-        self._check_fd_limit()
+        check_fd_limit(self.config)
         if self.config.coordination.backend == "zookeeper":
             from .coordination.zookeeper import new_client
 
@@ -331,22 +351,6 @@ class Service:
         """A new action was submitted: the dispatcher (if this instance runs one) looks now."""
         if self._dispatcher is not None:
             self._dispatcher.wake()
-
-    def _check_fd_limit(self) -> None:
-        """Enough file descriptors for every worker, listener connection and file, or a
-        clear refusal now (not hundreds of agents failing with `connect` later)."""
-        workers = self.config.poller.workers
-        dispatch = self.config.actions.dispatch_workers + JOURNAL_FDS if self.config.actions.enabled else 0
-        needed = workers + MAX_CONNECTIONS + dispatch + FILES_RESERVE
-        try:
-            before, after = ensure_fd_limit(needed)
-        except ValueError as exc:
-            raise ConfigError(self.config.source, "poller", "workers",
-                              f"{exc} by {workers} workers, {MAX_CONNECTIONS} listener connections and files: "
-                              "raise it (ulimit -n, LimitNOFILE= in a systemd unit) or lower workers") from None
-        if after != before:
-            log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
-                     before, after, workers, MAX_CONNECTIONS)
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""
