@@ -50,3 +50,27 @@ def test_a_discovery_file_that_cannot_be_read_is_said_in_words(tmp_path, pki):
     done = check_config(path)
     one_line_error(done, f"{tmp_path / 'd.json'}: cannot read: is a directory")
     plain(done.stderr)
+
+
+@pytest.mark.parametrize("generation", ["legacy", "replisdk"])
+def test_a_client_certificate_required_and_not_sent_is_tls_handshake_without_ssl_c(tmp_path, pki, start_sim, generation):
+    """A replisdk agent (TLS 1.3) that requires a client certificate closes the connection
+    after the handshake: the message was `TLS failed: EOF occurred in violation of protocol
+    (_ssl.c:2427)`, CPython's source line on the status page."""
+    import json
+
+    from replicante_poller.agentsim import NodeSpec
+    from test_newcomer import cli
+
+    url = start_sim([NodeSpec("rs", "node-1", generation=generation)], client_ca=pki["ca"]).agents[0][1]
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = {url}\n")
+
+    done = cli("poll", "--config", str(path), url)
+
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["status"], result["reason"]) == ("AGENT_DOWN", "tls_handshake"), result
+    assert result["message"].startswith("GET /api/unstable/info/") and "TLS failed: " in result["message"], result
+    assert "_ssl.c" not in result["message"], result["message"]
+    plain(result["message"])
