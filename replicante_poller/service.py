@@ -23,7 +23,7 @@ from .actions.dispatcher import AgentIdentity, Dispatcher
 from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
-from .config import ActionsSettings, ClusterConfig, Config, load_config
+from .config import ActionsSettings, ClusterConfig, Config, TlsSettings, load_config
 from .errors import ConfigError, KeyFileError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
@@ -35,7 +35,7 @@ from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
 from .polling.state import FleetState, Reported, TargetView
 from .polling.statefile import load_state, save_state
-from .polling.tls import TlsContexts
+from .polling.tls import TlsContexts, TlsFileError, build_context
 from .polling.transport import Transport
 from .web.metrics import PollerMetrics, new_registry, render
 from .web.server import MAX_CONNECTIONS
@@ -101,7 +101,14 @@ def _load_listener_files(context: ssl.SSLContext, config: Config) -> None:
 
 
 def http_discovery(config: Config) -> HttpDiscovery:
-    """Core's HTTP discovery as `[discovery]` configures it (ConfigError: unusable token file)."""
+    """Core's HTTP discovery as `[discovery]` configures it (ConfigError: unusable token or
+    CA file; a CA file without a certificate is the configuration's error, not the server's)."""
+    ca_file = config.discovery.http_ca_file
+    if ca_file is not None:
+        try:
+            build_context(TlsSettings(ca_file=ca_file))
+        except TlsFileError as exc:
+            raise ConfigError(config.source, "discovery", "http_ca_file", f"cannot load TLS material: {exc}") from None
     return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
 
 

@@ -74,3 +74,18 @@ def test_a_client_certificate_required_and_not_sent_is_tls_handshake_without_ssl
     assert result["message"].startswith("GET /api/unstable/info/") and "TLS failed: " in result["message"], result
     assert "_ssl.c" not in result["message"], result["message"]
     plain(result["message"])
+
+
+@pytest.mark.parametrize("verb", ["check-config", "run"])
+def test_an_http_discovery_ca_file_without_a_certificate_is_named_not_blamed_on_the_server(tmp_path, pki, verb):
+    """`http_ca_file` naming a file without a certificate was `https://SERVER/discover: [page 1]:
+    HTTP discovery failed: TLS failed: NO_CERTIFICATE_OR_CRL_FOUND`: the server's fault, to read
+    it, and at run time the same failure at every refresh; the configuration went unnamed."""
+    from test_newcomer import cli
+
+    not_a_ca = tmp_path / "notes.txt"
+    not_a_ca.write_text("not a certificate\n")
+    path = poller_ini(tmp_path, pki, f"[discovery]\nhttp = https://127.0.0.1:9/discover\nhttp_ca_file = {not_a_ca}\n")
+
+    one_line_error(cli(verb, "--config", str(path)),
+                   f"{path}: [discovery] http_ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")
