@@ -95,6 +95,18 @@ def to_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def file_problem(path: Optional[str]) -> Optional[str]:
+    """Why `path` is not a file a key may name (absent, a folder, not a regular file), or
+    None (also for no path)."""
+    if path is None or os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    if os.path.exists(path):
+        return f"{path} is not a regular file"
+    return f"file {path} does not exist"
+
+
 def read_secret(path: str, section: str, key: str) -> bytes:
     """A token from a file that group and others cannot read (ConfigError naming the key)."""
     try:

@@ -459,3 +459,14 @@ def test_a_ca_file_that_holds_no_certificate_is_named_by_section_and_key(tmp_pat
         done = cli(verb, "--config", str(path))
         one_line_error(done, f"{path}: [{section}] ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")
         assert "_ssl.c" not in done.stderr, done.stderr
+
+
+def test_a_file_key_naming_a_directory_says_so(tmp_path, pki):
+    """`ca_file = /etc/ssl/certs` (a folder of CAs) was `file /etc/ssl/certs does not exist`."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {folder}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    one_line_error(check_config(path), f"{path}: [tls] ca_file: {folder} is a folder, not a file")
+    path.write_text(f"[tls]\nca_file = {tmp_path / 'absent.pem'}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    one_line_error(check_config(path), f"{path}: [tls] ca_file: file {tmp_path / 'absent.pem'} does not exist")
