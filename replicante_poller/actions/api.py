@@ -132,8 +132,10 @@ class ActionsApi:
         token = self.token  # one read: a reload may replace it
         if token is None:
             return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
-        presented = (authorization or "").encode("utf-8", "replace")
-        if not hmac.compare_digest(presented, b"Bearer " + token):
+        scheme, _, credentials = (authorization or "").partition(" ")
+        presented = credentials.encode("utf-8", "replace")
+        matches = hmac.compare_digest(presented, token)  # compared whatever the scheme: constant time
+        if scheme.lower() != "bearer" or not matches:  # the scheme is case-insensitive (RFC 9110 11.1)
             return 401, {"error": "unauthorized"}
         return None
 
