@@ -470,3 +470,19 @@ def test_a_file_key_naming_a_directory_says_so(tmp_path, pki):
     one_line_error(check_config(path), f"{path}: [tls] ca_file: {folder} is a folder, not a file")
     path.write_text(f"[tls]\nca_file = {tmp_path / 'absent.pem'}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
     one_line_error(check_config(path), f"{path}: [tls] ca_file: file {tmp_path / 'absent.pem'} does not exist")
+
+
+def test_demo_options_that_cannot_work_are_named_as_options(tmp_path):
+    """`demo --interval 500ms` was refused naming `/tmp/replicante-demo-XXXX/poller.ini:
+    [poller] timeout`, a file the operator never wrote; `--listen` on a port in use did not
+    name `--listen`."""
+    import socket
+
+    done = cli("demo", "--listen", "127.0.0.1:0", "--interval", "500ms", "--duration", "1s")
+    one_line_error(done, "command line --interval: 500ms must be longer than --timeout (2s)")
+    assert "poller.ini" not in done.stderr, done.stderr
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = cli("demo", "--listen", f"127.0.0.1:{port}", "--duration", "1s")
+    one_line_error(done, f"command line --listen: cannot listen on 127.0.0.1:{port}: address already in use")
