@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from .agentapi import AUTO, GENERATIONS
 from .durations import parse_duration
-from .errors import ConfigError
+from .errors import ConfigError, os_problem
 
 _PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
@@ -113,7 +113,7 @@ def read_secret(path: str, section: str, key: str) -> bytes:
         mode = os.stat(path).st_mode
         token = open(path, "rb").read().strip()
     except OSError as exc:
-        raise ConfigError(path, section, key, f"cannot read: {exc}") from None
+        raise ConfigError(path, section, key, f"cannot read: {os_problem(exc)}") from None
     if mode & 0o077:
         raise ConfigError(path, section, key, f"readable by group or others; run: chmod 600 {path}")
     if len(token) < 16:

@@ -109,7 +109,23 @@ def http_discovery(config: Config) -> HttpDiscovery:
             build_context(TlsSettings(ca_file=ca_file))
         except TlsFileError as exc:
             raise ConfigError(config.source, "discovery", "http_ca_file", f"cannot load TLS material: {exc}") from None
-    return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
+    try:
+        return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
+    except ConfigError as exc:  # the token file's error, located in the configuration
+        raise _in_configuration(config.source, exc) from None
+
+
+def _in_configuration(source: str, exc: ConfigError) -> ConfigError:
+    """A secret file's error (named by that file) as the configuration's: file, section, key, then the file."""
+    return ConfigError(source, exc.section, exc.key, f"{exc.source}: {exc.message}")
+
+
+def api_token(source: str, path: str) -> bytes:
+    """The `[actions] api_token_file` token; its errors name the configuration file `source`."""
+    try:
+        return read_token(path)
+    except ConfigError as exc:
+        raise _in_configuration(source, exc) from None
 
 
 def discover_all(config: Config) -> tuple[Target, ...]:
@@ -168,7 +184,7 @@ def check_resources(config: Config) -> tuple[Target, ...]:
     if actions.enabled and actions.signing_key is not None:
         configured_signer(config.source, actions.signing_key)
     if actions.enabled and actions.api_token_file is not None:
-        read_token(actions.api_token_file)
+        api_token(config.source, actions.api_token_file)
     if actions.enabled and actions.journal is not None:
         check_journal(config.source, actions.journal)
     return targets
@@ -321,7 +337,7 @@ class Service:
         settings = self.config.actions
         assert settings.signing_key is not None
         signer = configured_signer(self.config.source, settings.signing_key)
-        token = read_token(settings.api_token_file) if settings.api_token_file else None
+        token = api_token(self.config.source, settings.api_token_file) if settings.api_token_file else None
         journal: Journal | ZkJournal
         if self._zk is not None:
             journal = self._open_elected(settings, signer)
@@ -575,7 +591,7 @@ class Service:
             log.warning("[actions] journal changed: takes effect at the next restart")
         assert new.signing_key is not None
         signer = configured_signer(self.config.source, new.signing_key)  # files are re-read: a key replaced in place counts
-        token = read_token(new.api_token_file) if new.api_token_file else None
+        token = api_token(self.config.source, new.api_token_file) if new.api_token_file else None
         previous = self._dispatcher.signer
         self._dispatcher.reconfigure(dataclasses.replace(new, journal=old.journal), signer)
         self._actions_api.token = token

@@ -486,3 +486,22 @@ def test_demo_options_that_cannot_work_are_named_as_options(tmp_path):
         port = taken.getsockname()[1]
         done = cli("demo", "--listen", f"127.0.0.1:{port}", "--duration", "1s")
     one_line_error(done, f"command line --listen: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+@pytest.mark.parametrize("section, key", [("actions", "api_token_file"), ("discovery", "http_token_file")])
+def test_a_token_file_others_can_read_is_named_with_the_configuration(tmp_path, pki, section, key):
+    """It was `error: TOKEN: [actions] api_token_file: readable by group or others`: the token
+    file where the configuration file goes, unlike every other key's error."""
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    keys["token"].chmod(0o644)
+    if section == "actions":
+        extra = (f"[actions]\nenabled = true\nsigning_key = {keys['key']}\njournal = {keys['journal']}\n"
+                 f"api_token_file = {keys['token']}\n")
+    else:
+        extra = f"[discovery]\nhttp = https://127.0.0.1:9/discover\nhttp_token_file = {keys['token']}\n"
+    path = poller_ini(tmp_path, pki, extra)
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)),
+                       f"{path}: [{section}] {key}: {keys['token']}: readable by group or others; run: chmod 600")
