@@ -23,7 +23,7 @@ from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config
-from .converters import to_agent_url, to_listen
+from .converters import to_agent_url, to_listen, to_positive_int
 from .durations import format_duration, rfc3339
 from .errors import ConfigError, PollerError, SubmissionError
 from .limits import MAX_ARGS_DEPTH
@@ -39,6 +39,14 @@ from .web.server import ListenError, listen_family
 from .web.status import target_json
 
 log = logging.getLogger("replicante_poller")
+
+
+def _positive(text: str) -> int:
+    """argparse's form of to_positive_int: its message, not `invalid int value`."""
+    try:
+        return to_positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -299,7 +307,7 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub.add_argument("--kind", required=True, help="action kind, e.g. agent.replicante.io/test.ping")
     sub.add_argument("--args", default="null", help="action arguments as JSON (default null)")
     verb(actions, "list", cmd_action_list, "actions in the journal, newest first", config=True).add_argument(
-        "--limit", type=int, default=50)
+        "--limit", type=_positive, default=50, help="how many actions, newest first (default 50)")
     verb(actions, "show", cmd_action_show, "one action with its attempts and agent history (times in RFC 3339 UTC)",
          config=True).add_argument("id", help="the action's id, or a unique prefix of it (4 characters or more)")
     verb(actions, "cancel", cmd_action_cancel, "cancel an action not delivered yet (PENDING)", config=True).add_argument(

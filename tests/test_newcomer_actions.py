@@ -184,3 +184,18 @@ def test_action_submit_refuses_args_nested_too_deeply_in_one_line(tmp_path, pki)
                "--args", "[" * 20_000 + "]" * 20_000)
 
     one_line_error(done, "--args", "nested deeper than 64 levels")
+
+
+@pytest.mark.parametrize("limit", ["-3", "0"])
+def test_action_list_refuses_a_limit_below_one(tmp_path, pki, limit):
+    """`--limit -3` listed the whole journal (SQLite's LIMIT -3 is no limit) and `--limit 0`
+    an empty table, both without a word."""
+    path, journal_path = journal_config(tmp_path, pki)
+    journal = Journal(str(journal_path))
+    journal.submit(AGENT, PING, None)
+    journal.close()
+
+    done = cli("action", "list", "--config", str(path), "--limit", limit)
+
+    assert done.returncode == 2 and "--limit" in done.stderr and "must be at least 1" in done.stderr, done.stderr
+    assert done.stdout == ""
