@@ -16,16 +16,17 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .actions.api import action_json, submit
+from .actions.api import action_json, decode_submission, submit
 from .actions.journal import ActionStore, open_journal
-from .actions.signing import add_keygen_arguments, keygen_command, load_signing_key
+from .actions.signing import add_keygen_arguments, keygen_command
 from .agentside.gateway import Gateway
 from .agentside.gateway_config import load_gateway_config
 from .cli_signals import STOP, install_stop_handlers, signal_commands
 from .config import Config, load_config
-from .converters import to_agent_url, to_listen
+from .converters import to_agent_url, to_listen, to_positive_int
 from .durations import format_duration, rfc3339
-from .errors import ConfigError, KeyFileError, PollerError, SubmissionError
+from .errors import ConfigError, PollerError, SubmissionError
+from .limits import MAX_ARGS_DEPTH
 from .logformat import TEXT_FORMAT, JsonFormatter
 from .polling.discovery import Target, check_globs
 from .polling.health import Health
@@ -33,11 +34,19 @@ from .polling.poll import poll_target
 from .polling.state import TargetView
 from .polling.tls import TlsContexts
 from .polling.transport import Transport
-from .service import Service, check_resources, discover_all, listener_context
+from .service import Service, check_fd_limit, check_resources, configured_signer, discover_all, listener_context
 from .web.server import ListenError, listen_family
 from .web.status import target_json
 
 log = logging.getLogger("replicante_poller")
+
+
+def _positive(text: str) -> int:
+    """argparse's form of to_positive_int: its message, not `invalid int value`."""
+    try:
+        return to_positive_int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -111,7 +120,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     finally:
         client.close()
         transport.stop()
-    view = TargetView(target, result, Health().observe(result.ok, 1, 1), result.started if result.ok else None)
+    last_success = result.started + result.duration if result.ok else None  # as FleetState.record sets it
+    view = TargetView(target, result, Health().observe(result.ok, 1, 1), last_success, api=result.api)
     print(json.dumps(target_json(view), indent=2))
     return 0 if result.ok else 1
 
@@ -136,6 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     gc.set_threshold(*GC_THRESHOLDS)  # a process-wide setting: the entry point of the service owns it
     config = load_config(args.config)
     check_globs(config)
+    check_fd_limit(config)  # before Service sizes its worker pool by `workers`
     service = Service(config, config_path=args.config, adjust=_listen_override(args.listen))
     install_stop_handlers(service.stopping, reload=service.request_reload)  # before start: no window
     try:
@@ -167,14 +178,16 @@ def cmd_action_submit(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     by_url = {t.url: t for t in discover_all(config)}  # HTTP-discovered agents included
     try:
-        arguments = json.loads(args.args)
+        arguments = decode_submission(args.args)
+    except SubmissionError as exc:
+        raise ConfigError("command line", None, "--args", str(exc)) from None
+    except RecursionError:  # what check_args would refuse anyway, before json.loads gives up
+        raise ConfigError("command line", None, "--args", f"args are nested deeper than {MAX_ARGS_DEPTH} levels") from None
     except ValueError as exc:
         raise ConfigError("command line", None, "--args", f"not JSON: {exc}") from None
     if config.actions.enabled and config.actions.signing_key is not None:
-        try:  # the key run signs with: an action it could never send is not journaled
-            load_signing_key(config.actions.signing_key)
-        except KeyFileError as exc:
-            raise ConfigError(config.source, "actions", "signing_key", str(exc)) from None
+        # the key run signs with: an action it could never send is not journaled
+        configured_signer(config.source, config.actions.signing_key)
     journal = _journal(config)
     try:
         action = submit(journal, by_url.get, args.agent, args.kind, arguments)
@@ -294,7 +307,7 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     sub.add_argument("--kind", required=True, help="action kind, e.g. agent.replicante.io/test.ping")
     sub.add_argument("--args", default="null", help="action arguments as JSON (default null)")
     verb(actions, "list", cmd_action_list, "actions in the journal, newest first", config=True).add_argument(
-        "--limit", type=int, default=50)
+        "--limit", type=_positive, default=50, help="how many actions, newest first (default 50)")
     verb(actions, "show", cmd_action_show, "one action with its attempts and agent history (times in RFC 3339 UTC)",
          config=True).add_argument("id", help="the action's id, or a unique prefix of it (4 characters or more)")
     verb(actions, "cancel", cmd_action_cancel, "cancel an action not delivered yet (PENDING)", config=True).add_argument(

@@ -13,6 +13,7 @@ from typing import Callable, Iterator, Mapping, Optional, TypeVar
 
 from .agentapi import AUTO
 from .converters import (
+    file_problem,
     private_key_problem,
     to_agents,
     to_api,
@@ -217,9 +218,9 @@ def read_tls(section: Section, base: TlsSettings) -> TlsSettings:
         pins=section.get("pins", to_pins, base.pins),
     )
     for key in ("ca_file", "client_cert", "client_key"):
-        path = getattr(tls, key)
-        if path is not None and not os.path.isfile(path):
-            raise section.error(key, f"file {path} does not exist")
+        problem = file_problem(getattr(tls, key))
+        if problem is not None:
+            raise section.error(key, problem)
     if (tls.client_cert is None) != (tls.client_key is None):
         raise section.error("client_cert", "client_cert and client_key go together")
     check_private_key(section, "client_key", tls.client_key if section.has("client_key") else None)
@@ -275,9 +276,9 @@ def read_http(section: Section) -> HttpSettings:
     http = HttpSettings(host, port, tls_cert_file=section.path("tls_cert_file"),
                         tls_key_file=section.path("tls_key_file"), tls_client_ca_file=section.path("tls_client_ca_file"))
     for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
-        path = getattr(http, key)
-        if path is not None and not os.path.isfile(path):
-            raise section.error(key, f"file {path} does not exist")
+        problem = file_problem(getattr(http, key))
+        if problem is not None:
+            raise section.error(key, problem)
     if (http.tls_cert_file is None) != (http.tls_key_file is None):
         raise section.error("tls_cert_file", "tls_cert_file and tls_key_file go together")
     if http.tls_client_ca_file is not None and http.tls_cert_file is None:
@@ -316,9 +317,9 @@ def read_actions(section: Section, state_dir: Optional[str], coordinated: bool =
     if actions.enabled and actions.journal is None and not coordinated:
         raise section.error("journal", "required when actions are enabled (or set [poller] state_dir)")
     for key in ("signing_key", "api_token_file"):
-        path = getattr(actions, key)
-        if path is not None and not os.path.isfile(path):
-            raise section.error(key, f"file {path} does not exist")
+        problem = file_problem(getattr(actions, key))
+        if problem is not None:
+            raise section.error(key, problem)
     check_private_key(section, "signing_key", actions.signing_key)
     return actions
 
@@ -388,9 +389,9 @@ def parse_config(text: str, source: str = "<string>", base_dir: Optional[Path] =
         http_timeout=d.get("http_timeout", to_duration, DiscoverySettings.http_timeout),
     )
     for key in ("http_ca_file", "http_token_file"):
-        path = getattr(discovery, key)
-        if path is not None and not os.path.isfile(path):
-            raise d.error(key, f"file {path} does not exist")
+        problem = file_problem(getattr(discovery, key))
+        if problem is not None:
+            raise d.error(key, problem)
     if discovery.http is None and (discovery.http_ca_file or discovery.http_token_file):
         raise d.error("http", "required by http_ca_file and http_token_file")
     http = read_http(h)

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from .agentapi import AUTO, GENERATIONS
 from .durations import parse_duration
-from .errors import ConfigError
+from .errors import ConfigError, os_problem
 
 _PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
@@ -95,13 +95,25 @@ def to_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def file_problem(path: Optional[str]) -> Optional[str]:
+    """Why `path` is not a file a key may name (absent, a folder, not a regular file), or
+    None (also for no path)."""
+    if path is None or os.path.isfile(path):
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    if os.path.exists(path):
+        return f"{path} is not a regular file"
+    return f"file {path} does not exist"
+
+
 def read_secret(path: str, section: str, key: str) -> bytes:
     """A token from a file that group and others cannot read (ConfigError naming the key)."""
     try:
         mode = os.stat(path).st_mode
         token = open(path, "rb").read().strip()
     except OSError as exc:
-        raise ConfigError(path, section, key, f"cannot read: {exc}") from None
+        raise ConfigError(path, section, key, f"cannot read: {os_problem(exc)}") from None
     if mode & 0o077:
         raise ConfigError(path, section, key, f"readable by group or others; run: chmod 600 {path}")
     if len(token) < 16:

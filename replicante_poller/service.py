@@ -23,8 +23,8 @@ from .actions.dispatcher import AgentIdentity, Dispatcher
 from .actions.journal import Journal, check_journal, open_journal
 from .actions.probe import UNTRUSTED_IDENTITY, IdentityProbe
 from .actions.signing import Signer, load_signing_key
-from .config import ActionsSettings, ClusterConfig, Config, load_config
-from .errors import ConfigError, PollerError
+from .config import ActionsSettings, ClusterConfig, Config, TlsSettings, load_config
+from .errors import ConfigError, KeyFileError, PollerError
 from .fdlimit import FILES_RESERVE, ensure_fd_limit
 from .filestamp import Stamp, file_stamp
 from .folders import make_writable_folder, writable_folder
@@ -35,7 +35,7 @@ from .polling.pool import WorkerPool
 from .polling.scheduler import Scheduler
 from .polling.state import FleetState, Reported, TargetView
 from .polling.statefile import load_state, save_state
-from .polling.tls import TlsContexts
+from .polling.tls import TlsContexts, TlsFileError, build_context
 from .polling.transport import Transport
 from .web.metrics import PollerMetrics, new_registry, render
 from .web.server import MAX_CONNECTIONS
@@ -63,7 +63,8 @@ def build_contexts(config: Config, targets: tuple[Target, ...], contexts: TlsCon
             contexts.get(target.tls)
         except ConfigError as exc:
             section = "tls" if target.tls == config.tls else f"cluster:{target.cluster_id}"
-            raise ConfigError(config.source, section, None, exc.message + f" ({exc.source})") from None
+            suffix = "" if exc.key is not None else f" ({exc.source})"  # a key's message names its file
+            raise ConfigError(config.source, section, exc.key, exc.message + suffix) from None
 
 
 def listener_context(config: Config) -> Optional[tuple[ssl.SSLContext, Stamp]]:
@@ -100,8 +101,31 @@ def _load_listener_files(context: ssl.SSLContext, config: Config) -> None:
 
 
 def http_discovery(config: Config) -> HttpDiscovery:
-    """Core's HTTP discovery as `[discovery]` configures it (ConfigError: unusable token file)."""
-    return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
+    """Core's HTTP discovery as `[discovery]` configures it (ConfigError: unusable token or
+    CA file; a CA file without a certificate is the configuration's error, not the server's)."""
+    ca_file = config.discovery.http_ca_file
+    if ca_file is not None:
+        try:
+            build_context(TlsSettings(ca_file=ca_file))
+        except TlsFileError as exc:
+            raise ConfigError(config.source, "discovery", "http_ca_file", f"cannot load TLS material: {exc}") from None
+    try:
+        return HttpDiscovery(config.discovery, config.poller.poll, config.tls)
+    except ConfigError as exc:  # the token file's error, located in the configuration
+        raise _in_configuration(config.source, exc) from None
+
+
+def _in_configuration(source: str, exc: ConfigError) -> ConfigError:
+    """A secret file's error (named by that file) as the configuration's: file, section, key, then the file."""
+    return ConfigError(source, exc.section, exc.key, f"{exc.source}: {exc.message}")
+
+
+def api_token(source: str, path: str) -> bytes:
+    """The `[actions] api_token_file` token; its errors name the configuration file `source`."""
+    try:
+        return read_token(path)
+    except ConfigError as exc:
+        raise _in_configuration(source, exc) from None
 
 
 def discover_all(config: Config) -> tuple[Target, ...]:
@@ -120,18 +144,47 @@ def check_state_dir(config: Config, create: bool) -> None:
         raise ConfigError(config.source, "poller", "state_dir", problem)
 
 
+def configured_signer(source: str, path: str) -> Signer:
+    """The `[actions] signing_key` at `path`; a file that is not a usable key is a
+    ConfigError naming the configuration file `source`, the key and the file."""
+    try:
+        return load_signing_key(path)
+    except KeyFileError as exc:
+        raise ConfigError(source, "actions", "signing_key", str(exc)) from None
+
+
+def check_fd_limit(config: Config, change: bool = True) -> None:
+    """Enough file descriptors for every worker, listener connection and file (the soft
+    limit raised when the hard one allows, unless `change` is False: check-config), or a
+    clear refusal now: not hundreds of agents failing with `connect` later. Checked
+    before anything is sized by `workers`."""
+    workers = config.poller.workers
+    dispatch = config.actions.dispatch_workers + JOURNAL_FDS if config.actions.enabled else 0
+    needed = workers + MAX_CONNECTIONS + dispatch + FILES_RESERVE
+    try:
+        before, after = ensure_fd_limit(needed, change)
+    except ValueError as exc:
+        raise ConfigError(config.source, "poller", "workers",
+                          f"{exc} by {workers} workers, {MAX_CONNECTIONS} listener connections and files: "
+                          "raise it (ulimit -n, LimitNOFILE= in a systemd unit) or lower workers") from None
+    if change and after != before:
+        log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
+                 before, after, workers, MAX_CONNECTIONS)
+
+
 def check_resources(config: Config) -> tuple[Target, ...]:
     """Everything `run` loads before it starts, loaded once (creating nothing): the state
     folder, discovery, TLS material, the signing key, the API token and the action
     journal. Raises the error `run` would."""
+    check_fd_limit(config, change=False)
     check_state_dir(config, create=False)
     targets = discover_all(config)
     build_contexts(config, targets, TlsContexts())
     actions = config.actions
     if actions.enabled and actions.signing_key is not None:
-        load_signing_key(actions.signing_key)
+        configured_signer(config.source, actions.signing_key)
     if actions.enabled and actions.api_token_file is not None:
-        read_token(actions.api_token_file)
+        api_token(config.source, actions.api_token_file)
     if actions.enabled and actions.journal is not None:
         check_journal(config.source, actions.journal)
     return targets
@@ -185,7 +238,7 @@ class Service:
 
         Raises ConfigError (bad discovery file or TLS material) and OSError (listen).
         """
-        self._check_fd_limit()
+        check_fd_limit(self.config)
         if self.config.coordination.backend == "zookeeper":
             from .coordination.zookeeper import new_client
 
@@ -283,8 +336,8 @@ class Service:
         """Signing key, journal, dispatcher and API of signed actions (KeyFileError, ConfigError)."""
         settings = self.config.actions
         assert settings.signing_key is not None
-        signer = load_signing_key(settings.signing_key)
-        token = read_token(settings.api_token_file) if settings.api_token_file else None
+        signer = configured_signer(self.config.source, settings.signing_key)
+        token = api_token(self.config.source, settings.api_token_file) if settings.api_token_file else None
         journal: Journal | ZkJournal
         if self._zk is not None:
             journal = self._open_elected(settings, signer)
@@ -321,22 +374,6 @@ class Service:
         """A new action was submitted: the dispatcher (if this instance runs one) looks now."""
         if self._dispatcher is not None:
             self._dispatcher.wake()
-
-    def _check_fd_limit(self) -> None:
-        """Enough file descriptors for every worker, listener connection and file, or a
-        clear refusal now (not hundreds of agents failing with `connect` later)."""
-        workers = self.config.poller.workers
-        dispatch = self.config.actions.dispatch_workers + JOURNAL_FDS if self.config.actions.enabled else 0
-        needed = workers + MAX_CONNECTIONS + dispatch + FILES_RESERVE
-        try:
-            before, after = ensure_fd_limit(needed)
-        except ValueError as exc:
-            raise ConfigError(self.config.source, "poller", "workers",
-                              f"{exc} by {workers} workers, {MAX_CONNECTIONS} listener connections and files: "
-                              "raise it (ulimit -n, LimitNOFILE= in a systemd unit) or lower workers") from None
-        if after != before:
-            log.info("raised the open-file limit from %d to %d (%d workers, %d listener connections)",
-                     before, after, workers, MAX_CONNECTIONS)
 
     def find_target(self, url: str) -> Optional[Target]:
         """The target polled at `url` (any thread)."""
@@ -553,8 +590,8 @@ class Service:
         if new.journal != old.journal:
             log.warning("[actions] journal changed: takes effect at the next restart")
         assert new.signing_key is not None
-        signer = load_signing_key(new.signing_key)  # files are re-read: a key replaced in place counts
-        token = read_token(new.api_token_file) if new.api_token_file else None
+        signer = configured_signer(self.config.source, new.signing_key)  # files are re-read: a key replaced in place counts
+        token = api_token(self.config.source, new.api_token_file) if new.api_token_file else None
         previous = self._dispatcher.signer
         self._dispatcher.reconfigure(dataclasses.replace(new, journal=old.journal), signer)
         self._actions_api.token = token

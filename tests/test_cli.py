@@ -64,6 +64,21 @@ def test_poll_prints_json_and_exit_code_follows_status(tmp_path, start_sim, pki)
     assert done.returncode == 2 and "--cluster" in done.stderr
 
 
+def test_poll_shows_the_api_generation_that_answered(tmp_path, start_sim, pki):
+    """`poll` printed `"api": null` for every agent, whatever generation answered."""
+    sim = start_sim([NodeSpec("rs", "n1"), NodeSpec("rs", "n2", generation="replisdk")])
+    (_, legacy), (_, replisdk) = sim.agents
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text([("rs", legacy), ("rs", replisdk)], pki["ca"]))
+
+    for url, generation in ((legacy, "legacy"), (replisdk, "replisdk")):
+        done = run("poll", "--config", str(path), url)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert (result["status"], result["api"]) == ("UP", generation)
+        assert result["last_success"] >= result["last_poll"]  # RFC 3339 with milliseconds: ordered as text
+
+
 def test_run_serves_status_and_stops_cleanly_on_sigterm(tmp_path, start_sim, pki):
     sim = start_sim([NodeSpec("rs", "n1")])
     path = tmp_path / "poller.ini"

@@ -34,6 +34,29 @@ def test_a_hard_open_file_limit_too_low_is_refused_at_start_naming_the_setting(t
     assert "Traceback" not in done.stderr
 
 
+def test_check_config_refuses_a_hard_open_file_limit_too_low_as_run_does(tmp_path, pki):
+    """check-config (the unit's ExecStartPre) said OK for a configuration `run` then refused."""
+    config = write_config(tmp_path, pki)
+    done = subprocess.run(["prlimit", "--nofile=100:100", "--", sys.executable, "-m", "replicante_poller",
+                           "check-config", "--config", str(config)], capture_output=True, text=True, timeout=30)
+
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"{config}: [poller] workers" in done.stderr and "open-file limit is 100" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "OK" not in done.stdout
+
+
+def test_workers_far_over_the_open_file_limit_are_refused_at_once(tmp_path, pki):
+    """`workers = 2000000` (a typo) built two million worker threads' objects, silently, for
+    tens of seconds before the open-file check refused them."""
+    config = write_config(tmp_path, pki, workers=2_000_000)
+    started = time.monotonic()
+    done = subprocess.run(["prlimit", "--nofile=4096:4096", "--", sys.executable, "-m", "replicante_poller", "run",
+                           "--config", str(config)], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 2 and "[poller] workers" in done.stderr, done.stderr
+    assert time.monotonic() - started < 5
+
+
 def test_a_low_soft_limit_is_raised_to_what_the_configuration_needs(tmp_path, pki):
     config = write_config(tmp_path, pki)
     process = PollerProcess(config, prefix=["prlimit", "--nofile=100:4096", "--"])

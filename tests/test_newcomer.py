@@ -416,3 +416,92 @@ def test_a_gateway_server_key_that_does_not_match_its_certificate_names_the_file
     one_line_error(done, f"{path}: [gateway] server_key: {key} cannot be used with server_cert {pki['cert']}",
                    "KEY_VALUES_MISMATCH")
     assert "_ssl.c" not in done.stderr
+
+
+def test_a_signing_key_that_is_no_key_is_named_by_file_section_and_key(tmp_path, pki):
+    """`signing_key` pointing at another 0600 file (the token) was `error: TOKEN: not an
+    Ed25519 PKCS#8 private key`: neither the configuration nor `[actions] signing_key` named."""
+    import requests
+
+    from harness import action_files
+    from process import PollerProcess
+
+    keys = action_files(tmp_path)
+    path = poller_ini(tmp_path, pki, f"[http]\nlisten = 127.0.0.1:0\n[actions]\nenabled = true\n"
+                                     f"signing_key = {keys['token']}\njournal = {keys['journal']}\n")
+    expected = f"{path}: [actions] signing_key: {keys['token']}: not an Ed25519 PKCS#8 private key"
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)), expected)
+
+    good = path.read_text().replace(f"signing_key = {keys['token']}", f"signing_key = {keys['key']}")
+    path.write_text(good)
+    process = PollerProcess(path)
+    try:
+        path.write_text(good.replace(f"signing_key = {keys['key']}", f"signing_key = {keys['token']}"))
+        answer = requests.post(f"http://{process.address}/-/reload", timeout=10)
+        assert answer.status_code == 500 and expected in answer.json()["message"], answer.text
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("section", ["tls", "cluster:rs"])
+def test_a_ca_file_that_holds_no_certificate_is_named_by_section_and_key(tmp_path, pki, section):
+    """`ca_file` naming a file without a certificate was `[tls]: cannot load TLS material:
+    [X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)`: no key."""
+    not_a_ca = tmp_path / "notes.txt"
+    not_a_ca.write_text("not a certificate\n")
+    path = tmp_path / "poller.ini"
+    if section == "tls":
+        path.write_text(f"[tls]\nca_file = {not_a_ca}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    else:
+        path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = https://127.0.0.1:9\nca_file = {not_a_ca}\n")
+    for verb in ("check-config", "run"):
+        done = cli(verb, "--config", str(path))
+        one_line_error(done, f"{path}: [{section}] ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")
+        assert "_ssl.c" not in done.stderr, done.stderr
+
+
+def test_a_file_key_naming_a_directory_says_so(tmp_path, pki):
+    """`ca_file = /etc/ssl/certs` (a folder of CAs) was `file /etc/ssl/certs does not exist`."""
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {folder}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    one_line_error(check_config(path), f"{path}: [tls] ca_file: {folder} is a folder, not a file")
+    path.write_text(f"[tls]\nca_file = {tmp_path / 'absent.pem'}\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    one_line_error(check_config(path), f"{path}: [tls] ca_file: file {tmp_path / 'absent.pem'} does not exist")
+
+
+def test_demo_options_that_cannot_work_are_named_as_options(tmp_path):
+    """`demo --interval 500ms` was refused naming `/tmp/replicante-demo-XXXX/poller.ini:
+    [poller] timeout`, a file the operator never wrote; `--listen` on a port in use did not
+    name `--listen`."""
+    import socket
+
+    done = cli("demo", "--listen", "127.0.0.1:0", "--interval", "500ms", "--duration", "1s")
+    one_line_error(done, "command line --interval: 500ms must be longer than --timeout (2s)")
+    assert "poller.ini" not in done.stderr, done.stderr
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = cli("demo", "--listen", f"127.0.0.1:{port}", "--duration", "1s")
+    one_line_error(done, f"command line --listen: cannot listen on 127.0.0.1:{port}: address already in use")
+
+
+@pytest.mark.parametrize("section, key", [("actions", "api_token_file"), ("discovery", "http_token_file")])
+def test_a_token_file_others_can_read_is_named_with_the_configuration(tmp_path, pki, section, key):
+    """It was `error: TOKEN: [actions] api_token_file: readable by group or others`: the token
+    file where the configuration file goes, unlike every other key's error."""
+    from harness import action_files
+
+    keys = action_files(tmp_path)
+    keys["token"].chmod(0o644)
+    if section == "actions":
+        extra = (f"[actions]\nenabled = true\nsigning_key = {keys['key']}\njournal = {keys['journal']}\n"
+                 f"api_token_file = {keys['token']}\n")
+    else:
+        extra = f"[discovery]\nhttp = https://127.0.0.1:9/discover\nhttp_token_file = {keys['token']}\n"
+    path = poller_ini(tmp_path, pki, extra)
+    for verb in ("check-config", "run"):
+        one_line_error(cli(verb, "--config", str(path)),
+                       f"{path}: [{section}] {key}: {keys['token']}: readable by group or others; run: chmod 600")

@@ -15,7 +15,7 @@ import requests
 from harness import ACTIONS_TOKEN, action_files, actions_config
 from replicante_poller.actions.journal import ActionState, Journal
 from replicante_poller.errors import CancelRefused
-from test_newcomer import cli
+from test_newcomer import cli, one_line_error
 
 PING = "agent.replicante.io/test.ping"
 AGENT = "https://127.0.0.1:9"
@@ -159,3 +159,43 @@ def test_an_attempt_left_sending_by_a_crash_does_not_block_a_cancel_once_a_later
     cancelled = journal.cancel(action.id)
     assert cancelled.state is ActionState.CANCELLED and "the agent may have received it" in cancelled.message
     assert cancelled.message.startswith("cancelled after 2 failed attempts")
+
+
+def test_action_submit_refuses_args_with_a_duplicate_key(tmp_path, pki):
+    """`--args '{"n": 1, "n": 2}'` queued {"n": 2} without a word: the operator's first value was dropped."""
+    path, journal_path = journal_config(tmp_path, pki)
+
+    done = cli("action", "submit", "--config", str(path), "--agent", AGENT, "--kind", PING,
+               "--args", '{"n": 1, "n": 2}')
+
+    one_line_error(done, "--args", "duplicate key 'n'")
+    journal = Journal(str(journal_path))
+    try:
+        assert journal.list() == []
+    finally:
+        journal.close()
+
+
+def test_action_submit_refuses_args_nested_too_deeply_in_one_line(tmp_path, pki):
+    """20,000 nested lists in `--args` ended in a RecursionError traceback from json.loads."""
+    path, _ = journal_config(tmp_path, pki)
+
+    done = cli("action", "submit", "--config", str(path), "--agent", AGENT, "--kind", PING,
+               "--args", "[" * 20_000 + "]" * 20_000)
+
+    one_line_error(done, "--args", "nested deeper than 64 levels")
+
+
+@pytest.mark.parametrize("limit", ["-3", "0"])
+def test_action_list_refuses_a_limit_below_one(tmp_path, pki, limit):
+    """`--limit -3` listed the whole journal (SQLite's LIMIT -3 is no limit) and `--limit 0`
+    an empty table, both without a word."""
+    path, journal_path = journal_config(tmp_path, pki)
+    journal = Journal(str(journal_path))
+    journal.submit(AGENT, PING, None)
+    journal.close()
+
+    done = cli("action", "list", "--config", str(path), "--limit", limit)
+
+    assert done.returncode == 2 and "--limit" in done.stderr and "must be at least 1" in done.stderr, done.stderr
+    assert done.stdout == ""

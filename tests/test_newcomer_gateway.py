@@ -85,3 +85,55 @@ def test_the_gateway_starts_before_its_agent_and_says_so_in_ready(tmp_path, pki,
         assert process.stop() == 0
         if relay is not None:
             relay.close()
+
+
+def test_a_keys_file_or_replay_store_that_cannot_be_used_is_named_by_file_section_and_key(tmp_path, pki):
+    """`keys` naming a private key, or `replay_store` naming a file that is not SQLite, was
+    `error: FILE: ...` without gateway.ini or the key; a SIGHUP with such `keys` logged the same."""
+    import signal
+
+    from replicante_poller.actions.signing import generate_keypair
+    from test_newcomer import cli, one_line_error
+
+    kid = generate_keypair(str(tmp_path / "core"))
+    keys = {"old": {"pub": tmp_path / "core.pub", "kid": kid}}
+    config = tmp_path / "gateway.ini"
+    good = gateway_config(tmp_path, "https://127.0.0.1:9", pki, keys, trusted=("old",), revoked=(),
+                          extra="cluster_id = rs\nnode_id = node-1\n").replace("revoked = \n", "")
+    private = tmp_path / "core.key"
+    config.write_text(good.replace(f"keys = {keys['old']['pub']}", f"keys = {private}"))
+    one_line_error(cli("gateway", "--config", str(config)),
+                   f"{config}: [gateway] keys: {private}: not an Ed25519 SubjectPublicKeyInfo public key")
+    (tmp_path / "not-a-db").write_text("hello\n")
+    config.write_text(good.replace(f"replay_store = {tmp_path / 'replay.db'}", f"replay_store = {tmp_path / 'not-a-db'}"))
+    one_line_error(cli("gateway", "--config", str(config)),
+                   f"{config}: [gateway] replay_store: {tmp_path / 'not-a-db'}: replay store: damaged")
+
+    config.write_text(good)
+    process = PollerProcess(config, verb="gateway", ready=r"listening on (\S+:\d+)")
+    try:
+        config.write_text(good.replace(f"keys = {keys['old']['pub']}", f"keys = {private}"))
+        process.proc.send_signal(signal.SIGHUP)
+        process.expect(rf"gateway reload failed, keeping the running keyring: {config}: \[gateway\] keys: {private}: ")
+    finally:
+        assert process.stop() == 0
+
+
+def test_an_upstream_ca_file_without_a_certificate_is_named_in_gateway_ini(tmp_path, pki):
+    """It was `error: FILE: [tls]: cannot load TLS material: [X509: ...] (_ssl.c:4154)`:
+    a section gateway.ini does not have, and neither gateway.ini nor upstream_ca_file."""
+    from replicante_poller.actions.signing import generate_keypair
+    from test_newcomer import cli, one_line_error
+
+    kid = generate_keypair(str(tmp_path / "core"))
+    not_a_ca = tmp_path / "notes.txt"
+    not_a_ca.write_text("not a certificate\n")
+    config = tmp_path / "gateway.ini"
+    config.write_text(gateway_config(tmp_path, "https://127.0.0.1:9", pki, {"old": {"pub": tmp_path / "core.pub", "kid": kid}},
+                                     trusted=("old",), revoked=(), extra="cluster_id = rs\nnode_id = node-1\n")
+                      .replace("revoked = \n", "").replace(f"upstream_ca_file = {pki['ca']}", f"upstream_ca_file = {not_a_ca}"))
+
+    done = cli("gateway", "--config", str(config))
+
+    one_line_error(done, f"{config}: [gateway] upstream_ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")
+    assert "_ssl.c" not in done.stderr, done.stderr

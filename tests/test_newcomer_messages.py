@@ -50,3 +50,42 @@ def test_a_discovery_file_that_cannot_be_read_is_said_in_words(tmp_path, pki):
     done = check_config(path)
     one_line_error(done, f"{tmp_path / 'd.json'}: cannot read: is a directory")
     plain(done.stderr)
+
+
+@pytest.mark.parametrize("generation", ["legacy", "replisdk"])
+def test_a_client_certificate_required_and_not_sent_is_tls_handshake_without_ssl_c(tmp_path, pki, start_sim, generation):
+    """A replisdk agent (TLS 1.3) that requires a client certificate closes the connection
+    after the handshake: the message was `TLS failed: EOF occurred in violation of protocol
+    (_ssl.c:2427)`, CPython's source line on the status page."""
+    import json
+
+    from replicante_poller.agentsim import NodeSpec
+    from test_newcomer import cli
+
+    url = start_sim([NodeSpec("rs", "node-1", generation=generation)], client_ca=pki["ca"]).agents[0][1]
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[tls]\nca_file = {pki['ca']}\n[cluster:rs]\nagents = {url}\n")
+
+    done = cli("poll", "--config", str(path), url)
+
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["status"], result["reason"]) == ("AGENT_DOWN", "tls_handshake"), result
+    assert result["message"].startswith("GET /api/unstable/info/") and "TLS failed: " in result["message"], result
+    assert "_ssl.c" not in result["message"], result["message"]
+    plain(result["message"])
+
+
+@pytest.mark.parametrize("verb", ["check-config", "run"])
+def test_an_http_discovery_ca_file_without_a_certificate_is_named_not_blamed_on_the_server(tmp_path, pki, verb):
+    """`http_ca_file` naming a file without a certificate was `https://SERVER/discover: [page 1]:
+    HTTP discovery failed: TLS failed: NO_CERTIFICATE_OR_CRL_FOUND`: the server's fault, to read
+    it, and at run time the same failure at every refresh; the configuration went unnamed."""
+    from test_newcomer import cli
+
+    not_a_ca = tmp_path / "notes.txt"
+    not_a_ca.write_text("not a certificate\n")
+    path = poller_ini(tmp_path, pki, f"[discovery]\nhttp = https://127.0.0.1:9/discover\nhttp_ca_file = {not_a_ca}\n")
+
+    one_line_error(cli(verb, "--config", str(path)),
+                   f"{path}: [discovery] http_ca_file: cannot load TLS material: {not_a_ca}: no CA certificate in the file")

@@ -100,3 +100,45 @@ def test_the_api_refuses_oversized_args_with_400_and_queues_nothing(journal):
 
     assert status == 400 and "32 KiB" in document["error"]
     assert journal.list() == []
+
+
+def test_the_api_refuses_a_body_with_a_duplicate_key_and_queues_nothing(journal):
+    """Two `agent` keys: json.loads kept the last one silently, so the action went to an
+    agent a proxy or a reviewer reading the first one never saw."""
+    api = ActionsApi(journal, lambda url: TARGET, TOKEN, lambda: None)
+    body = (b'{"agent": "https://other.test:37017", "agent": "' + AGENT.encode()
+            + b'", "kind": "agent.replicante.io/test.ping"}')
+
+    status, document = api.post("Bearer " + TOKEN.decode(), body)
+
+    assert status == 400 and "duplicate key 'agent'" in document["error"], document
+    assert journal.list() == []
+
+
+def test_the_api_refuses_args_with_a_duplicate_key(journal):
+    api = ActionsApi(journal, lambda url: TARGET, TOKEN, lambda: None)
+    body = b'{"agent": "' + AGENT.encode() + b'", "kind": "agent.replicante.io/test.ping", "args": {"n": 1, "n": 2}}'
+
+    status, document = api.post("Bearer " + TOKEN.decode(), body)
+
+    assert status == 400 and "duplicate key 'n'" in document["error"], document
+    assert journal.list() == []
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_the_bearer_scheme_is_case_insensitive_as_http_says(journal, scheme):
+    """RFC 9110 11.1: the scheme is case-insensitive; `bearer TOKEN` was a 401."""
+    api = ActionsApi(journal, lambda url: TARGET, TOKEN, lambda: None)
+
+    status, document = api.get("/api/v1/actions", f"{scheme} {TOKEN.decode()}")
+
+    assert status == 200, document
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", "Basic " + TOKEN.decode(),
+                                           "Bearer " + TOKEN.decode()[:-1], "Bearer " + TOKEN.decode() + "x",
+                                           "Bearer" + TOKEN.decode()])
+def test_anything_but_the_token_is_401(journal, authorization):
+    api = ActionsApi(journal, lambda url: TARGET, TOKEN, lambda: None)
+
+    assert api.get("/api/v1/actions", authorization)[0] == 401

@@ -62,6 +62,24 @@ def check_args(args: Any) -> Any:
     return args
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise SubmissionError(f"duplicate key {key!r} (JSON would keep only its last value)")
+            seen.add(key)
+    return document
+
+
+def decode_submission(text: str | bytes) -> Any:
+    """JSON of a submission (the API body, `--args`): a key given twice is refused, where
+    json.loads would keep the last value and drop the other without a word. ValueError
+    (SubmissionError for a duplicate key) or RecursionError otherwise, as json.loads."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def _depth(value: Any) -> int:
     """How deep JSON arrays and objects nest in `value` (0 for a scalar), without recursion."""
     deepest, todo = 0, [(value, 1)]
@@ -114,8 +132,10 @@ class ActionsApi:
         token = self.token  # one read: a reload may replace it
         if token is None:
             return 403, {"error": "the action API is disabled (no [actions] api_token_file)"}
-        presented = (authorization or "").encode("utf-8", "replace")
-        if not hmac.compare_digest(presented, b"Bearer " + token):
+        scheme, _, credentials = (authorization or "").partition(" ")
+        presented = credentials.encode("utf-8", "replace")
+        matches = hmac.compare_digest(presented, token)  # compared whatever the scheme: constant time
+        if scheme.lower() != "bearer" or not matches:  # the scheme is case-insensitive (RFC 9110 11.1)
             return 401, {"error": "unauthorized"}
         return None
 
@@ -142,7 +162,7 @@ class ActionsApi:
         if refused is not None:
             return refused
         try:
-            document = json.loads(body)
+            document = decode_submission(body)
             if not isinstance(document, dict):
                 raise SubmissionError("expected a JSON object {\"agent\": URL, \"kind\": KIND, \"args\": ...}")
             unknown = sorted(set(document) - SUBMISSION_KEYS)

@@ -34,7 +34,7 @@ from ..agentapi import (
     STORE_INFO,
 )
 from ..config import PollSettings, TlsSettings
-from ..errors import ConfigError, PollerError
+from ..errors import ConfigError, KeyFileError, PollerError, StoreError
 from ..polling.discovery import Target
 from ..polling.tls import TlsContexts
 from ..polling.transport import AgentClient, Failure, Reply, Transport
@@ -62,6 +62,15 @@ AGENT_GETS = frozenset({  # the agent API's GETs, legacy then replisdk; nothing 
     NODE_INFO, STORE_INFO, SHARDS_INFO})
 ACTION_ID_PATHS = (ACTION_INFO_PREFIX, ACTION_PREFIX)  # + an action id (legacy, replisdk)
 ACTION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")  # ids are UUIDs: no dots, no percent-encoding
+
+
+def configured_keyring(settings: GatewaySettings) -> Keyring:
+    """The keyring of `keys` and `revoked`; a key file that cannot be used is a ConfigError
+    naming the configuration file, `[gateway] keys` and the key file."""
+    try:
+        return Keyring.from_entries(settings.keys, settings.revoked)
+    except KeyFileError as exc:
+        raise ConfigError(settings.source, "gateway", "keys", str(exc)) from None
 
 
 def agent_get(path: str) -> bool:
@@ -112,10 +121,18 @@ class Gateway:
 
         Raises KeyFileError/ConfigError (bad keys or files)."""
         settings = self.settings
-        self._keyring = Keyring.from_entries(settings.keys, settings.revoked)
-        self._transport.contexts.get(self._upstream.tls)
+        self._keyring = configured_keyring(settings)
+        try:
+            self._transport.contexts.get(self._upstream.tls)
+        except ConfigError as exc:  # located in gateway.ini, where the upstream_* keys are
+            key = None if exc.key is None else f"upstream_{exc.key}"
+            raise ConfigError(settings.source, "gateway", key,
+                              exc.message if key is not None else f"{exc.message} ({exc.source})") from None
         self._transport.start()
-        self._store = ReplayStore(settings.replay_store)
+        try:
+            self._store = ReplayStore(settings.replay_store)
+        except StoreError as exc:
+            raise ConfigError(settings.source, "gateway", "replay_store", str(exc)) from None
         self._start_metrics()
         self._server = _server(self, settings)
         threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
@@ -193,7 +210,7 @@ class Gateway:
         A bad file keeps the running keyring and logs one error."""
         try:
             settings = load_gateway_config(path)
-            keyring = Keyring.from_entries(settings.keys, settings.revoked)
+            keyring = configured_keyring(settings)
         except PollerError as exc:
             log.error("gateway reload failed, keeping the running keyring: %s", exc)
             return

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import Section, check_private_key, sections
-from ..converters import to_agent_url, to_agents, to_duration, to_listen, to_size
+from ..converters import file_problem, to_agent_url, to_agents, to_duration, to_listen, to_size
 from ..errors import ConfigError, os_problem
 from ..limits import MAX_BODY
 
@@ -52,8 +52,9 @@ def _keys(section: Section) -> tuple[str, ...]:
         if entry.strip():
             path, sep, options = entry.strip().partition(";")
             resolved = str((section.base_dir / os.path.expanduser(path.strip())).resolve())
-            if not os.path.isfile(resolved):
-                raise section.error("keys", f"file {resolved} does not exist")
+            problem = file_problem(resolved)
+            if problem is not None:
+                raise section.error("keys", problem)
             entries.append(resolved + sep + options)
     if not entries:
         raise section.error("keys", "at least one public key file is required")
@@ -84,9 +85,9 @@ def read_gateway(section: Section) -> GatewaySettings:
     )
     section.finish()
     for key in ("upstream_ca_file", "upstream_client_cert", "upstream_client_key", "server_cert", "server_key"):
-        path = getattr(settings, key)
-        if path is not None and not os.path.isfile(path):
-            raise section.error(key, f"file {path} does not exist")
+        problem = file_problem(getattr(settings, key))
+        if problem is not None:
+            raise section.error(key, problem)
     if (settings.upstream_client_cert is None) != (settings.upstream_client_key is None):
         raise section.error("upstream_client_cert", "upstream_client_cert and upstream_client_key go together")
     if (settings.server_cert is None) != (settings.server_key is None):

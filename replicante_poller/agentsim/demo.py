@@ -29,6 +29,7 @@ from ..converters import to_duration, to_listen
 from ..durations import format_duration
 from ..errors import ConfigError
 from ..service import Service
+from ..web.server import ListenError
 from ..web.status import targets_document
 from ..actions.protocols import PROTOCOLS
 from . import MIXED, AgentSim, Fault, discovery_ini, fleet
@@ -92,6 +93,9 @@ def main(args: argparse.Namespace) -> int:
     if args.clusters < 1 or args.nodes_per_cluster < 1 or args.clusters * args.nodes_per_cluster < needed:
         raise ConfigError("command line", None, "--clusters", f"the demo needs at least {needed} agents "
                           f"({sum(faults.values())} faulty and a healthy one); use more clusters or --healthy-only")
+    if args.interval <= args.timeout:  # what the service refuses, said in the options given here
+        raise ConfigError("command line", None, "--interval", f"{format_duration(args.interval)} must be longer "
+                          f"than --timeout ({format_duration(args.timeout)})")
     nodes = fleet(args.clusters, args.nodes_per_cluster, faults, generation=args.generation)
     with tempfile.TemporaryDirectory(prefix="replicante-demo-") as tmp:
         folder = Path(tmp)
@@ -102,7 +106,10 @@ def main(args: argparse.Namespace) -> int:
             (folder / "discovery.ini").write_text(discovery_ini(sim.agents))
             (folder / "poller.ini").write_text(demo_config(folder, pki, args))
             service = Service(load_config(folder / "poller.ini"))
-            service.start()
+            try:
+                service.start()
+            except ListenError as exc:
+                raise ConfigError("command line", None, "--listen", str(exc)) from None
             try:
                 host, port = service.api_address
                 generations = sorted({spec.generation for spec in nodes})

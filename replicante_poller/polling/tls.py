@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..config import TlsSettings
-from ..errors import ConfigError
+from ..errors import ConfigError, os_problem
 from ..filestamp import Stamp, file_stamp
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,25 @@ def peer_certificate(der: bytes) -> PeerCertificate:
     return PeerCertificate(pin, cert.not_valid_after_utc.timestamp())
 
 
+class TlsFileError(ValueError):
+    """One `[tls]` key whose file cannot be used; the message names the file."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
 def build_context(tls: TlsSettings) -> ssl.SSLContext:
     """A verifying client context: CA (or the system store), optional client certificate."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     context.minimum_version = _VERSIONS[tls.min_version]
     if tls.ca_file:
-        context.load_verify_locations(cafile=tls.ca_file)
+        try:
+            context.load_verify_locations(cafile=tls.ca_file)
+        except ssl.SSLError as exc:  # OpenSSL's reason, without _ssl.c
+            raise TlsFileError("ca_file", f"{tls.ca_file}: no CA certificate in the file ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise TlsFileError("ca_file", f"{tls.ca_file}: cannot read: {os_problem(exc)}") from None
     else:
         context.load_default_certs()
     if tls.client_cert:
@@ -112,6 +125,8 @@ class TlsContexts:
     def _build(tls: TlsSettings) -> ssl.SSLContext:
         try:
             return build_context(tls)
+        except TlsFileError as exc:
+            raise ConfigError(", ".join(_files(tls)), "tls", exc.key, f"cannot load TLS material: {exc}") from None
         except (ssl.SSLError, OSError, ValueError) as exc:
             files = ", ".join(_files(tls)) or "system trust store"
             raise ConfigError(files, "tls", None, f"cannot load TLS material: {exc}") from None

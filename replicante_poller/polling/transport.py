@@ -478,8 +478,10 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(e for e in linked if isinstance(e, BaseException))
 
 
-# What urllib3 and requests put in front of their messages: a connection's or pool's repr.
-_REPRS = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*|\b\w*(?:Connection|Pool)\w*\([^()]*\):?\s*")
+# What urllib3 and requests put in front of their messages: a connection's or pool's repr;
+# and what the ssl module puts after OpenSSL's text: CPython's source line, `(_ssl.c:2427)`.
+_REPRS = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>:?\s*|\b\w*(?:Connection|Pool)\w*\([^()]*\):?\s*"
+                    r"|\s*\(_ssl\.c:\d+\)")
 
 
 def _os_text(exc: BaseException) -> str:
