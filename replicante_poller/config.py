@@ -26,6 +26,7 @@ from .converters import (
     to_pins,
     to_positive_int,
     to_size,
+    to_zk_hosts,
 )
 from .errors import ConfigError, os_problem
 from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER, MAX_SHARDS_BODY
@@ -334,7 +335,7 @@ def read_coordination(section: Section) -> CoordinationSettings:
 
     coordination = CoordinationSettings(
         backend=section.get("backend", backend, default.backend),
-        hosts=section.get("hosts", lambda v: ",".join(h.strip() for h in v.split(",") if h.strip()), default.hosts),
+        hosts=section.get("hosts", to_zk_hosts, default.hosts),
         path=section.get("path", str, default.path),
         session_timeout=section.get("session_timeout", to_duration, default.session_timeout),
     )

@@ -80,6 +80,27 @@ def test_coordination_settings() -> None:
         parse_config("[coordination]\nbackend = etcd\n")
 
 
+@pytest.mark.parametrize("hosts", ["127.0.0.1:abc", "zk1 zk2", "127.0.0.1:99999", "zk1:2181,:2181", "zk1:2181/"])
+def test_a_wrong_hosts_is_one_line_from_check_config_run_and_the_cli(tmp_path: Path, hosts: str) -> None:
+    """A malformed `hosts` is refused where it is read: before, check-config said OK, `run`
+    and `action list` died with kazoo's traceback ("Port could not be cast to integer") or
+    ("zk1 zk2") kept trying a host named "zk1 zk2" without a word."""
+    key = tmp_path / "core"
+    subprocess.run([sys.executable, "-m", "replicante_poller", "keygen", "--out", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[actions]\nenabled = true\nsigning_key = {key}.key\n"
+                    f"[coordination]\nbackend = zookeeper\nhosts = {hosts}\n")
+    for verb in (["check-config"], ["run"], ["action", "list"]):
+        done = subprocess.run([sys.executable, "-m", "replicante_poller", *verb, "--config", str(path)],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (verb, done.stderr)
+        assert done.stderr.startswith(f"error: {path}: [coordination] hosts: "), (verb, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (verb, done.stderr)
+    path.write_text(f"[coordination]\nbackend = zookeeper\nhosts = zk1:2181, [::1]:2181,zk3/chroot\n")
+    assert parse_config(path.read_text()).coordination.hosts == "zk1:2181,[::1]:2181,zk3/chroot"
+
+
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
