@@ -101,6 +101,24 @@ def test_a_wrong_hosts_is_one_line_from_check_config_run_and_the_cli(tmp_path: P
     assert parse_config(path.read_text()).coordination.hosts == "zk1:2181,[::1]:2181,zk3/chroot"
 
 
+def test_check_config_summarises_the_coordination_and_its_journal(tmp_path: Path) -> None:
+    """check-config names where the journal of a coordinated configuration is, and the
+    ZooKeeper it coordinates through (before: "journal None", and no word of ZooKeeper)."""
+    key = tmp_path / "core"
+    subprocess.run([sys.executable, "-m", "replicante_poller", "keygen", "--out", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[actions]\nenabled = true\nsigning_key = {key}.key\n"
+                    "[coordination]\nbackend = zookeeper\nhosts = zk1:2181,zk2:2181\npath = /fleet/\nsession_timeout = 4s\n")
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"  actions: enabled, key {key}.key, journal ZooKeeper zk1:2181,zk2:2181/fleet/journal/actions" in lines
+    assert "  coordination: ZooKeeper zk1:2181,zk2:2181/fleet, session timeout 4s" in lines
+    assert "None" not in done.stdout
+
+
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
