@@ -119,6 +119,22 @@ def test_check_config_summarises_the_coordination_and_its_journal(tmp_path: Path
     assert "None" not in done.stdout
 
 
+def test_run_says_when_no_zookeeper_answers_at_start(tmp_path: Path) -> None:
+    """An instance whose `hosts` reach no ZooKeeper polls nothing: it says so, naming the
+    hosts and the key, once `session_timeout` passed (before: not a line, ever)."""
+    dead = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[coordination]\nbackend = zookeeper\nhosts = {dead}\n"
+                    "session_timeout = 1s\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    poller = PollerProcess(path)
+    try:
+        poller.expect(rf"WARNING .*coordination: no ZooKeeper answered at {dead} \(\[coordination\] hosts\) within 1s: "
+                      "polling no cluster until one does", timeout=10)
+        assert poller.metrics()[("replicante_poller_coordination_connected", ())] == 0
+    finally:
+        assert poller.stop() == 0
+
+
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"

@@ -118,6 +118,7 @@ class ZkCoordinator:
         self._joined = False
         self._connected = False
         self._suspended_at: Optional[float] = None
+        self._connect_by: Optional[float] = None  # monotonic: never connected by then is worth a warning
         self._dirty = {"members": True, "locks": True, "health": True}
         self._watchers: dict[str, Callable[[object], None]] = {}
         self._thread = threading.Thread(target=self._run, name="coordination", daemon=True)
@@ -126,6 +127,7 @@ class ZkCoordinator:
 
     def start(self) -> None:
         """Connect in the background: clusters are held once the session is up."""
+        self._connect_by = time.monotonic() + self._settings.session_timeout
         self._thread.start()
         self._client.start_async()
         self._events.put(("check", None))
@@ -176,7 +178,7 @@ class ZkCoordinator:
         while True:
             expiry = None if self._suspended_at is None else self._suspended_at + self._settings.session_timeout
             timers = (self._clean_at, self._read_at if self._stale else None) if self._connected and self._joined else ()
-            wake = min((t for t in (expiry, *timers) if t is not None), default=None)
+            wake = min((t for t in (expiry, self._connect_by, *timers) if t is not None), default=None)
             try:
                 event = self._events.get(timeout=None if wake is None else max(0.0, wake - time.monotonic()))
             except queue.Empty:
@@ -185,6 +187,11 @@ class ZkCoordinator:
                 self._drop(f"no contact with ZooKeeper for {self._settings.session_timeout:g}s: "
                            "the session is expired, dropping every cluster until it reconnects")
                 self._suspended_at = None
+            if self._connect_by is not None and time.monotonic() >= self._connect_by:
+                self._connect_by = None
+                if not self._connected:
+                    log.warning("coordination: no ZooKeeper answered at %s ([coordination] hosts) within %gs: "
+                                "polling no cluster until one does", self._settings.hosts, self._settings.session_timeout)
             if event == _STOP:
                 return
             try:
@@ -220,6 +227,7 @@ class ZkCoordinator:
     def _state(self, state: object) -> None:
         if state == KazooState.CONNECTED:
             was, self._connected, self._suspended_at = self._connected, True, None  # before the line: the metric agrees
+            self._connect_by = None
             if not was:
                 log.info("coordination: connected to ZooKeeper (%s)", self._settings.hosts)
             if not self._joined:
