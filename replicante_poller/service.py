@@ -521,7 +521,7 @@ class Service:
             self._reload_actions(config.actions)
         except PollerError as exc:
             return self._reload_failed(exc)
-        for name, old, new in (("[http] listen", self.config.http, config.http),
+        for name, old, new in (("[http] listen", (self.config.http.host, self.config.http.port), (config.http.host, config.http.port)),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
                                ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
                                ("[coordination]", self.config.coordination, config.coordination),
@@ -529,6 +529,11 @@ class Service:
                                 dataclasses.replace(config.discovery, files=(), refresh=0))):
             if old != new:
                 log.warning("%s changed: takes effect at the next restart", name)
+        running = self.config  # what takes effect at the next restart keeps its running value until then
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, host=running.http.host, port=running.http.port),
+                                     coordination=running.coordination,
+                                     poller=dataclasses.replace(config.poller, workers=running.poller.workers,
+                                                                state_dir=running.poller.state_dir))
         p = config.poller
         self.state.configure(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
         self.config = config
