@@ -420,3 +420,41 @@ def test_state_is_restored_as_clusters_are_taken(zookeeper: ZooKeeper, start_sim
         poller.expect(r"restored the state of 6 agents of the clusters taken")
     finally:
         poller.stop()
+
+
+def test_locks_kept_by_a_surviving_session_are_given_up_when_it_joins_again(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                                            tmp_path: Path) -> None:
+    """An instance that dropped its clusters while ZooKeeper was away (no contact for
+    session_timeout) but whose session survived the server's restart came back holding their
+    locks without polling them: the clusters now assigned to another instance were polled by
+    nobody for as long as that session lived (seen: 9 minutes, 2 of 8 clusters). It now gives
+    up the locks it holds from before the drop when it joins again."""
+    timeout = 6.0  # the server restores the stopped instance's session with this much time to come back
+    sim = start_sim([NodeSpec(f"cluster-{c}", "node-1") for c in range(8)])
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    cluster_of = {url: cluster for cluster, url in agents}
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms",
+                                extra=f"[coordination]\nbackend = zookeeper\nhosts = {zookeeper.hosts}\n"
+                                      f"session_timeout = {timeout:g}s\n"))
+    first = PollerProcess(path)
+    ids = [instance_id(first)]
+    second: Optional[PollerProcess] = None
+    try:
+        first.expect(r"coordination: holding 8 clusters")
+        zookeeper.stop()
+        first.expect(r"the session is expired, dropping every cluster", timeout=2 * timeout)
+        first.signal(signal.SIGSTOP)  # it comes back only once another instance joined
+        zookeeper.start()  # restores the first instance's session (and its locks)
+        second = PollerProcess(path)
+        ids.append(instance_id(second))
+        second.expect(r"coordination: joined as")
+        first.signal(signal.SIGCONT)
+        first.expect(r"coordination: joined as")
+        wait_for(lambda: settled([first, second], ids, cluster_of), 3 * INTERVAL + 5, "each cluster polled by its owner")
+        assert any("gave up 8 cluster locks" in line for line in first.drained())  # the session did survive
+    finally:
+        first.signal(signal.SIGCONT)
+        assert first.stop() == 0
+        if second is not None:
+            assert second.stop() == 0

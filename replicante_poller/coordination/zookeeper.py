@@ -252,8 +252,27 @@ class ZkCoordinator:
             pass
         self._client.ensure_path(self._locks_path)
         self._client.ensure_path(self._health_path)
+        self._give_up_locks()
         self._joined, self._waiting, self._stale = True, set(), set(self._health)  # a new session: watches gone
         log.info("coordination: joined as %s", self.id)
+
+    def _give_up_locks(self) -> None:
+        """Delete the locks still ours from before a drop: a session that outlived the drop (a
+        ZooKeeper restart restores sessions) keeps them, and the clusters now assigned to
+        others would be polled by nobody. Those assigned here are taken again by `_sync`."""
+        names = self._client.get_children(self._locks_path)
+        pending = [(n, self._client.get_async(f"{self._locks_path}/{n}")) for n in names]
+        given_up = 0
+        for name, result in pending:
+            try:
+                data, stat = result.get()
+                if data.decode(errors="replace") == self.id:
+                    self._client.delete(f"{self._locks_path}/{name}", version=stat.version)
+                    given_up += 1
+            except (NoNodeError, BadVersionError):
+                continue
+        if given_up:
+            log.info("coordination: gave up %d cluster locks kept from before the clusters were dropped", given_up)
 
     def _drop(self, why: str) -> None:
         """Stop polling everything at once (the locks are gone or going with the session)."""
