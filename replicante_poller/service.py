@@ -232,8 +232,12 @@ class Service:
             self._election.start()
         host, port = self.api_address
         scheme = "https" if self.config.http.tls else "http"
-        log.info("polling %d agents; status on %s://%s:%d/", len(targets), scheme,
+        log.info("%s; status on %s://%s:%d/", self._polling(len(targets)), scheme,
                  f"[{host}]" if ":" in host else host, port)  # an IPv6 address in brackets, as in a URL
+
+    def _polling(self, agents: int) -> str:
+        """What the instance polls, for the log: coordinated, only its share of the agents."""
+        return f"polling {agents} agents" if self._share is None else f"sharing {agents} agents among the instances"
 
     def _open_coordination(self) -> None:
         """With `[coordination] backend = zookeeper`: poll only the clusters held (none until
@@ -540,7 +544,7 @@ class Service:
         previous = self._targets
         self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
         if targets != previous:  # after: whoever reads the line finds /api/v1/targets listing them
-            log.info("now polling %d agents (was %d)", len(targets), len(previous))
+            log.info("now %s (was %d)", self._polling(len(targets)), len(previous))
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
         return True, f"configuration reloaded: {len(targets)} agents"

@@ -135,6 +135,24 @@ def test_run_says_when_no_zookeeper_answers_at_start(tmp_path: Path) -> None:
         assert poller.stop() == 0
 
 
+def test_a_coordinated_instance_does_not_log_that_it_polls_every_agent(tmp_path: Path) -> None:
+    """Coordinated, an instance polls only the clusters it holds (replicante_poller_targets):
+    its start and reload lines say the agents are shared, not "polling 2 agents" (before,
+    while it polled none)."""
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:{free_port()}\n"
+                    "[cluster:rs]\nagents = https://127.0.0.1:9, https://127.0.0.1:10\n")
+    poller = PollerProcess(path, ready=r"sharing 2 agents among the instances; status on http://(\S+)/")
+    try:
+        assert poller.metrics()[("replicante_poller_targets", ())] == 0
+        path.write_text(path.read_text().replace(", https://127.0.0.1:10", ""))
+        poller.signal(signal.SIGHUP)
+        poller.expect(r"now sharing 1 agents among the instances \(was 2\)")
+        assert not any("polling 2 agents" in line or "polling 1 agents" in line for line in poller.drained())
+    finally:
+        assert poller.stop() == 0
+
+
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
