@@ -340,6 +340,10 @@ def read_coordination(section: Section) -> CoordinationSettings:
         session_timeout=section.get("session_timeout", to_duration, default.session_timeout),
     )
     if coordination.backend == "none":
+        for key in ("hosts", "path", "session_timeout"):
+            if section.has(key):  # a forgotten backend line: every instance would poll every cluster
+                raise section.error(key, f"set while backend is none, where every instance polls every cluster alone "
+                                         f"(set backend = zookeeper, or remove {key})")
         return coordination
     if not coordination.hosts:
         raise section.error("hosts", "required with backend = zookeeper (host:port, comma-separated)")

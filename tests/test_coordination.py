@@ -80,6 +80,19 @@ def test_coordination_settings() -> None:
         parse_config("[coordination]\nbackend = etcd\n")
 
 
+@pytest.mark.parametrize("key", ["hosts = zk1:2181", "path = /fleet", "session_timeout = 4s"])
+def test_coordination_keys_without_the_zookeeper_backend_are_refused(key: str) -> None:
+    """A forgotten `backend = zookeeper` line left each instance polling every cluster alone
+    (every cluster polled by every instance, each with its own journal) without a word."""
+    name = key.partition(" ")[0]
+    with pytest.raises(ConfigError, match=rf"\[coordination\] {name}: set while backend is none.*"
+                                          rf"set backend = zookeeper, or remove {name}"):
+        parse_config(f"[coordination]\n{key}\n")
+    with pytest.raises(ConfigError, match=rf"\[coordination\] {name}: set while backend is none"):
+        parse_config(f"[coordination]\nbackend = none\n{key}\n")
+    assert parse_config("[coordination]\nbackend = none\n").coordination.backend == "none"
+
+
 @pytest.mark.parametrize("hosts", ["127.0.0.1:abc", "zk1 zk2", "127.0.0.1:99999", "zk1:2181,:2181", "zk1:2181/"])
 def test_a_wrong_hosts_is_one_line_from_check_config_run_and_the_cli(tmp_path: Path, hosts: str) -> None:
     """A malformed `hosts` is refused where it is read: before, check-config said OK, `run`
