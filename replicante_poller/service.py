@@ -174,6 +174,7 @@ class Service:
         self._actions_api: Optional[ActionsApi] = None
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._share: Optional["Share"] = None  # [coordination] backend = zookeeper: the clusters held here
+        self._joined_ready = False  # coordinated: the clusters held at the first join were all polled once
         self._zk: Optional["KazooClient"] = None  # its client, shared with the journal and the election
         self._election: Optional["Election"] = None  # with actions: who dispatches
         self._probe: Optional[IdentityProbe] = None  # the leader's identities of agents it does not poll
@@ -410,6 +411,14 @@ class Service:
     def ready(self) -> tuple[bool, str]:
         """Whether every agent was polled once since start (`/-/ready`), and how far it is."""
         polled, known = self._scheduler.progress()
+        share = self._share
+        if share is not None:  # coordinated: ready once the share taken at the first join was polled
+            if not self._joined_ready and not share.coordinator.settled.is_set():
+                return False, "not ready: not joined through ZooKeeper yet ([coordination] hosts)"
+            if not self._joined_ready and (share.held != share.coordinator.announced() or polled < known):
+                return False, f"not ready: {polled} of {known} agents of the clusters held polled since joining"
+            self._joined_ready = True
+            return True, f"ready: {known} agents of the clusters held polled since joining"
         if self._scheduler.ready.is_set():
             return True, f"ready: {known} agents polled since start"
         return False, f"not ready: {polled} of {known} agents polled since start"

@@ -148,6 +148,35 @@ def test_run_says_when_no_zookeeper_answers_at_start(tmp_path: Path) -> None:
         assert poller.stop() == 0
 
 
+def test_a_coordinated_instance_is_ready_once_it_joined_and_polled_its_share(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                                             tmp_path: Path) -> None:
+    """/-/ready of a coordinated instance: 503 until it joined through ZooKeeper and polled the
+    agents of the clusters it holds (before: 200 "0 agents polled" at once, ZooKeeper or not)."""
+    import requests
+
+    sim = start_sim([NodeSpec(f"cluster-{c}", "node-1") for c in range(3)])
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    path = tmp_path / "poller.ini"
+    dead = f"127.0.0.1:{free_port()}"
+    path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms",
+                                extra=f"[coordination]\nbackend = zookeeper\nhosts = {dead}\nsession_timeout = 1s\n"))
+    poller = PollerProcess(path)
+    try:
+        answer = requests.get(f"http://{poller.address}/-/ready", timeout=5)
+        assert answer.status_code == 503 and "not joined through ZooKeeper yet ([coordination] hosts)" in answer.text
+    finally:
+        assert poller.stop() == 0
+    path.write_text(path.read_text().replace(dead, zookeeper.hosts))
+    poller = PollerProcess(path)
+    try:
+        wait_for(lambda: requests.get(f"http://{poller.address}/-/ready", timeout=5).status_code == 200, 10, "ready")
+        assert len(polled(poller)) == 3 and all(t["last_poll"] for t in polled(poller).values())
+        text = requests.get(f"http://{poller.address}/-/ready", timeout=5).text
+        assert "ready: 3 agents of the clusters held polled since joining" in text, text
+    finally:
+        assert poller.stop() == 0
+
+
 def test_a_coordinated_instance_does_not_log_that_it_polls_every_agent(tmp_path: Path) -> None:
     """Coordinated, an instance polls only the clusters it holds (replicante_poller_targets):
     its start and reload lines say the agents are shared, not "polling 2 agents" (before,

@@ -114,6 +114,7 @@ class ZkCoordinator:
         self._cleanup_grace, self._cleanup_every = cleanup_grace, cleanup_every
         self._clean_at = time.monotonic() + cleanup_every
         self._announced: frozenset[str] = frozenset()
+        self.settled = threading.Event()  # joined once, and the clusters to hold were announced (`/-/ready`)
         self._owners: dict[str, str] = {}  # cluster -> holder, from the locks (other instances')
         self._joined = False
         self._connected = False
@@ -168,6 +169,10 @@ class ZkCoordinator:
 
     def members(self) -> float:
         return float(len(self._members)) if self._joined else 0.0
+
+    def announced(self) -> frozenset[str]:
+        """The clusters last handed to `on_held` (any thread)."""
+        return self._announced
 
     def owned(self) -> float:
         return float(len(self._announced))
@@ -312,6 +317,7 @@ class ZkCoordinator:
         for cluster in sorted(mine - self._held - self._releasing - self._waiting):
             self._acquire(cluster)
         self._announce()
+        self.settled.set()
         if time.monotonic() >= self._clean_at:
             self._clean_at = time.monotonic() + self._cleanup_every
             self._clean()
