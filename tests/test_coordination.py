@@ -489,7 +489,7 @@ def test_locks_kept_by_a_surviving_session_are_given_up_when_it_joins_again(zook
     locks without polling them: the clusters now assigned to another instance were polled by
     nobody for as long as that session lived (seen: 9 minutes, 2 of 8 clusters). It now gives
     up the locks it holds from before the drop when it joins again."""
-    timeout = 6.0  # the server restores the stopped instance's session with this much time to come back
+    timeout = 10.0  # the server restores the stopped instance's session with this much time to come back
     sim = start_sim([NodeSpec(f"cluster-{c}", "node-1") for c in range(8)])
     agents = [(node.cluster_id, url) for node, url in sim.agents]
     cluster_of = {url: cluster for cluster, url in agents}
