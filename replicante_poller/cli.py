@@ -72,7 +72,9 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
     """What a configuration amounts to, for `check-config`."""
     poll = config.poller.poll
     clusters = sorted({t.cluster_id for t in targets})
-    actions = config.actions
+    actions, coordination = config.actions, config.coordination
+    zookeeper = f"ZooKeeper {coordination.hosts}{coordination.path.rstrip('/')}"
+    journal = f"{zookeeper}/journal/actions" if coordination.backend == "zookeeper" else actions.journal
     lines = [
         f"{config.source}: OK",
         f"  poller: interval {format_duration(poll.interval)}, timeout {format_duration(poll.timeout)}, "
@@ -81,7 +83,9 @@ def summary(config: Config, targets: Sequence[Target]) -> str:
         + (", client certificate" if config.tls.client_cert else ""),
         f"  http: listening on {config.http.host}:{config.http.port}",
         f"  discovery: {', '.join(config.discovery.files) or 'no files'}, checked every {format_duration(config.discovery.refresh)}",
-        "  actions: " + (f"enabled, key {actions.signing_key}, journal {actions.journal}" if actions.enabled else "disabled"),
+        "  actions: " + (f"enabled, key {actions.signing_key}, journal {journal}" if actions.enabled else "disabled"),
+        "  coordination: " + (f"{zookeeper}, session timeout {format_duration(coordination.session_timeout)}"
+                              if coordination.backend == "zookeeper" else "none (this instance polls every cluster)"),
         f"  {_count(len(targets), 'agent')} in {_count(len(clusters), 'cluster')}",
     ]
     for cluster in clusters:

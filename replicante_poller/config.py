@@ -27,6 +27,7 @@ from .converters import (
     to_pins,
     to_positive_int,
     to_size,
+    to_zk_hosts,
 )
 from .errors import ConfigError, os_problem
 from .limits import ACTION_TTL, FLAP_THRESHOLD, FLAP_WINDOW, MAX_ACTION_TTL, MAX_BODY, MAX_RETRY_AFTER, MAX_SHARDS_BODY
@@ -335,11 +336,15 @@ def read_coordination(section: Section) -> CoordinationSettings:
 
     coordination = CoordinationSettings(
         backend=section.get("backend", backend, default.backend),
-        hosts=section.get("hosts", lambda v: ",".join(h.strip() for h in v.split(",") if h.strip()), default.hosts),
+        hosts=section.get("hosts", to_zk_hosts, default.hosts),
         path=section.get("path", str, default.path),
         session_timeout=section.get("session_timeout", to_duration, default.session_timeout),
     )
     if coordination.backend == "none":
+        for key in ("hosts", "path", "session_timeout"):
+            if section.has(key):  # a forgotten backend line: every instance would poll every cluster
+                raise section.error(key, f"set while backend is none, where every instance polls every cluster alone "
+                                         f"(set backend = zookeeper, or remove {key})")
         return coordination
     if not coordination.hosts:
         raise section.error("hosts", "required with backend = zookeeper (host:port, comma-separated)")

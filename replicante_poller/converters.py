@@ -16,6 +16,7 @@ from .errors import ConfigError, os_problem
 
 _PIN = re.compile(r"sha256//[A-Za-z0-9+/]{43}=")
 _CLUSTER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_ZK_HOST = re.compile(r"(?P<host>[A-Za-z0-9][A-Za-z0-9._-]*|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]+))?")
 
 
 def to_positive_int(text: str) -> int:
@@ -183,6 +184,20 @@ def to_agents(text: str) -> tuple[str, ...]:
             raise ValueError(f"agent {url} is listed twice")
         seen.add(url)
     return tuple(urls)
+
+
+def to_zk_hosts(text: str) -> str:
+    """ZooKeeper's `host:port,host:port` (port default 2181, `[v6]:port`, an optional
+    `/chroot` after the last), normalized without spaces; "" when nothing is listed."""
+    servers, slash, chroot = text.partition("/")
+    hosts = [h.strip() for h in servers.split(",") if h.strip()]
+    for host in hosts:
+        match = _ZK_HOST.fullmatch(host)
+        if match is None or (match["port"] is not None and not 1 <= int(match["port"]) <= 65535):
+            raise ValueError(f"{host!r} is not a ZooKeeper server (use host:port, comma-separated, e.g. zk1:2181,zk2:2181)")
+    if slash and (not hosts or not chroot.strip() or any(c.isspace() for c in chroot)):
+        raise ValueError(f"{text!r} is not a ZooKeeper connection string (use host:port,host:port, optionally /chroot)")
+    return ",".join(hosts) + (slash + chroot.strip() if slash else "")
 
 
 def to_cluster_id(text: str) -> str:

@@ -227,6 +227,7 @@ class Service:
         self._actions_api: Optional[ActionsApi] = None
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._share: Optional["Share"] = None  # [coordination] backend = zookeeper: the clusters held here
+        self._joined_ready = False  # coordinated: the clusters held at the first join were all polled once
         self._zk: Optional["KazooClient"] = None  # its client, shared with the journal and the election
         self._election: Optional["Election"] = None  # with actions: who dispatches
         self._probe: Optional[IdentityProbe] = None  # the leader's identities of agents it does not poll
@@ -285,8 +286,12 @@ class Service:
             self._election.start()
         host, port = self.api_address
         scheme = "https" if self.config.http.tls else "http"
-        log.info("polling %d agents; status on %s://%s:%d/", len(targets), scheme,
+        log.info("%s; status on %s://%s:%d/", self._polling(len(targets)), scheme,
                  f"[{host}]" if ":" in host else host, port)  # an IPv6 address in brackets, as in a URL
+
+    def _polling(self, agents: int) -> str:
+        """What the instance polls, for the log: coordinated, only its share of the agents."""
+        return f"polling {agents} agents" if self._share is None else f"sharing {agents} agents among the instances"
 
     def _open_coordination(self) -> None:
         """With `[coordination] backend = zookeeper`: poll only the clusters held (none until
@@ -443,6 +448,14 @@ class Service:
     def ready(self) -> tuple[bool, str]:
         """Whether every agent was polled once since start (`/-/ready`), and how far it is."""
         polled, known = self._scheduler.progress()
+        share = self._share
+        if share is not None:  # coordinated: ready once the share taken at the first join was polled
+            if not self._joined_ready and not share.coordinator.settled.is_set():
+                return False, "not ready: not joined through ZooKeeper yet ([coordination] hosts)"
+            if not self._joined_ready and (share.held != share.coordinator.announced() or polled < known):
+                return False, f"not ready: {polled} of {known} agents of the clusters held polled since joining"
+            self._joined_ready = True
+            return True, f"ready: {known} agents of the clusters held polled since joining"
         if self._scheduler.ready.is_set():
             return True, f"ready: {known} agents polled since start"
         return False, f"not ready: {polled} of {known} agents polled since start"
@@ -558,7 +571,7 @@ class Service:
             self._reload_actions(config.actions)
         except PollerError as exc:
             return self._reload_failed(exc)
-        for name, old, new in (("[http] listen", self.config.http, config.http),
+        for name, old, new in (("[http] listen", (self.config.http.host, self.config.http.port), (config.http.host, config.http.port)),
                                ("[poller] workers", self.config.poller.workers, config.poller.workers),
                                ("[poller] state_dir", self.config.poller.state_dir, config.poller.state_dir),
                                ("[coordination]", self.config.coordination, config.coordination),
@@ -566,13 +579,18 @@ class Service:
                                 dataclasses.replace(config.discovery, files=(), refresh=0))):
             if old != new:
                 log.warning("%s changed: takes effect at the next restart", name)
+        running = self.config  # what takes effect at the next restart keeps its running value until then
+        config = dataclasses.replace(config, http=dataclasses.replace(config.http, host=running.http.host, port=running.http.port),
+                                     coordination=running.coordination,
+                                     poller=dataclasses.replace(config.poller, workers=running.poller.workers,
+                                                                state_dir=running.poller.state_dir))
         p = config.poller
         self.state.configure(p.fall, p.rise, p.flap_window, p.flap_threshold, p.max_retry_after)
         self.config = config
         previous = self._targets
         self._apply_targets(targets)  # unchanged targets keep slot and state; progress is logged anew
         if targets != previous:  # after: whoever reads the line finds /api/v1/targets listing them
-            log.info("now polling %d agents (was %d)", len(targets), len(previous))
+            log.info("now %s (was %d)", self._polling(len(targets)), len(previous))
         self.metrics.config_loaded(True, self._clock())
         log.info("configuration reloaded")
         return True, f"configuration reloaded: {len(targets)} agents"

@@ -80,6 +80,121 @@ def test_coordination_settings() -> None:
         parse_config("[coordination]\nbackend = etcd\n")
 
 
+@pytest.mark.parametrize("key", ["hosts = zk1:2181", "path = /fleet", "session_timeout = 4s"])
+def test_coordination_keys_without_the_zookeeper_backend_are_refused(key: str) -> None:
+    """A forgotten `backend = zookeeper` line left each instance polling every cluster alone
+    (every cluster polled by every instance, each with its own journal) without a word."""
+    name = key.partition(" ")[0]
+    with pytest.raises(ConfigError, match=rf"\[coordination\] {name}: set while backend is none.*"
+                                          rf"set backend = zookeeper, or remove {name}"):
+        parse_config(f"[coordination]\n{key}\n")
+    with pytest.raises(ConfigError, match=rf"\[coordination\] {name}: set while backend is none"):
+        parse_config(f"[coordination]\nbackend = none\n{key}\n")
+    assert parse_config("[coordination]\nbackend = none\n").coordination.backend == "none"
+
+
+@pytest.mark.parametrize("hosts", ["127.0.0.1:abc", "zk1 zk2", "127.0.0.1:99999", "zk1:2181,:2181", "zk1:2181/"])
+def test_a_wrong_hosts_is_one_line_from_check_config_run_and_the_cli(tmp_path: Path, hosts: str) -> None:
+    """A malformed `hosts` is refused where it is read: before, check-config said OK, `run`
+    and `action list` died with kazoo's traceback ("Port could not be cast to integer") or
+    ("zk1 zk2") kept trying a host named "zk1 zk2" without a word."""
+    key = tmp_path / "core"
+    subprocess.run([sys.executable, "-m", "replicante_poller", "keygen", "--out", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[actions]\nenabled = true\nsigning_key = {key}.key\n"
+                    f"[coordination]\nbackend = zookeeper\nhosts = {hosts}\n")
+    for verb in (["check-config"], ["run"], ["action", "list"]):
+        done = subprocess.run([sys.executable, "-m", "replicante_poller", *verb, "--config", str(path)],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (verb, done.stderr)
+        assert done.stderr.startswith(f"error: {path}: [coordination] hosts: "), (verb, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, (verb, done.stderr)
+    path.write_text(f"[coordination]\nbackend = zookeeper\nhosts = zk1:2181, [::1]:2181,zk3/chroot\n")
+    assert parse_config(path.read_text()).coordination.hosts == "zk1:2181,[::1]:2181,zk3/chroot"
+
+
+def test_check_config_summarises_the_coordination_and_its_journal(tmp_path: Path) -> None:
+    """check-config names where the journal of a coordinated configuration is, and the
+    ZooKeeper it coordinates through (before: "journal None", and no word of ZooKeeper)."""
+    key = tmp_path / "core"
+    subprocess.run([sys.executable, "-m", "replicante_poller", "keygen", "--out", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[actions]\nenabled = true\nsigning_key = {key}.key\n"
+                    "[coordination]\nbackend = zookeeper\nhosts = zk1:2181,zk2:2181\npath = /fleet/\nsession_timeout = 4s\n")
+    done = subprocess.run([sys.executable, "-m", "replicante_poller", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert f"  actions: enabled, key {key}.key, journal ZooKeeper zk1:2181,zk2:2181/fleet/journal/actions" in lines
+    assert "  coordination: ZooKeeper zk1:2181,zk2:2181/fleet, session timeout 4s" in lines
+    assert "None" not in done.stdout
+
+
+def test_run_says_when_no_zookeeper_answers_at_start(tmp_path: Path) -> None:
+    """An instance whose `hosts` reach no ZooKeeper polls nothing: it says so, naming the
+    hosts and the key, once `session_timeout` passed (before: not a line, ever)."""
+    dead = f"127.0.0.1:{free_port()}"
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[coordination]\nbackend = zookeeper\nhosts = {dead}\n"
+                    "session_timeout = 1s\n[cluster:rs]\nagents = https://127.0.0.1:9\n")
+    poller = PollerProcess(path)
+    try:
+        poller.expect(rf"WARNING .*coordination: no ZooKeeper answered at {dead} \(\[coordination\] hosts\) within 1s: "
+                      "polling no cluster until one does", timeout=10)
+        assert poller.metrics()[("replicante_poller_coordination_connected", ())] == 0
+    finally:
+        assert poller.stop() == 0
+
+
+def test_a_coordinated_instance_is_ready_once_it_joined_and_polled_its_share(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                                             tmp_path: Path) -> None:
+    """/-/ready of a coordinated instance: 503 until it joined through ZooKeeper and polled the
+    agents of the clusters it holds (before: 200 "0 agents polled" at once, ZooKeeper or not)."""
+    import requests
+
+    sim = start_sim([NodeSpec(f"cluster-{c}", "node-1") for c in range(3)])
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    path = tmp_path / "poller.ini"
+    dead = f"127.0.0.1:{free_port()}"
+    path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms",
+                                extra=f"[coordination]\nbackend = zookeeper\nhosts = {dead}\nsession_timeout = 1s\n"))
+    poller = PollerProcess(path)
+    try:
+        answer = requests.get(f"http://{poller.address}/-/ready", timeout=5)
+        assert answer.status_code == 503 and "not joined through ZooKeeper yet ([coordination] hosts)" in answer.text
+    finally:
+        assert poller.stop() == 0
+    path.write_text(path.read_text().replace(dead, zookeeper.hosts))
+    poller = PollerProcess(path)
+    try:
+        wait_for(lambda: requests.get(f"http://{poller.address}/-/ready", timeout=5).status_code == 200, 10, "ready")
+        assert len(polled(poller)) == 3 and all(t["last_poll"] for t in polled(poller).values())
+        text = requests.get(f"http://{poller.address}/-/ready", timeout=5).text
+        assert "ready: 3 agents of the clusters held polled since joining" in text, text
+    finally:
+        assert poller.stop() == 0
+
+
+def test_a_coordinated_instance_does_not_log_that_it_polls_every_agent(tmp_path: Path) -> None:
+    """Coordinated, an instance polls only the clusters it holds (replicante_poller_targets):
+    its start and reload lines say the agents are shared, not "polling 2 agents" (before,
+    while it polled none)."""
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:{free_port()}\n"
+                    "[cluster:rs]\nagents = https://127.0.0.1:9, https://127.0.0.1:10\n")
+    poller = PollerProcess(path, ready=r"sharing 2 agents among the instances; status on http://(\S+)/")
+    try:
+        assert poller.metrics()[("replicante_poller_targets", ())] == 0
+        path.write_text(path.read_text().replace(", https://127.0.0.1:10", ""))
+        poller.signal(signal.SIGHUP)
+        poller.expect(r"now sharing 1 agents among the instances \(was 2\)")
+        assert not any("polling 2 agents" in line or "polling 1 agents" in line for line in poller.drained())
+    finally:
+        assert poller.stop() == 0
+
+
 def test_none_mode_does_not_import_kazoo() -> None:
     code = ("import sys\nfrom replicante_poller.service import Service\nfrom replicante_poller.config import parse_config\n"
             "s = Service(parse_config('[http]\\nlisten = 127.0.0.1:0\\n')); s.start(); s.stop()\n"
@@ -365,3 +480,41 @@ def test_state_is_restored_as_clusters_are_taken(zookeeper: ZooKeeper, start_sim
         poller.expect(r"restored the state of 6 agents of the clusters taken")
     finally:
         poller.stop()
+
+
+def test_locks_kept_by_a_surviving_session_are_given_up_when_it_joins_again(zookeeper: ZooKeeper, start_sim, pki: dict,
+                                                                            tmp_path: Path) -> None:
+    """An instance that dropped its clusters while ZooKeeper was away (no contact for
+    session_timeout) but whose session survived the server's restart came back holding their
+    locks without polling them: the clusters now assigned to another instance were polled by
+    nobody for as long as that session lived (seen: 9 minutes, 2 of 8 clusters). It now gives
+    up the locks it holds from before the drop when it joins again."""
+    timeout = 10.0  # the server restores the stopped instance's session with this much time to come back
+    sim = start_sim([NodeSpec(f"cluster-{c}", "node-1") for c in range(8)])
+    agents = [(node.cluster_id, url) for node, url in sim.agents]
+    cluster_of = {url: cluster for cluster, url in agents}
+    path = tmp_path / "poller.ini"
+    path.write_text(config_text(agents, pki["ca"], interval=f"{INTERVAL:g}s", timeout="800ms",
+                                extra=f"[coordination]\nbackend = zookeeper\nhosts = {zookeeper.hosts}\n"
+                                      f"session_timeout = {timeout:g}s\n"))
+    first = PollerProcess(path)
+    ids = [instance_id(first)]
+    second: Optional[PollerProcess] = None
+    try:
+        first.expect(r"coordination: holding 8 clusters")
+        zookeeper.stop()
+        first.expect(r"the session is expired, dropping every cluster", timeout=2 * timeout)
+        first.signal(signal.SIGSTOP)  # it comes back only once another instance joined
+        zookeeper.start()  # restores the first instance's session (and its locks)
+        second = PollerProcess(path)
+        ids.append(instance_id(second))
+        second.expect(r"coordination: joined as")
+        first.signal(signal.SIGCONT)
+        first.expect(r"coordination: joined as")
+        wait_for(lambda: settled([first, second], ids, cluster_of), 3 * INTERVAL + 5, "each cluster polled by its owner")
+        assert any("gave up 8 cluster locks" in line for line in first.drained())  # the session did survive
+    finally:
+        first.signal(signal.SIGCONT)
+        assert first.stop() == 0
+        if second is not None:
+            assert second.stop() == 0

@@ -90,6 +90,23 @@ def test_the_cli_names_the_zookeeper_hosts_it_cannot_reach(tmp_path: Path, keys:
     assert len(lines) == 1 and f"{path}: [coordination] hosts: no ZooKeeper answered at {dead}" in lines[0], lines
 
 
+def test_the_coordination_threads_errors_exist_at_zero_from_the_start(tmp_path: Path, keys: dict) -> None:
+    """thread_errors_total has every thread's series at 0 from the start (README), so that
+    `increase()` sees the first error: the coordination and election threads' too (before,
+    they appeared only with their first error). No ZooKeeper needed: the series are there
+    before any session."""
+    path = tmp_path / "poller.ini"
+    path.write_text(f"[http]\nlisten = 127.0.0.1:0\n[actions]\nenabled = true\nsigning_key = {keys['key']}\n"
+                    f"[coordination]\nbackend = zookeeper\nhosts = 127.0.0.1:{free_port()}\nsession_timeout = 1s\n")
+    poller = PollerProcess(path)
+    try:
+        samples = poller.metrics()
+        for thread in ("coordination", "election", "scheduler", "dispatcher"):
+            assert samples.get(("replicante_poller_thread_errors_total", (("thread", thread),))) == 0.0, thread
+    finally:
+        poller.stop()
+
+
 # -- the journal in ZooKeeper ----------------------------------------------------------------
 
 def test_the_zookeeper_journal_keeps_actions_and_attempts(zookeeper: ZooKeeper, client: KazooClient) -> None:

@@ -189,6 +189,29 @@ def test_a_reload_to_a_glob_matching_no_file_fails_and_keeps_the_last_good(tmp_p
         assert process.stop() == 0
 
 
+def test_a_state_dir_changed_by_a_reload_takes_effect_at_the_next_restart_only(tmp_path, pki):
+    """The reload warns that `[poller] state_dir` takes effect at the next restart, and so it
+    does: saves (the shutdown's too) stay in the running folder (before, they went to the
+    new one at once, a folder never checked, while restarts restored from the old one)."""
+    import signal
+
+    from process import PollerProcess
+
+    running, edited = tmp_path / "running", tmp_path / "edited"
+    edited.mkdir()
+    path = poller_ini(tmp_path, pki, f"[http]\nlisten = 127.0.0.1:0\n[poller]\nstate_dir = {running}\n")
+    process = PollerProcess(path)
+    try:
+        path.write_text(path.read_text().replace(str(running), str(edited)))
+        for _ in range(2):  # warned at each reload while the file differs from what runs
+            process.signal(signal.SIGHUP)
+            process.expect(r"\[poller\] state_dir changed: takes effect at the next restart")
+            process.expect("configuration reloaded")
+    finally:
+        assert process.stop() == 0
+    assert (running / "state.json").exists() and not (edited / "state.json").exists()
+
+
 def test_a_journal_locked_while_the_dispatcher_runs_is_one_error_line_not_a_traceback(tmp_path):
     import sqlite3
     import threading

@@ -114,10 +114,12 @@ class ZkCoordinator:
         self._cleanup_grace, self._cleanup_every = cleanup_grace, cleanup_every
         self._clean_at = time.monotonic() + cleanup_every
         self._announced: frozenset[str] = frozenset()
+        self.settled = threading.Event()  # joined once, and the clusters to hold were announced (`/-/ready`)
         self._owners: dict[str, str] = {}  # cluster -> holder, from the locks (other instances')
         self._joined = False
         self._connected = False
         self._suspended_at: Optional[float] = None
+        self._connect_by: Optional[float] = None  # monotonic: never connected by then is worth a warning
         self._dirty = {"members": True, "locks": True, "health": True}
         self._watchers: dict[str, Callable[[object], None]] = {}
         self._thread = threading.Thread(target=self._run, name="coordination", daemon=True)
@@ -126,6 +128,7 @@ class ZkCoordinator:
 
     def start(self) -> None:
         """Connect in the background: clusters are held once the session is up."""
+        self._connect_by = time.monotonic() + self._settings.session_timeout
         self._thread.start()
         self._client.start_async()
         self._events.put(("check", None))
@@ -167,6 +170,10 @@ class ZkCoordinator:
     def members(self) -> float:
         return float(len(self._members)) if self._joined else 0.0
 
+    def announced(self) -> frozenset[str]:
+        """The clusters last handed to `on_held` (any thread)."""
+        return self._announced
+
     def owned(self) -> float:
         return float(len(self._announced))
 
@@ -176,7 +183,7 @@ class ZkCoordinator:
         while True:
             expiry = None if self._suspended_at is None else self._suspended_at + self._settings.session_timeout
             timers = (self._clean_at, self._read_at if self._stale else None) if self._connected and self._joined else ()
-            wake = min((t for t in (expiry, *timers) if t is not None), default=None)
+            wake = min((t for t in (expiry, self._connect_by, *timers) if t is not None), default=None)
             try:
                 event = self._events.get(timeout=None if wake is None else max(0.0, wake - time.monotonic()))
             except queue.Empty:
@@ -185,6 +192,11 @@ class ZkCoordinator:
                 self._drop(f"no contact with ZooKeeper for {self._settings.session_timeout:g}s: "
                            "the session is expired, dropping every cluster until it reconnects")
                 self._suspended_at = None
+            if self._connect_by is not None and time.monotonic() >= self._connect_by:
+                self._connect_by = None
+                if not self._connected:
+                    log.warning("coordination: no ZooKeeper answered at %s ([coordination] hosts) within %gs: "
+                                "polling no cluster until one does", self._settings.hosts, self._settings.session_timeout)
             if event == _STOP:
                 return
             try:
@@ -220,6 +232,7 @@ class ZkCoordinator:
     def _state(self, state: object) -> None:
         if state == KazooState.CONNECTED:
             was, self._connected, self._suspended_at = self._connected, True, None  # before the line: the metric agrees
+            self._connect_by = None
             if not was:
                 log.info("coordination: connected to ZooKeeper (%s)", self._settings.hosts)
             if not self._joined:
@@ -244,8 +257,27 @@ class ZkCoordinator:
             pass
         self._client.ensure_path(self._locks_path)
         self._client.ensure_path(self._health_path)
+        self._give_up_locks()
         self._joined, self._waiting, self._stale = True, set(), set(self._health)  # a new session: watches gone
         log.info("coordination: joined as %s", self.id)
+
+    def _give_up_locks(self) -> None:
+        """Delete the locks still ours from before a drop: a session that outlived the drop (a
+        ZooKeeper restart restores sessions) keeps them, and the clusters now assigned to
+        others would be polled by nobody. Those assigned here are taken again by `_sync`."""
+        names = self._client.get_children(self._locks_path)
+        pending = [(n, self._client.get_async(f"{self._locks_path}/{n}")) for n in names]
+        given_up = 0
+        for name, result in pending:
+            try:
+                data, stat = result.get()
+                if data.decode(errors="replace") == self.id:
+                    self._client.delete(f"{self._locks_path}/{name}", version=stat.version)
+                    given_up += 1
+            except (NoNodeError, BadVersionError):
+                continue
+        if given_up:
+            log.info("coordination: gave up %d cluster locks kept from before the clusters were dropped", given_up)
 
     def _drop(self, why: str) -> None:
         """Stop polling everything at once (the locks are gone or going with the session)."""
@@ -285,6 +317,7 @@ class ZkCoordinator:
         for cluster in sorted(mine - self._held - self._releasing - self._waiting):
             self._acquire(cluster)
         self._announce()
+        self.settled.set()
         if time.monotonic() >= self._clean_at:
             self._clean_at = time.monotonic() + self._cleanup_every
             self._clean()

@@ -237,7 +237,8 @@ class PollerMetrics:
                              owned: Callable[[], float], leader: Optional[Callable[[], float]] = None) -> None:
         """`[coordination] backend = zookeeper`: the session, the live members, the clusters
         this instance holds and, with actions on (`leader`), whether it is the elected
-        dispatcher, read at scrape time. Without actions there is no `coordination_leader`
+        dispatcher, read at scrape time; the coordination (and election) threads'
+        `thread_errors_total` series at 0. Without actions there is no `coordination_leader`
         series, so "no instance leads" is `max(coordination_leader) == 0` (an alert)."""
         gauges = [("coordination_connected", "1 while the ZooKeeper session is connected.", connected),
                   ("coordination_members", "Live poller instances registered in ZooKeeper.", members),
@@ -247,6 +248,8 @@ class PollerMetrics:
                                                   "(only with actions enabled).", leader))
         for name, help_text, read in gauges:
             Gauge(PREFIX + name, help_text, registry=self.registry).set_function(read)
+        for thread in ("coordination",) + (("election",) if leader is not None else ()):
+            self._errors.labels(thread)  # their thread_errors_total series too exist from the start, at 0
 
     def state_save_failed(self) -> None:
         self._state_save_errors.inc()
