@@ -53,3 +53,15 @@ def expect_string(value: Any, path: str) -> str:
 def optional(value: Any, path: str, convert: Callable[[Any, str], T]) -> Optional[T]:
     """None stays None; anything else must pass `convert`."""
     return None if value is None else convert(value, path)
+
+
+def duplicate_key(pairs: list[tuple[str, Any]]) -> Optional[str]:
+    """The first key an object gives twice (`json.loads` would keep only its last value), or None."""
+    if len({key for key, _ in pairs}) == len(pairs):
+        return None
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 from ..converters import read_secret
 from ..errors import ActionNotFound, CancelRefused, StoreError, SubmissionError
+from ..jsoncheck import duplicate_key
 from ..limits import MAX_ARGS_DEPTH, MAX_BODY, MAX_SCHEDULE_BODY
 from ..polling.discovery import Target
 from .journal import Action, ActionStore
@@ -63,14 +64,10 @@ def check_args(args: Any) -> Any:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise SubmissionError(f"duplicate key {key!r} (JSON would keep only its last value)")
-            seen.add(key)
-    return document
+    key = duplicate_key(pairs)
+    if key is not None:
+        raise SubmissionError(f"duplicate key {key!r} (JSON would keep only its last value)")
+    return dict(pairs)
 
 
 def decode_submission(text: str | bytes) -> Any:

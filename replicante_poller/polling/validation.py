@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any, Callable, NoReturn, Optional, TypeVar, Union
 
-from ..jsoncheck import Problem, expect_object, expect_string, fail, kind, optional
+from ..jsoncheck import Problem, duplicate_key, expect_object, expect_string, fail, kind, optional
 from ..models import NODE_STATUSES, AgentInfo, AgentVersion, DatastoreInfo, NodeStatus, Offset, Shard
 from ..reasons import Reason
 
@@ -45,14 +45,10 @@ class NodeReport:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                fail("$", f"duplicate key {key!r}")
-            seen.add(key)
-    return document
+    key = duplicate_key(pairs)
+    if key is not None:
+        fail("$", f"duplicate key {key!r}")
+    return dict(pairs)
 
 
 def _no_constants(name: str) -> NoReturn:
