@@ -297,14 +297,17 @@ def test_every_instance_lists_the_whole_fleet_with_owners(coordinated) -> None:
         mine = polled(poller)
         assert set(mine) == {u for c, u, _ in agents if owners[c] == me}
         others = [r for u, r in rows.items() if u not in mine]
-        assert others and all(r["published_at"] is not None and r["reported_by"] != me for r in others)
+        holders = set(owners.values()) - {me}  # rendezvous may give an instance no cluster of the CLUSTERS
+        assert others or not holders
+        assert all(r["published_at"] is not None and r["reported_by"] in holders for r in others)
         # the status page too: every agent, those of the others with who reported them
         page = requests.get(f"http://{poller.address}/", timeout=5).text
         assert all(url in page for _, url, _ in agents)
-        assert all(f'reported by <span class="v">{other}</span>' in page for other in fleet_of.ids if other != me)
-        agent = requests.get(f"http://{poller.address}/agent", params={"cluster": others[0]["cluster"],
-                                                                         "url": others[0]["url"]}, timeout=5)
-        assert agent.status_code == 200 and others[0]["status"] in agent.text
+        assert all(f'reported by <span class="v">{other}</span>' in page for other in holders)
+        for other in others[:1]:
+            agent = requests.get(f"http://{poller.address}/agent", params={"cluster": other["cluster"],
+                                                                             "url": other["url"]}, timeout=5)
+            assert agent.status_code == 200 and other["status"] in agent.text
 
 
 class Watcher:
