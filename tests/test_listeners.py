@@ -328,7 +328,8 @@ def test_every_response_has_the_hardening_headers_and_no_python_version(listener
     digest = base64.b64encode(hashlib.sha256(style.encode()).digest()).decode()
     assert f"style-src 'sha256-{digest}'" in policy  # the page's own style, nothing else
     responses = [page] + [requests.get(base + path, timeout=5) for path in ("/metrics", "/api/v1/targets", "/nowhere")]
-    responses.append(requests.request("PUT", base + "/", timeout=5))  # the stdlib's own error page (501)
+    responses.append(requests.request("FOO", base + "/", timeout=5))  # an unknown method: the stdlib's own error page (501)
+    responses.append(requests.request("PUT", base + "/", timeout=5))  # a method of no route: 405 in JSON
     gateway_url, ca = listeners["gateway_url"], listeners["ca"]
     responses.append(requests.get(gateway_url + "/api/unstable/info/agent", verify=ca, timeout=5))
     responses.append(requests.post(gateway_url + SCHEDULE, data=b"{}", verify=ca, timeout=5,
@@ -336,7 +337,7 @@ def test_every_response_has_the_hardening_headers_and_no_python_version(listener
     responses.append(requests.delete(gateway_url + "/api/unstable/shards", verify=ca, timeout=5))
     responses.append(requests.get(listeners["gateway_metrics"] + "/gateway/metrics", timeout=5))
     statuses = [r.status_code for r in responses]
-    assert statuses == [200, 200, 200, 404, 501, 200, 401, 405, 200], statuses
+    assert statuses == [200, 200, 200, 404, 501, 405, 200, 401, 405, 200], statuses
     for reply in responses:
         assert reply.headers["X-Content-Type-Options"] == "nosniff", (reply.url, reply.headers)
         assert "default-src 'none'" in reply.headers["Content-Security-Policy"], (reply.url, reply.headers)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from replicante_poller.agentside.gateway_config import parse_gateway_config
 from replicante_poller.config import parse_config
@@ -505,3 +506,18 @@ def test_a_token_file_others_can_read_is_named_with_the_configuration(tmp_path, 
     for verb in ("check-config", "run"):
         one_line_error(cli(verb, "--config", str(path)),
                        f"{path}: [{section}] {key}: {keys['token']}: readable by group or others; run: chmod 600")
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+def test_other_methods_are_405_in_json_naming_the_allowed_ones(tmp_path, pki, method):
+    from process import PollerProcess
+
+    process = PollerProcess(poller_ini(tmp_path, pki, "[http]\nlisten = 127.0.0.1:0\n"))
+    try:
+        answer = requests.request(method, f"http://{process.address}/api/v1/targets", data=b"{}", timeout=10)
+        assert answer.status_code == 405 and answer.headers["Allow"] == "GET, HEAD, POST", answer.text
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json() == {"error": f"{method} is not a method of this API: GET, HEAD or POST"}
+        assert requests.get(f"http://{process.address}/-/healthy", timeout=10).status_code == 200  # still serving
+    finally:
+        process.stop()

@@ -122,6 +122,11 @@ class StatusServer:
             def do_POST(self) -> None:
                 outer._post(self)
 
+            def do_other(self) -> None:
+                outer._not_allowed(self)
+
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_other
+
             def log_message(self, format: str, *args: Any) -> None:
                 log.debug("status api: " + format, *args)
 
@@ -182,6 +187,14 @@ class StatusServer:
             return send(request, 405, "text/plain; charset=utf-8", b"POST /-/reload reloads the configuration\n",
                         headers=(("Allow", "POST"),))
         return send_json(request, 404, {"error": "not found"})
+
+    def _not_allowed(self, request: BaseHTTPRequestHandler) -> None:
+        """PUT, DELETE, PATCH, OPTIONS: 405 in JSON, as every other answer of this API (its
+        body, if any, is never read: the connection closes)."""
+        request.close_connection = True
+        send(request, 405, "application/json",
+             json.dumps({"error": f"{request.command} is not a method of this API: GET, HEAD or POST"}).encode(),
+             headers=(("Allow", "GET, HEAD, POST"),))
 
     def _post(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?", 1)[0]
